@@ -1,0 +1,156 @@
+// fastnn._C: the only pybind11 file.
+//
+// Every function takes what fastnn's Python layer has already validated: a dtype name
+// ("float32" or "float64"), raw pointers as Python ints, sizes, scalars and, on the GPU, a
+// stream pointer last. Nothing here checks shapes; the Python caller owns that
+// (fastnn/_backend.py). Every kernel call releases the GIL.
+//
+// Submodules: `cpu` always; `cuda` when the module was built with the CUDA kernels
+// (`cuda_compiled`). One section per kernel family, CPU and CUDA side by side.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "activations.h"
+#include "runtime.h"
+
+namespace py = pybind11;
+using namespace fastnn;
+
+namespace {
+
+// How a C++ kernel parameter crosses from Python: pointers (and the stream) as integers,
+// float scalars as Python floats, the activation enum as an int, everything else unchanged.
+template <class A>
+struct PyArg {
+  using type = A;
+  static A from(type a) { return a; }
+};
+template <class T>
+struct PyArg<T*> {
+  using type = uintptr_t;
+  static T* from(type a) { return reinterpret_cast<T*>(a); }
+};
+template <>
+struct PyArg<float> {
+  using type = double;
+  static float from(type a) { return float(a); }
+};
+template <>
+struct PyArg<Activation> {
+  using type = int;
+  static Activation from(type a) { return Activation(a); }
+};
+
+// Binds the float and double instantiations of one kernel as a single Python function whose
+// first argument is the dtype name. Both instantiations have the same Python signature.
+template <class... AF, class... AD, class... Extra>
+void def_kernel(py::module_& m, const char* name, void (*f32)(AF...), void (*f64)(AD...),
+                const char* doc, const Extra&... extra) {
+  static_assert((std::is_same_v<typename PyArg<AF>::type, typename PyArg<AD>::type> && ...));
+  m.def(
+      name,
+      [f32, f64, name](const std::string& dtype, typename PyArg<AF>::type... args) {
+        if (dtype == "float32") {
+          f32(PyArg<AF>::from(args)...);
+        } else if (dtype == "float64") {
+          f64(PyArg<AD>::from(args)...);
+        } else {
+          throw py::type_error(std::string("fastnn._C ") + name +
+                               ": dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        }
+      },
+      py::call_guard<py::gil_scoped_release>(), doc, py::arg("dtype"), extra...);
+}
+
+#define FASTNN_DEF(module, ns, fn, doc, ...) \
+  def_kernel(module, #fn, &ns::fn<float>, &ns::fn<double>, doc, __VA_ARGS__)
+
+// ---- runtime -------------------------------------------------------------------------------
+
+void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  m.attr("version") = FASTNN_VERSION;
+#ifdef FASTNN_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
+  cpu_m.def("simd_level", &cpu::simd_level, "Instruction set the CPU kernels were built for.");
+  cpu_m.def("omp_threads", &cpu::omp_threads, "OpenMP threads a parallel CPU kernel uses.");
+  cpu_m.def("set_omp_threads", &cpu::set_omp_threads, py::arg("n"),
+            "Set the number of OpenMP threads (n > 0).");
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("device_count", &cuda::device_count, "Visible CUDA devices (0 without a driver).");
+  cuda_m->def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against.");
+  cuda_m->def("driver_version", &cuda::driver_version, "Installed driver's CUDA version, or 0.");
+  cuda_m->def("cublaslt_version", &cuda::cublaslt_version, "cublasLtGetVersion().");
+  cuda_m->def("device_name", &cuda::device_name, py::arg("device"));
+  cuda_m->def("device_capability", &cuda::device_capability, py::arg("device"),
+              "Compute capability as major * 10 + minor.");
+  cuda_m->def("get_device", &cuda::get_device, "The calling thread's current CUDA device.");
+  cuda_m->def("set_device", &cuda::set_device, py::arg("device"));
+  cuda_m->def("pointer_device", &cuda::pointer_device, py::arg("ptr"),
+              "The device owning a device pointer (ValueError for host memory).");
+#endif
+}
+
+// ---- activations ---------------------------------------------------------------------------
+
+void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, activation_forward, "y[i] = act(x[i]) (=), y may be x.",
+             py::arg("act"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("alpha"));
+  FASTNN_DEF(cpu_m, cpu, activation_backward,
+             "dx[i] = dy[i] act'(.) (=); saved is y for sigmoid and tanh, x otherwise.",
+             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dx"), py::arg("n"),
+             py::arg("alpha"));
+  FASTNN_DEF(cpu_m, cpu, prelu_forward,
+             "y = x > 0 ? x : alpha[c] x, x viewed as (outer, channels, inner).", py::arg("x"),
+             py::arg("alpha"), py::arg("y"), py::arg("outer"), py::arg("channels"),
+             py::arg("inner"));
+  FASTNN_DEF(cpu_m, cpu, prelu_backward,
+             "dx = dy (x > 0 ? 1 : alpha[c]) (=); dalpha[c] += sum of dy x over x <= 0.",
+             py::arg("dy"), py::arg("x"), py::arg("alpha"), py::arg("dx"), py::arg("dalpha"),
+             py::arg("outer"), py::arg("channels"), py::arg("inner"));
+  FASTNN_DEF(cpu_m, cpu, softmax_forward, "Row-wise softmax (or log-softmax), (rows, cols).",
+             py::arg("x"), py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("log"));
+  FASTNN_DEF(cpu_m, cpu, softmax_backward, "Gradient of the row-wise softmax from its output.",
+             py::arg("dy"), py::arg("y"), py::arg("dx"), py::arg("rows"), py::arg("cols"),
+             py::arg("log"));
+#ifdef FASTNN_WITH_CUDA
+  FASTNN_DEF(*cuda_m, cuda, activation_forward, "y[i] = act(x[i]) on `stream` (=).",
+             py::arg("act"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("alpha"),
+             py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, activation_backward, "dx[i] = dy[i] act'(.) on `stream` (=).",
+             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dx"), py::arg("n"),
+             py::arg("alpha"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, prelu_forward, "PReLU forward on `stream`.", py::arg("x"),
+             py::arg("alpha"), py::arg("y"), py::arg("outer"), py::arg("channels"),
+             py::arg("inner"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, prelu_backward, "PReLU backward on `stream` (dx =, dalpha +=).",
+             py::arg("dy"), py::arg("x"), py::arg("alpha"), py::arg("dx"), py::arg("dalpha"),
+             py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, softmax_forward, "Row-wise softmax (or log-softmax) on `stream`.",
+             py::arg("x"), py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("log"),
+             py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, softmax_backward, "Softmax gradient on `stream`.", py::arg("dy"),
+             py::arg("y"), py::arg("dx"), py::arg("rows"), py::arg("cols"), py::arg("log"),
+             py::arg("stream"));
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastnn's compiled kernels. Use fastnn.functional; these take raw pointers.";
+  py::module_ cpu_m = m.def_submodule("cpu", "Native CPU kernels (OpenMP + SIMD).");
+  py::module_* cuda_m = nullptr;
+#ifdef FASTNN_WITH_CUDA
+  py::module_ cuda_sub = m.def_submodule("cuda", "CUDA kernels (cuBLASLt for GEMMs).");
+  cuda_m = &cuda_sub;
+#endif
+  bind_runtime(m, cpu_m, cuda_m);
+  bind_activations(cpu_m, cuda_m);
+}

@@ -1,0 +1,276 @@
+"""The benchmark harness shared by every suite: timing, copy bandwidth, competitors, the table
+and the files a run writes.
+
+A suite produces a list of :class:`Result` rows, one per (case, implementation), all measured
+in the same process, so that ratios between rows are meaningful. Absolute times vary between
+machines and runs; ratios measured side by side are what the suites report.
+
+Timing: ``measure`` runs a warm-up, then repeats the call in batches until ``min_time`` has
+passed and reports the median time per call over the batches. On the GPU each batch is
+bracketed by a device synchronisation, so the time covers the kernels, not just the launches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .._info import backend_info
+
+
+@dataclasses.dataclass
+class Result:
+    """One measured (or skipped) row of a suite."""
+
+    suite: str
+    case: str
+    impl: str
+    device: str
+    ms: float | None = None  # median milliseconds per call; None when skipped
+    bytes: int | None = None  # bytes read + written per call, for bandwidth-bound work
+    flops: float | None = None  # floating-point operations per call, for compute-bound work
+    note: str = ""  # why a row was skipped, or what a configuration means
+
+    @property
+    def gbs(self) -> float | None:
+        return None if self.ms is None or not self.bytes else self.bytes / (self.ms * 1e-3) / 1e9
+
+    @property
+    def tflops(self) -> float | None:
+        return None if self.ms is None or not self.flops else self.flops / (self.ms * 1e-3) / 1e12
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["gbs"], d["tflops"] = self.gbs, self.tflops
+        return d
+
+
+def skipped(suite: str, case: str, impl: str, device: str, why: str) -> Result:
+    """A row for a competitor that could not run here (not installed, no GPU): listed, not hidden."""
+    return Result(suite, case, impl, device, note=f"skipped: {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and competitors.
+
+
+def gpu_sync() -> Callable[[], None]:
+    """A function that waits for all work on the current GPU (CuPy's, else PyTorch's)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.deviceSynchronize
+    except ImportError:
+        import torch
+
+        return torch.cuda.synchronize
+
+
+def optional_import(name: str):
+    """The module, or None when it is not installed (its rows are then reported as skipped)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def torch_for(device: str):
+    """PyTorch when it is installed and can run on ``device``, else None."""
+    torch = optional_import("torch")
+    if torch is None or (device == "cuda" and not torch.cuda.is_available()):
+        return None
+    return torch
+
+
+def cupy_for(device: str):
+    """CuPy when ``device`` is "cuda" and CuPy sees a GPU, else None."""
+    if device != "cuda":
+        return None
+    cupy = optional_import("cupy")
+    try:
+        return cupy if cupy is not None and cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, min_time: float = 0.3,
+            batches: int = 5) -> float:
+    """Median milliseconds per call of ``fn`` over ``batches`` timed batches (after ``warmup``
+    calls). Each batch repeats ``fn`` enough times to last about ``min_time / batches``."""
+    sync = gpu_sync() if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - start, 1e-6)
+    per_batch = max(1, int(min_time / batches / once))
+    samples = []
+    for _ in range(batches):
+        sync()
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - start) / per_batch)
+    return statistics.median(samples) * 1e3
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> tuple[float, str]:
+    """The best device-memory copy rate measured now, in GB/s counting bytes read + written,
+    and what measured it. CPU: NumPy's copy and PyTorch's multi-threaded copy when installed.
+    GPU: a CuPy or PyTorch device-to-device copy."""
+    n = nbytes // 4
+    rates: dict[str, float] = {}
+    if device == "cpu":
+        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        rates["numpy copyto"] = 2 * nbytes / (measure(lambda: np.copyto(dst, src), "cpu") * 1e-3) / 1e9
+        torch = torch_for("cpu")
+        if torch is not None:
+            ts, td = torch.ones(n), torch.empty(n)
+            rates["torch copy_"] = 2 * nbytes / (measure(lambda: td.copy_(ts), "cpu") * 1e-3) / 1e9
+    else:
+        cupy = cupy_for("cuda")
+        if cupy is not None:
+            cs, cd = cupy.ones(n, cupy.float32), cupy.empty(n, cupy.float32)
+            rates["cupy copy"] = 2 * nbytes / (measure(lambda: cupy.copyto(cd, cs), "cuda") * 1e-3) / 1e9
+        torch = torch_for("cuda")
+        if torch is not None:
+            ts, td = torch.ones(n, device="cuda"), torch.empty(n, device="cuda")
+            rates["torch copy_"] = 2 * nbytes / (measure(lambda: td.copy_(ts), "cuda") * 1e-3) / 1e9
+    if not rates:
+        return float("nan"), "no copy measured"
+    best = max(rates, key=rates.get)
+    return rates[best], best
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def table(results: Iterable[Result], *, baseline: str = "fastnn", copy_gbs: float | None = None) -> str:
+    """The comparison table as Markdown: per case, each implementation's time, bandwidth or
+    rate, % of copy bandwidth, and ``baseline``'s speed-up over it (other ms / baseline ms)."""
+    results = list(results)
+    header = "| case | implementation | ms | GB/s | TFLOP/s | % of copy | speed-up of fastnn |"
+    lines = [header, "|" + "---|" * 7]
+    cases = list(dict.fromkeys(r.case for r in results))
+    for case in cases:
+        rows = [r for r in results if r.case == case]
+        base = next((r.ms for r in rows if r.impl == baseline and r.ms is not None), None)
+        for r in rows:
+            pct = None if copy_gbs is None or r.gbs is None else 100 * r.gbs / copy_gbs
+            if r.ms is None:
+                speedup = r.note or "skipped"
+            elif base is None or r.impl == baseline:
+                speedup = "1.00x" if r.impl == baseline else "-"
+            else:
+                speedup = f"{r.ms / base:.2f}x"
+            lines.append(f"| {case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.gbs, '.1f')} | "
+                         f"{_fmt(r.tflops, '.2f')} | {_fmt(pct, '.0f')} | {speedup} |")
+    return "\n".join(lines)
+
+
+def environment(device: str) -> dict:
+    """What the numbers were measured on."""
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "fastnn": backend_info(),
+        "device": device,
+    }
+    torch = optional_import("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+        if device == "cuda" and torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name()
+    cupy = cupy_for(device)
+    if cupy is not None:
+        env["cupy"] = cupy.__version__
+    return env
+
+
+def write(suite: str, device: str, results: list[Result], out_dir: str, *, copy: tuple[float, str] | None = None,
+          extra: dict | None = None) -> dict[str, str]:
+    """Write ``<suite>_<device>.json`` and ``.md`` (and a bar chart ``.png`` when matplotlib is
+    installed) into ``out_dir``; return the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{suite}_{device}")
+    payload = {
+        "suite": suite,
+        "device": device,
+        "environment": environment(device),
+        "copy_gbs": None if copy is None else copy[0],
+        "copy_measured_with": None if copy is None else copy[1],
+        "results": [r.as_dict() for r in results],
+        **(extra or {}),
+    }
+    paths = {"json": stem + ".json", "md": stem + ".md"}
+    with open(paths["json"], "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    with open(paths["md"], "w") as f:
+        f.write(f"# {suite} on {device} ({payload['environment']['date']})\n\n")
+        if copy is not None:
+            f.write(f"Copy bandwidth measured in the same run: {copy[0]:.1f} GB/s ({copy[1]}).\n\n")
+        f.write(table(results, copy_gbs=None if copy is None else copy[0]) + "\n")
+    png = chart(suite, device, results, stem + ".png")
+    if png:
+        paths["png"] = png
+    return paths
+
+
+def chart(suite: str, device: str, results: list[Result], path: str, baseline: str = "fastnn") -> str | None:
+    """A bar chart of each implementation's time relative to ``baseline`` per case (lower is
+    slower than fastnn when > 1); None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cases = list(dict.fromkeys(r.case for r in results))
+    impls = list(dict.fromkeys(r.impl for r in results if r.ms is not None))
+    if not cases or not impls:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cases) * max(1, len(impls)) / 2), 4))
+    width = 0.8 / len(impls)
+    for k, impl in enumerate(impls):
+        ratios = []
+        for case in cases:
+            base = next((r.ms for r in results if r.case == case and r.impl == baseline and r.ms), None)
+            mine = next((r.ms for r in results if r.case == case and r.impl == impl and r.ms), None)
+            ratios.append(mine / base if base and mine else 0.0)
+        ax.bar(np.arange(len(cases)) + k * width, ratios, width, label=impl)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
+    ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(f"time relative to {baseline} (higher = {baseline} faster)")
+    ax.set_title(f"fastnn {suite} benchmark, {device}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

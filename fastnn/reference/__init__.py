@@ -1,0 +1,11 @@
+"""The reference implementation: every op in plain NumPy/CuPy (``xp``) code.
+
+This is the spec. It is short and readable, and the native CPU and CUDA kernels are tested
+against it. It runs when ``FASTNN_BACKEND=numpy`` is set, and wherever no compiled kernel
+exists. Functions share their names with ``fastnn.functional`` and the C++ kernels.
+"""
+
+from .activations import *  # noqa: F401,F403
+from .activations import __all__ as _activations_all
+
+__all__ = [*_activations_all]

@@ -1,0 +1,108 @@
+"""Dispatch and build: backend_info, path selection, the no-extension fallback, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _backend
+from fastnn import functional as F
+
+KEYS = {"version", "native_cpu", "simd", "omp_threads", "cuda_compiled", "cuda_devices", "cublaslt_version"}
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    # Run outside the source tree so that the installed package is the one imported.
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_backend_info_has_the_documented_keys():
+    info = fastnn.backend_info()
+    assert KEYS <= set(info)
+    assert info["version"] == fastnn.__version__
+    assert isinstance(info["native_cpu"], bool) and isinstance(info["cuda_compiled"], bool)
+    assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
+    if info["native_cpu"]:
+        assert info["simd"] in {"avx512", "avx2+fma", "avx2", "avx", "sse4.2", "sse2", "neon", "sve", "scalar"}
+        assert info["omp_threads"] >= 1
+    if info["cuda_compiled"]:
+        assert info["cublaslt_version"] > 0
+    else:
+        assert info["cublaslt_version"] is None and info["cuda_devices"] == 0
+
+
+def test_path_selection_follows_the_backend(rng):
+    x = rng.standard_normal(4).astype(np.float32)
+    with fastnn.use_backend("reference"):
+        assert _backend.path_of(x) == "reference"
+        assert fastnn.get_backend() == "reference"
+    expected = "cpu" if _backend.native_available("cpu") else "reference"
+    assert _backend.path_of(x) == expected
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastnn.set_backend("fortran")
+    assert fastnn.get_backend() == "auto"
+
+
+def test_environment_variable_forces_the_reference_path():
+    result = run_python("import fastnn, numpy as np; from fastnn import _backend;"
+                        "print(fastnn.get_backend(), _backend.path_of(np.ones(3, np.float32)))",
+                        FASTNN_BACKEND="numpy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["reference", "reference"]
+    bad = run_python("import fastnn", FASTNN_BACKEND="bogus")
+    assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_import_does_not_import_gpu_or_plot_libraries():
+    result = run_python("import sys, fastnn, fastnn.functional; fastnn.backend_info();"
+                        "print(sorted(m for m in ('cupy', 'torch', 'matplotlib') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_without_the_extension_everything_runs_on_the_reference_path():
+    code = ("import sys, warnings\n"
+            "sys.modules['fastnn._C'] = None  # makes `from . import _C` fail, as a failed build would\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import fastnn, numpy as np\n"
+            "    from fastnn import functional as F\n"
+            "    y = F.softmax_forward(np.array([[0.0, 1.0]], np.float32))\n"
+            "print(len([w for w in caught if 'reference path' in str(w.message)]), fastnn.backend_info()['native_cpu'],"
+            " round(float(y[0, 1]), 4))\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "False", "0.7311"]
+
+
+def test_cli_info():
+    result = subprocess.run([sys.executable, "-m", "fastnn", "info", "--json"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert KEYS <= set(json.loads(result.stdout))
+    readable = subprocess.run([sys.executable, "-m", "fastnn", "info"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), timeout=120)
+    assert readable.returncode == 0 and "native_cpu" in readable.stdout
+
+
+def test_native_and_reference_agree_through_the_public_api(rng):
+    if not _backend.native_available("cpu"):
+        pytest.skip("no native CPU kernels in this build")
+    x = rng.standard_normal((50, 40)).astype(np.float32)
+    with fastnn.use_backend("native"):
+        native = F.gelu_forward(x, approximate="tanh")
+    with fastnn.use_backend("reference"):
+        reference = F.gelu_forward(x, approximate="tanh")
+    np.testing.assert_allclose(native, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_cpu_tensors_are_updated_in_place():
+    torch = pytest.importorskip("torch")
+    t = torch.linspace(-2, 2, 9, dtype=torch.float32)
+    F.relu_forward(t, out=t)
+    assert torch.equal(t, torch.clamp(torch.linspace(-2, 2, 9), min=0))
