@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "activations.h"
+#include "optim.h"
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -141,6 +142,61 @@ void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) 
 #endif
 }
 
+// ---- optim ---------------------------------------------------------------------------------
+// Each rule updates every tensor of `sizes` in one call: `tensors` lists the parameters'
+// addresses, then the gradients', then each state list's (optim.h); `scalars` is 0, or the
+// address of the float64 [lr, step] array that capturable mode reads (and whose step it
+// counts) instead of `lr` and `step`.
+
+void bind_optim(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+#define FASTNN_OPTIM_ARGS_SGD                                                                   \
+  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), \
+      py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("first_step"),  \
+      py::arg("scalars")
+#define FASTNN_OPTIM_ARGS_ADAGRAD                                                               \
+  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("lr_decay"),                     \
+      py::arg("weight_decay"), py::arg("eps"), py::arg("step"), py::arg("maximize"),            \
+      py::arg("scalars")
+#define FASTNN_OPTIM_ARGS_RMSPROP                                                               \
+  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("alpha"), py::arg("eps"),        \
+      py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"),   \
+      py::arg("scalars")
+#define FASTNN_OPTIM_ARGS_ADAM                                                                  \
+  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),      \
+      py::arg("eps"), py::arg("weight_decay"), py::arg("step"), py::arg("amsgrad"),             \
+      py::arg("decoupled"), py::arg("maximize"), py::arg("scalars")
+#define FASTNN_OPTIM_ARGS_RPROP                                                                 \
+  py::arg("tensors"), py::arg("sizes"), py::arg("etaminus"), py::arg("etaplus"),                \
+      py::arg("step_size_min"), py::arg("step_size_max"), py::arg("maximize"), py::arg("scalars")
+  FASTNN_DEF(cpu_m, cpu, sgd, "SGD (momentum, Nesterov, weight decay) on lists (p, g[, buf]).",
+             FASTNN_OPTIM_ARGS_SGD);
+  FASTNN_DEF(cpu_m, cpu, adagrad, "Adagrad on lists (p, g, sum).", FASTNN_OPTIM_ARGS_ADAGRAD);
+  FASTNN_DEF(cpu_m, cpu, rmsprop,
+             "RMSprop on lists (p, g, square_avg[, momentum_buffer][, grad_avg]).",
+             FASTNN_OPTIM_ARGS_RMSPROP);
+  FASTNN_DEF(cpu_m, cpu, adam, "Adam / AdamW on lists (p, g, exp_avg, exp_avg_sq[, max]).",
+             FASTNN_OPTIM_ARGS_ADAM);
+  FASTNN_DEF(cpu_m, cpu, rprop, "Rprop on lists (p, g, prev, step_size).",
+             FASTNN_OPTIM_ARGS_RPROP);
+#ifdef FASTNN_WITH_CUDA
+  FASTNN_DEF(*cuda_m, cuda, sgd, "SGD on `stream`, multi-tensor launches.", FASTNN_OPTIM_ARGS_SGD,
+             py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, adagrad, "Adagrad on `stream`, multi-tensor launches.",
+             FASTNN_OPTIM_ARGS_ADAGRAD, py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, rmsprop, "RMSprop on `stream`, multi-tensor launches.",
+             FASTNN_OPTIM_ARGS_RMSPROP, py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, adam, "Adam / AdamW on `stream`, multi-tensor launches.",
+             FASTNN_OPTIM_ARGS_ADAM, py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, rprop, "Rprop on `stream`, multi-tensor launches.",
+             FASTNN_OPTIM_ARGS_RPROP, py::arg("stream"));
+#endif
+#undef FASTNN_OPTIM_ARGS_SGD
+#undef FASTNN_OPTIM_ARGS_ADAGRAD
+#undef FASTNN_OPTIM_ARGS_RMSPROP
+#undef FASTNN_OPTIM_ARGS_ADAM
+#undef FASTNN_OPTIM_ARGS_RPROP
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -153,4 +209,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   bind_runtime(m, cpu_m, cuda_m);
   bind_activations(cpu_m, cuda_m);
+  bind_optim(cpu_m, cuda_m);
 }

@@ -7,5 +7,7 @@ exists. Functions share their names with ``fastnn.functional`` and the C++ kerne
 
 from .activations import *  # noqa: F401,F403
 from .activations import __all__ as _activations_all
+from .optim import *  # noqa: F401,F403
+from .optim import __all__ as _optim_all
 
-__all__ = [*_activations_all]
+__all__ = [*_activations_all, *_optim_all]

@@ -1,0 +1,129 @@
+// Fused optimizers on the CPU. Formulas in optim.h, per-element math in optim_math.h.
+//
+// One call updates a whole list of tensors: the elements of all tensors are treated as one
+// range, split in equal contiguous parts over the OpenMP threads (so one large tensor and many
+// small ones are shared alike), and each thread walks the pieces of the tensors its part
+// covers with a SIMD loop that reads parameter, gradient and state once and writes parameter
+// and state once.
+#include "optim.h"
+
+#include <algorithm>
+
+#include "cpu/parallel.h"
+
+namespace fastnn::cpu {
+namespace {
+
+// Elements [lo, hi) of one tensor: v[l] = tensor l's element, updated by op, written back
+// (all lists but the gradient, list 1).
+// `op` is taken by value: a local copy cannot alias the arrays, so its fields stay in registers.
+template <class Op, class T = typename Op::value_type>
+void update_range(const Op op, T* const (&ptr)[Op::kLists], int64_t lo, int64_t hi) {
+  constexpr int L = Op::kLists;
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) {
+    T v[L];
+    for (int l = 0; l < L; ++l) v[l] = ptr[l][i];
+    op(v);
+    for (int l = 0; l < L; ++l)
+      if (l != 1) ptr[l][i] = v[l];
+  }
+}
+
+template <class Op>
+void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& sizes) {
+  using T = typename Op::value_type;
+  constexpr int L = Op::kLists;
+  const int64_t count = int64_t(sizes.size());
+  int64_t total = 0;
+  for (int64_t n : sizes) total += n;
+  parallel_for(total, kParallelGrain, [&](int64_t begin, int64_t end) {
+    int64_t offset = 0;
+    for (int64_t t = 0; t < count && offset < end; offset += sizes[t], ++t) {
+      const int64_t lo = std::max(begin, offset) - offset;
+      const int64_t hi = std::min(end, offset + sizes[t]) - offset;
+      if (lo >= hi) continue;
+      T* ptr[L];
+      for (int l = 0; l < L; ++l) ptr[l] = reinterpret_cast<T*>(tensors[size_t(l * count + t)]);
+      update_range(op, ptr, lo, hi);
+    }
+  });
+}
+
+struct Run {
+  const char* rule;
+  const TensorPointers& tensors;
+  const TensorSizes& sizes;
+  double lr;
+  double step;
+  double* scalars;
+
+  template <class Op, class Hyper>
+  void operator()(OpTag<Op>, const Hyper& h) const {
+    check_tensor_lists(rule, tensors, sizes, Op::kLists);
+    if (scalars) {
+      scalars[1] += 1;
+      update_all(Op(h, scalars[0], scalars[1]), tensors, sizes);
+    } else {
+      update_all(Op(h, lr, step), tensors, sizes);
+    }
+  }
+};
+
+}  // namespace
+
+template <class T>
+void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
+         double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
+         double* scalars) {
+  dispatch_sgd<T>(Run{"sgd", tensors, sizes, lr, 0, scalars}, momentum, dampening, weight_decay,
+                  nesterov, maximize, first_step);
+}
+
+template <class T>
+void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
+             double weight_decay, double eps, int64_t step, bool maximize, double* scalars) {
+  dispatch_adagrad<T>(Run{"adagrad", tensors, sizes, lr, double(step), scalars}, lr_decay,
+                      weight_decay, eps, maximize);
+}
+
+template <class T>
+void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
+             double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             double* scalars) {
+  dispatch_rmsprop<T>(Run{"rmsprop", tensors, sizes, lr, 0, scalars}, alpha, eps, weight_decay,
+                      momentum, centered, maximize);
+}
+
+template <class T>
+void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
+          double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
+          bool decoupled, bool maximize, double* scalars) {
+  dispatch_adam<T>(Run{"adam", tensors, sizes, lr, double(step), scalars}, beta1, beta2, eps,
+                   weight_decay, amsgrad, decoupled, maximize);
+}
+
+template <class T>
+void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
+           double etaplus, double step_size_min, double step_size_max, bool maximize,
+           double* scalars) {
+  dispatch_rprop<T>(Run{"rprop", tensors, sizes, 0, 0, scalars}, etaminus, etaplus,
+                    step_size_min, step_size_max, maximize);
+}
+
+#define FASTNN_INSTANTIATE(T)                                                                  \
+  template void sgd<T>(const TensorPointers&, const TensorSizes&, double, double, double,      \
+                       double, bool, bool, bool, double*);                                     \
+  template void adagrad<T>(const TensorPointers&, const TensorSizes&, double, double, double,  \
+                           double, int64_t, bool, double*);                                    \
+  template void rmsprop<T>(const TensorPointers&, const TensorSizes&, double, double, double,  \
+                           double, double, bool, bool, double*);                               \
+  template void adam<T>(const TensorPointers&, const TensorSizes&, double, double, double,     \
+                        double, double, int64_t, bool, bool, bool, double*);                   \
+  template void rprop<T>(const TensorPointers&, const TensorSizes&, double, double, double,    \
+                         double, bool, double*);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
+
+}  // namespace fastnn::cpu

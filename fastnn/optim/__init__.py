@@ -1,0 +1,27 @@
+"""Optimizers with fused native kernels, in class and functional forms, and LR / momentum
+schedules.
+
+Every rule is ``torch.optim``'s, with its hyperparameter names and defaults, so results match
+PyTorch to rounding. Parameters may be :class:`fastnn.nn.Parameter` (gradients from ``.grad``)
+or plain arrays (``opt.step(grads)``). On the CPU each step reads and writes every parameter
+and state element once, over all tensors at once (SIMD + OpenMP); on the GPU many tensors of
+one dtype are updated per kernel launch. See :class:`Optimizer` for the interface and for
+capturable mode (CUDA graphs).
+
+- classes: :class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam`, :class:`AdamW`,
+  :class:`Rprop`;
+- :mod:`fastnn.optim.functional`: ``sgd_``, ``adagrad_``, ``rmsprop_``, ``adam_``, ``rprop_``
+  on lists of NumPy / CuPy / PyTorch arrays, in place;
+- :mod:`fastnn.optim.lr_scheduler`: ``StepLR``, ``ExponentialLR``, ``CosineAnnealingLR``,
+  ``LinearWarmup``, ``MomentumSchedule``.
+"""
+
+from . import functional, lr_scheduler
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .optimizer import Optimizer
+from .rmsprop import RMSprop
+from .rprop import Rprop
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Rprop", "functional", "lr_scheduler"]

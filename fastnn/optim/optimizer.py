@@ -1,0 +1,477 @@
+"""``Optimizer``: parameter groups, state created on the first step, one native call per group
+of tensors, ``state_dict`` / ``load_state_dict`` in torch.optim's format, and capturable mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterable
+
+import numpy as np
+
+from .. import _backend as B
+from ..nn.parameter import Parameter
+from . import functional as F
+
+
+def _data(p):
+    return p.data if isinstance(p, Parameter) else p
+
+
+def _on_device(a):
+    """A context that makes ``a``'s GPU current while CuPy allocates beside it."""
+    return a.device if B._is_cupy(a) else contextlib.nullcontext()
+
+
+def _copy_onto(value, like):
+    """A copy of array ``value`` with ``like``'s dtype on ``like``'s device (moving it if needed)."""
+    if isinstance(like, np.ndarray):
+        return np.array(B.to_numpy(value), dtype=like.dtype, copy=True)
+    with _on_device(like):
+        source = value if B._is_cupy(value) and value.device == like.device else B.to_numpy(value)
+        return B.array_module(like).array(source, dtype=like.dtype, copy=True)
+
+
+def _capturing(a) -> bool:
+    return B._is_cupy(a) and sys.modules["cupy"].cuda.get_current_stream().is_capturing()
+
+
+class _Bucket:
+    """Tensors of one group that one native call updates: one device and dtype, one step count
+    (outside capturable mode), and state either all just created or all existing."""
+
+    __slots__ = ("positions", "indices", "datas", "states", "pointers", "grads", "grad_pointers",
+                 "fresh", "scalars")
+
+    def __init__(self, positions, indices, datas, states, fresh, scalars, native):
+        self.positions, self.indices, self.datas, self.states = positions, indices, datas, states
+        self.fresh, self.scalars = fresh, scalars
+        self.pointers = ([B.pointer(a) for a in datas], [B.pointer(a) for lst in states for a in lst]) if native else None
+        self.grads = self.grad_pointers = None
+
+
+class _Plan:
+    """A group's buckets, valid while its parameters' arrays and its state layout stay the same."""
+
+    __slots__ = ("datas", "layout", "buckets")
+
+    def __init__(self, datas, layout, buckets):
+        self.datas, self.layout, self.buckets = datas, layout, buckets
+
+
+class Optimizer:
+    """Base class of fastnn's optimizers, with the interface of ``torch.optim.Optimizer``.
+
+    ``params``: an iterable of :class:`fastnn.nn.Parameter` (gradients are read from ``.grad``)
+    or of arrays (NumPy, CuPy, or zero-copy views of others; ``step(grads)`` then takes the
+    gradients in the same order), or an iterable of dicts, each a parameter group with a
+    ``"params"`` entry and its own hyperparameters (the others come from the defaults).
+
+    - ``param_groups``: list of dicts; hyperparameters may be changed between steps (a schedule
+      does). They are validated at construction and again by every ``step()``.
+    - ``state``: per parameter (keyed by its position over all groups, as in ``state_dict``),
+      created on the parameter's device on its first step: the same keys as torch.optim
+      (``"step"``, ``"exp_avg"``, ...).
+    - ``step(grads=None)``: one update of every parameter. Everything (hyperparameters,
+      gradient count, shapes, dtypes, devices, contiguity) is checked before anything changes.
+      Tensors of a group with one device and dtype are updated by one native call.
+    - ``zero_grad()``: zeroes every Parameter's ``.grad`` in place (nothing to do for arrays).
+    - ``state_dict()`` / ``load_state_dict()``: torch.optim's format, ``{"state": {index:
+      {...}}, "param_groups": [{..., "params": [indices]}]}``. ``state_dict`` returns the live
+      state arrays (copy them for a snapshot), as torch does. Loading checks counts, keys and
+      shapes (naming the parameter), and copies each array onto its parameter's device and
+      dtype; PyTorch tensors are accepted, so a torch.optim state dict of the same rule loads.
+
+    Capturable mode (``capturable=True``), for CUDA graphs: each group keeps, per device and
+    dtype, a float64 array ``[lr, step]`` beside its parameters. The kernels read lr and the
+    step count from it and count the step there (bias corrections are computed on the device),
+    so a captured ``step()`` replays correctly. ``step()`` writes a changed ``group["lr"]`` to
+    the array itself when it runs eagerly; between graph replays call :meth:`sync_lr` after
+    changing ``group["lr"]`` (fastnn's schedulers do so). Run at least one step eagerly before
+    capturing: the first step creates the state (allocations cannot be captured).
+    """
+
+    rule = ""  # the fastnn.optim.functional rule the subclass runs
+
+    def __init__(self, params: Iterable, defaults: dict, *, capturable: bool = False):
+        if isinstance(params, (Parameter, dict)) or hasattr(params, "shape"):
+            raise TypeError("params must be an iterable of Parameters or arrays, or of parameter-group dicts; "
+                            f"got a single {type(params).__name__}")
+        self.defaults = dict(defaults)
+        self.capturable = bool(capturable)
+        self.param_groups: list[dict] = []
+        self.state: dict[int, dict] = {}
+        self._plans: dict[int, _Plan] = {}
+        self._scalars: dict[tuple, Any] = {}  # (group, device, dtype) -> [lr, step] (capturable)
+        self._scalars_lr: dict[tuple, float] = {}  # the lr last written into each
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # --- subclass hooks -------------------------------------------------------------------------
+
+    @staticmethod
+    def _hyper(group: dict) -> dict:
+        """The functional rule's keyword arguments for ``group`` (not yet validated)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _initial_value(key: str, group: dict) -> float:
+        """The value every element of state ``key`` starts from."""
+        return 0.0
+
+    def _initial_state(self, key: str, data, group: dict):
+        with _on_device(data):
+            return B.array_module(data).full_like(data, self._initial_value(key, group))
+
+    # --- groups ---------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group: a dict with ``"params"`` (Parameters or arrays) and optional
+        hyperparameters; the missing ones are taken from the optimizer's defaults."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        if params is None:
+            raise ValueError("a parameter group needs a 'params' entry")
+        params = [params] if isinstance(params, Parameter) or hasattr(params, "shape") else list(params)
+        if not params:
+            raise ValueError("a parameter group needs at least one parameter")
+        gi = len(self.param_groups)
+        checked = []
+        for k, p in enumerate(params):
+            name = p.name if isinstance(p, Parameter) and p.name else f"param_groups[{gi}]['params'][{k}]"
+            checked.append(p if isinstance(p, Parameter) else B.check_float(p, name, writable=True))
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in checked) or len({id(p) for p in checked}) != len(checked):
+            raise ValueError("some parameters appear in more than one group (or twice in one)")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        group["params"] = checked
+        F.check_hyper(self.rule, self._hyper(group), need_step=False)
+        self.param_groups.append(group)
+
+    def _offsets(self) -> list[int]:
+        offsets, total = [], 0
+        for group in self.param_groups:
+            offsets.append(total)
+            total += len(group["params"])
+        return offsets
+
+    def _name(self, gi: int, k: int) -> str:
+        p = self.param_groups[gi]["params"][k]
+        if isinstance(p, Parameter) and p.name:
+            return f"'{p.name}' (param_groups[{gi}]['params'][{k}])"
+        return f"param_groups[{gi}]['params'][{k}]"
+
+    # --- the step -------------------------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        """Set every Parameter's gradient to zero, in place (plain arrays have no gradient here)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if isinstance(p, Parameter):
+                    p.zero_grad()
+
+    def step(self, grads=None) -> None:
+        """Update every parameter once. ``grads``: None to read each Parameter's ``.grad``, or
+        a list with one gradient per parameter, in the order of ``param_groups``."""
+        hypers = [F.check_hyper(self.rule, self._hyper(g), need_step=False) for g in self.param_groups]
+        per_group = self._split_grads(grads)
+        offsets = self._offsets()
+        # 1. validate everything; 2. create missing state; 3. run. Nothing changes before 3.
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            layout = tuple(s.key for s in F.used_states(self.rule, hypers[gi]))
+            datas = [_data(p) for p in group["params"]]
+            plan = self._plans.get(gi)
+            if plan is None or plan.layout != layout or any(a is not b for a, b in zip(datas, plan.datas)):
+                plan = None
+                datas = self._check_datas(gi, datas, offsets[gi], layout)
+            grads_ok = self._check_grads(gi, datas, per_group[gi], plan)
+            work.append((gi, group, hypers[gi], layout, datas, grads_ok, plan))
+        if self.capturable:
+            self._check_capture(work, offsets)
+        for gi, group, hyper, layout, datas, grads_ok, plan in work:
+            if plan is None:
+                plan = self._plans[gi] = self._plan(gi, group, layout, datas, offsets[gi])
+            self._run(group, hyper, plan, grads_ok)
+
+    def _split_grads(self, grads) -> list[list]:
+        counts = [len(g["params"]) for g in self.param_groups]
+        if grads is None:
+            out = []
+            for gi, group in enumerate(self.param_groups):
+                for k, p in enumerate(group["params"]):
+                    if not isinstance(p, Parameter):
+                        raise TypeError(f"{type(self).__name__}.step() needs the gradients (step(grads)) because "
+                                        f"{self._name(gi, k)} is a plain array, not a fastnn Parameter")
+                out.append([p.grad for p in group["params"]])
+            return out
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list of arrays, one per parameter, got {type(grads).__name__}")
+        if len(grads) != sum(counts):
+            raise ValueError(f"{type(self).__name__}.step() got {len(grads)} gradients for {sum(counts)} parameters")
+        out, start = [], 0
+        for n in counts:
+            out.append(list(grads[start:start + n]))
+            start += n
+        return out
+
+    def _check_datas(self, gi: int, datas: list, offset: int, layout: tuple) -> list:
+        checked = []
+        for k, data in enumerate(datas):
+            name = self._name(gi, k)
+            data = B.check_float(data, name, writable=True)
+            for key in layout:
+                s = self.state.get(offset + k, {}).get(key)
+                if s is None:
+                    continue
+                if B.device_of(s) != B.device_of(data) or s.dtype != data.dtype or s.shape != data.shape:
+                    raise ValueError(
+                        f"the optimizer state '{key}' of {name} is {s.dtype} {tuple(s.shape)} on {B.device_of(s)} "
+                        f"but the parameter is {data.dtype} {tuple(data.shape)} on {B.device_of(data)}: create the "
+                        "optimizer after moving or converting the model, or reload its state with "
+                        "opt.load_state_dict(opt.state_dict()), which moves it")
+            checked.append(data)
+        if self.capturable and any(isinstance(d, B.CudaView) for d in checked):
+            raise TypeError("capturable mode on GPU arrays needs CuPy (install fastnn[cuda])")
+        return checked
+
+    def _check_grads(self, gi: int, datas: list, grads: list, plan: _Plan | None) -> list:
+        if plan is not None and all(b.grads is not None for b in plan.buckets):
+            cached = [g for b in plan.buckets for g in b.grads]
+            positions = [k for b in plan.buckets for k in b.positions]
+            if all(grads[k] is g for k, g in zip(positions, cached)):
+                return grads
+        out = []
+        for k, (g, data) in enumerate(zip(grads, datas)):
+            if not (type(g) is type(data) and g.shape == data.shape and g.dtype == data.dtype
+                    and B._contiguous(g) and (type(g) is np.ndarray or B.device_of(g) == B.device_of(data))):
+                name = self._name(gi, k)
+                g = B.check_float(g, f"the gradient of {name}", like=(name, data), shape=data.shape)
+            out.append(g)
+        return out
+
+    def _check_capture(self, work, offsets) -> None:
+        for gi, group, hyper, layout, datas, grads_ok, plan in work:
+            if not _capturing(datas[0]):
+                continue
+            keys = {(gi, B.device_of(d), np.dtype(d.dtype)) for d in datas}
+            if any(key not in self._scalars for key in keys) or any(
+                    key not in self.state.get(offsets[gi] + k, {}) for k in range(len(datas)) for key in layout):
+                raise RuntimeError(
+                    f"{type(self).__name__}: run at least one step eagerly before capturing a CUDA graph: the first "
+                    "step creates the optimizer state, and allocations cannot be captured")
+            if any(self._scalars_lr.get(key) != float(group["lr"]) for key in keys):
+                raise RuntimeError(f"{type(self).__name__}: param_groups[{gi}]['lr'] changed; call sync_lr() before "
+                                   "capturing (a write captured into the graph would replay the old value)")
+
+    def _plan(self, gi: int, group: dict, layout: tuple, datas: list, offset: int) -> _Plan:
+        counts_steps = F.RULES[self.rule].counts_steps
+        buckets: dict[tuple, list[int]] = {}
+        fresh_positions = set()
+        for k, data in enumerate(datas):
+            state = self.state.setdefault(offset + k, {})
+            for key in layout:
+                if key not in state:
+                    state[key] = self._initial_state(key, data, group)
+                    fresh_positions.add(k)
+            if counts_steps and not self.capturable:
+                state.setdefault("step", 0)
+            step = state["step"] if counts_steps and not self.capturable else None
+            # Only SGD treats fresh state differently (its first momentum step); splitting other
+            # rules' buckets would make capturable mode count their shared step twice.
+            fresh = k in fresh_positions and self.rule == "sgd"
+            buckets.setdefault((B.device_of(data), np.dtype(data.dtype), step, fresh), []).append(k)
+        out = []
+        for (device, dtype, _, fresh), positions in buckets.items():
+            scalars = None
+            if self.capturable:
+                key = (gi, device, dtype)
+                if key not in self._scalars:
+                    self._scalars[key] = self._new_scalars(datas[positions[0]], float(group["lr"]), 0)
+                    self._scalars_lr[key] = float(group["lr"])
+                scalars = (key, self._scalars[key])
+            indices = [offset + k for k in positions]
+            states = [[self.state[i][key] for i in indices] for key in layout]
+            bucket_datas = [datas[k] for k in positions]
+            native = B.path_of(bucket_datas[0]) != "reference"
+            out.append(_Bucket(positions, indices, bucket_datas, states, fresh, scalars, native))
+        return _Plan(datas, layout, out)
+
+    @staticmethod
+    def _new_scalars(like, lr: float, step: int):
+        with _on_device(like):
+            return B.array_module(like).array([lr, float(step)], dtype=np.float64)
+
+    def _run(self, group: dict, hyper: dict, plan: _Plan, grads: list) -> None:
+        counts_steps = F.RULES[self.rule].counts_steps
+        for b in plan.buckets:
+            bucket_grads = [grads[k] for k in b.positions]
+            if b.grads is None or any(x is not y for x, y in zip(bucket_grads, b.grads)):
+                b.grads = bucket_grads
+                b.grad_pointers = [B.pointer(g) for g in bucket_grads] if b.pointers is not None else None
+            args = dict(hyper)
+            if "first_step" in args:
+                args["first_step"] = b.fresh
+            scalars = None
+            if b.scalars is not None:
+                key, scalars = b.scalars
+                self._write_lr(key, scalars, float(group["lr"]))
+            elif "step" in args:
+                args["step"] = self.state[b.indices[0]]["step"] + 1
+            pointers = None if b.pointers is None else b.pointers[0] + b.grad_pointers + b.pointers[1]
+            F.run(self.rule, [b.datas, b.grads, *b.states], args, scalars=scalars, pointers=pointers)
+            if counts_steps and b.scalars is None:
+                for i in b.indices:
+                    self.state[i]["step"] += 1
+            b.fresh = False
+
+    # --- capturable mode ------------------------------------------------------------------------
+
+    def _write_lr(self, key: tuple, scalars, lr: float) -> None:
+        if self._scalars_lr.get(key) != lr:
+            with _on_device(scalars):
+                scalars[0] = lr
+            self._scalars_lr[key] = lr
+
+    def sync_lr(self) -> None:
+        """Capturable mode: write each group's ``lr`` into its device ``[lr, step]`` arrays
+        (asynchronously, on the current stream), for graph replays that follow. A no-op
+        otherwise, and for groups whose lr did not change. Not during a capture."""
+        for key, scalars in self._scalars.items():
+            lr = B.check_scalar(self.param_groups[key[0]]["lr"], f"param_groups[{key[0]}]['lr']", low=0.0)
+            self._write_lr(key, scalars, lr)
+
+    def _step_of(self, index: int, gi: int) -> int:
+        if not self.capturable:
+            return self.state[index]["step"]
+        data = _data(self.param_groups[gi]["params"][index - self._offsets()[gi]])
+        return int(float(self._scalars[(gi, B.device_of(data), np.dtype(data.dtype))][1]))
+
+    # --- state_dict -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``, as
+        torch.optim: indices number the parameters over all groups in order. The state arrays
+        are the live ones (not copies); in capturable mode "step" is read from the device."""
+        offsets = self._offsets()
+        groups = []
+        group_of = {}
+        for gi, group in enumerate(self.param_groups):
+            entry = {k: v for k, v in group.items() if k != "params"}
+            entry["params"] = list(range(offsets[gi], offsets[gi] + len(group["params"])))
+            groups.append(entry)
+            group_of.update(dict.fromkeys(entry["params"], gi))
+        state = {}
+        for index, entry in self.state.items():
+            entry = dict(entry)
+            if F.RULES[self.rule].counts_steps and entry:
+                entry["step"] = self._step_of(index, group_of[index])
+            state[index] = entry
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict` (or a torch.optim one of the same rule). The groups and
+        their parameter counts must match; each state array must have its parameter's shape
+        (ValueError naming the parameter) and a float dtype (TypeError); it is copied onto the
+        parameter's device and dtype. Hyperparameters come from the loaded groups."""
+        try:
+            saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        except (KeyError, TypeError):
+            raise ValueError("a state dict has 'state' and 'param_groups' entries") from None
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"the loaded state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        new_groups, id_map = [], {}
+        offsets = self._offsets()
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"param_groups[{gi}] has {len(group['params'])} parameters but the loaded one has "
+                                 f"{len(saved['params'])}")
+            new = {k: v for k, v in saved.items() if k != "params"}
+            new["params"] = group["params"]
+            F.check_hyper(self.rule, self._hyper(new), need_step=False)
+            new_groups.append(new)
+            for k, saved_id in enumerate(saved["params"]):
+                id_map[saved_id] = (gi, k)
+        state = {}
+        for saved_id, entry in saved_state.items():
+            if saved_id not in id_map:
+                raise ValueError(f"the loaded state has an entry for parameter {saved_id!r}, which no group lists")
+            gi, k = id_map[saved_id]
+            state[offsets[gi] + k] = self._load_entry(entry, gi, k, new_groups[gi])
+        scalars = self._load_scalars(state, new_groups, offsets) if self.capturable else {}
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+        self.state = state
+        self._plans.clear()
+        self._scalars = scalars
+        self._scalars_lr = {key: float(s[0]) for key, s in scalars.items()}
+
+    def _load_entry(self, entry: dict, gi: int, k: int, group: dict) -> dict:
+        name = self._name(gi, k)
+        data = B.check_float(_data(self.param_groups[gi]["params"][k]), name)
+        rule = F.RULES[self.rule]
+        known = {s.key: s for s in rule.states}
+        out = {}
+        for key, value in entry.items():
+            if key == "step" and rule.counts_steps:
+                step = float(value)
+                if step < 0 or not step.is_integer():
+                    raise ValueError(f"the loaded step of {name} must be a whole number >= 0, got {value!r}")
+                out["step"] = int(step)
+            elif key in known:
+                if value is None:  # torch.optim.SGD saves an absent momentum buffer as None
+                    continue
+                a = B.as_array(value, f"the loaded state '{key}' of {name}")
+                if np.dtype(a.dtype).kind != "f":
+                    raise TypeError(f"the loaded state '{key}' of {name} has dtype {np.dtype(a.dtype)}; "
+                                    "expected a floating dtype")
+                if tuple(a.shape) != tuple(data.shape):
+                    raise ValueError(f"the loaded state '{key}' of {name} has shape {tuple(a.shape)} but the "
+                                     f"parameter has shape {tuple(data.shape)}")
+                out[key] = _copy_onto(a, data)
+            else:
+                raise ValueError(f"the loaded state of {name} has an unknown entry {key!r} for "
+                                 f"{type(self).__name__} (expected {sorted(known)})")
+        required = [s.key for s in rule.states if s.used is None]
+        missing = [key for key in required if key not in out]
+        if out and (missing or (rule.counts_steps and "step" not in out)):
+            raise ValueError(f"the loaded state of {name} lacks {missing or ['step']}")
+        return out
+
+    def _load_scalars(self, state: dict, groups: list, offsets: list) -> dict:
+        steps: dict[tuple, dict[int, list[str]]] = {}
+        for gi, group in enumerate(groups):
+            for k, p in enumerate(group["params"]):
+                entry = state.get(offsets[gi] + k, {})
+                data = _data(p)
+                key = (gi, B.device_of(data), np.dtype(data.dtype))
+                steps.setdefault(key, {}).setdefault(entry.pop("step", 0), []).append(self._name(gi, k))
+        out = {}
+        for key, by_step in steps.items():
+            if len(by_step) > 1:
+                raise ValueError("capturable mode keeps one step count per group, device and dtype, but the loaded "
+                                 f"state has steps {sorted(by_step)} in param_groups[{key[0]}] (e.g. "
+                                 f"{', '.join(v[0] for v in by_step.values())})")
+            gi = key[0]
+            like = next(_data(p) for p in groups[gi]["params"]
+                        if (B.device_of(_data(p)), np.dtype(_data(p).dtype)) == key[1:])
+            out[key] = self._new_scalars(like, float(groups[gi]["lr"]), next(iter(by_step)))
+        return out
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for gi, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {gi}")
+            lines.extend(f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params")
+        return "\n".join(lines + [")"])
