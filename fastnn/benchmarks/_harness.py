@@ -109,24 +109,34 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, m
             batches: int = 5) -> float:
     """Median milliseconds per call of ``fn`` over ``batches`` timed batches (after ``warmup``
     calls). Each batch repeats ``fn`` enough times to last about ``min_time / batches``."""
+    return measure_many({"fn": fn}, device, warmup=warmup, min_time=min_time, rounds=batches)["fn"]
+
+
+def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
+                 min_time: float = 0.3, rounds: int = 7) -> dict[str, float]:
+    """Like :func:`measure` for several functions at once, timed in turns: each round times one
+    batch of every function, so that a burst of load on a shared machine slows them all alike
+    and the ratios between them hold. Returns the median milliseconds per call of each."""
     sync = gpu_sync() if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    once = max(time.perf_counter() - start, 1e-6)
-    per_batch = max(1, int(min_time / batches / once))
-    samples = []
-    for _ in range(batches):
-        sync()
-        start = time.perf_counter()
-        for _ in range(per_batch):
+    per_batch = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
             fn()
         sync()
-        samples.append((time.perf_counter() - start) / per_batch)
-    return statistics.median(samples) * 1e3
+        start = time.perf_counter()
+        fn()
+        sync()
+        per_batch[name] = max(1, int(min_time / rounds / max(time.perf_counter() - start, 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(per_batch[name]):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - start) / per_batch[name])
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> tuple[float, str]:
