@@ -63,10 +63,22 @@ void with_flag(bool flag, F&& f) {
 }
 
 // Each rule's hyperparameters and flags choose its Op; `run(OpTag<Op>{}, hyper)` then applies
-// it to the tensors (csrc/cpu/optim.cpp and csrc/cuda/optim.cu provide `run`).
+// it to the tensors (csrc/cpu/optim.cpp and csrc/cuda/optim.cu provide `run`, a RunArgs with
+// that call operator).
 template <class Op>
 struct OpTag {
   using type = Op;
+};
+
+// What a rule's call hands to its `run`: the tensor lists, lr and step from the host, and the
+// capturable [lr, step] array (null outside capturable mode).
+struct RunArgs {
+  const char* rule;
+  const TensorPointers& tensors;
+  const TensorSizes& sizes;
+  double lr;
+  double step;
+  double* scalars;
 };
 
 template <class T, class Run>

@@ -50,14 +50,7 @@ void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& 
   });
 }
 
-struct Run {
-  const char* rule;
-  const TensorPointers& tensors;
-  const TensorSizes& sizes;
-  double lr;
-  double step;
-  double* scalars;
-
+struct Run : RunArgs {
   template <class Op, class Hyper>
   void operator()(OpTag<Op>, const Hyper& h) const {
     check_tensor_lists(rule, tensors, sizes, Op::kLists);
@@ -76,14 +69,14 @@ template <class T>
 void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
          double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
          double* scalars) {
-  dispatch_sgd<T>(Run{"sgd", tensors, sizes, lr, 0, scalars}, momentum, dampening, weight_decay,
+  dispatch_sgd<T>(Run{{"sgd", tensors, sizes, lr, 0, scalars}}, momentum, dampening, weight_decay,
                   nesterov, maximize, first_step);
 }
 
 template <class T>
 void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
              double weight_decay, double eps, int64_t step, bool maximize, double* scalars) {
-  dispatch_adagrad<T>(Run{"adagrad", tensors, sizes, lr, double(step), scalars}, lr_decay,
+  dispatch_adagrad<T>(Run{{"adagrad", tensors, sizes, lr, double(step), scalars}}, lr_decay,
                       weight_decay, eps, maximize);
 }
 
@@ -91,7 +84,7 @@ template <class T>
 void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
              double eps, double weight_decay, double momentum, bool centered, bool maximize,
              double* scalars) {
-  dispatch_rmsprop<T>(Run{"rmsprop", tensors, sizes, lr, 0, scalars}, alpha, eps, weight_decay,
+  dispatch_rmsprop<T>(Run{{"rmsprop", tensors, sizes, lr, 0, scalars}}, alpha, eps, weight_decay,
                       momentum, centered, maximize);
 }
 
@@ -99,7 +92,7 @@ template <class T>
 void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
           double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
           bool decoupled, bool maximize, double* scalars) {
-  dispatch_adam<T>(Run{"adam", tensors, sizes, lr, double(step), scalars}, beta1, beta2, eps,
+  dispatch_adam<T>(Run{{"adam", tensors, sizes, lr, double(step), scalars}}, beta1, beta2, eps,
                    weight_decay, amsgrad, decoupled, maximize);
 }
 
@@ -107,7 +100,7 @@ template <class T>
 void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
            double etaplus, double step_size_min, double step_size_max, bool maximize,
            double* scalars) {
-  dispatch_rprop<T>(Run{"rprop", tensors, sizes, 0, 0, scalars}, etaminus, etaplus,
+  dispatch_rprop<T>(Run{{"rprop", tensors, sizes, 0, 0, scalars}}, etaminus, etaplus,
                     step_size_min, step_size_max, maximize);
 }
 

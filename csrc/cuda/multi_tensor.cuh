@@ -123,13 +123,7 @@ __global__ void __launch_bounds__(kMultiBlock)
 
 // run(OpTag<Op>{}, hyper) for the dispatch_* functions of optim.h: checks the lists, counts
 // the step on the device in capturable mode, then launches as many tables as the tensors fill.
-struct Run {
-  const char* rule;
-  const TensorPointers& tensors;
-  const TensorSizes& sizes;
-  double lr;
-  double step;
-  double* scalars;
+struct Run : RunArgs {
   Stream stream;
 
   template <class Op, class Hyper>

@@ -10,7 +10,7 @@ template <class T>
 void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
          double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
          double* scalars, Stream stream) {
-  dispatch_sgd<T>(Run{"sgd", tensors, sizes, lr, 0, scalars, stream}, momentum, dampening,
+  dispatch_sgd<T>(Run{{"sgd", tensors, sizes, lr, 0, scalars}, stream}, momentum, dampening,
                   weight_decay, nesterov, maximize, first_step);
 }
 
@@ -18,7 +18,7 @@ template <class T>
 void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
              double weight_decay, double eps, int64_t step, bool maximize, double* scalars,
              Stream stream) {
-  dispatch_adagrad<T>(Run{"adagrad", tensors, sizes, lr, double(step), scalars, stream},
+  dispatch_adagrad<T>(Run{{"adagrad", tensors, sizes, lr, double(step), scalars}, stream},
                       lr_decay, weight_decay, eps, maximize);
 }
 
@@ -26,7 +26,7 @@ template <class T>
 void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
              double eps, double weight_decay, double momentum, bool centered, bool maximize,
              double* scalars, Stream stream) {
-  dispatch_rmsprop<T>(Run{"rmsprop", tensors, sizes, lr, 0, scalars, stream}, alpha, eps,
+  dispatch_rmsprop<T>(Run{{"rmsprop", tensors, sizes, lr, 0, scalars}, stream}, alpha, eps,
                       weight_decay, momentum, centered, maximize);
 }
 
@@ -34,7 +34,7 @@ template <class T>
 void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
           double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
           bool decoupled, bool maximize, double* scalars, Stream stream) {
-  dispatch_adam<T>(Run{"adam", tensors, sizes, lr, double(step), scalars, stream}, beta1, beta2,
+  dispatch_adam<T>(Run{{"adam", tensors, sizes, lr, double(step), scalars}, stream}, beta1, beta2,
                    eps, weight_decay, amsgrad, decoupled, maximize);
 }
 
@@ -42,7 +42,7 @@ template <class T>
 void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
            double etaplus, double step_size_min, double step_size_max, bool maximize,
            double* scalars, Stream stream) {
-  dispatch_rprop<T>(Run{"rprop", tensors, sizes, 0, 0, scalars, stream}, etaminus, etaplus,
+  dispatch_rprop<T>(Run{{"rprop", tensors, sizes, 0, 0, scalars}, stream}, etaminus, etaplus,
                     step_size_min, step_size_max, maximize);
 }
 

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer
-
-
-def _betas(betas):
-    try:
-        beta1, beta2 = betas
-    except (TypeError, ValueError):
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-    return beta1, beta2
+from .optimizer import Optimizer, pair
 
 
 class Adam(Optimizer):
@@ -37,13 +29,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  maximize=False, capturable=False, decoupled_weight_decay=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(_betas(betas)), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), capturable=capturable)
 
     @staticmethod
     def _hyper(group):
-        beta1, beta2 = _betas(group["betas"])
+        beta1, beta2 = pair(group["betas"], "betas")
         return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     amsgrad=group["amsgrad"], decoupled=group["decoupled_weight_decay"], maximize=group["maximize"])
 

@@ -15,6 +15,15 @@ from ..nn.parameter import Parameter
 from . import functional as F
 
 
+def pair(value, name: str) -> tuple:
+    """``value`` as a 2-tuple (betas, etas, step_sizes), else ValueError naming it."""
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair, got {value!r}") from None
+    return first, second
+
+
 def _data(p):
     return p.data if isinstance(p, Parameter) else p
 

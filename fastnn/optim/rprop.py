@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from .. import _backend as B
-from .optimizer import Optimizer
-
-
-def _pair(value, name):
-    try:
-        first, second = value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair, got {value!r}") from None
-    return first, second
+from .optimizer import Optimizer, pair
 
 
 class Rprop(Optimizer):
@@ -38,15 +30,15 @@ class Rprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *, maximize=False,
                  capturable=False):
-        super().__init__(params, dict(lr=lr, etas=tuple(_pair(etas, "etas")),
-                                      step_sizes=tuple(_pair(step_sizes, "step_sizes")), maximize=maximize),
+        super().__init__(params, dict(lr=lr, etas=pair(etas, "etas"),
+                                      step_sizes=pair(step_sizes, "step_sizes"), maximize=maximize),
                          capturable=capturable)
 
     @staticmethod
     def _hyper(group):
         B.check_scalar(group["lr"], "lr", low=0.0)
-        etaminus, etaplus = _pair(group["etas"], "etas")
-        step_size_min, step_size_max = _pair(group["step_sizes"], "step_sizes")
+        etaminus, etaplus = pair(group["etas"], "etas")
+        step_size_min, step_size_max = pair(group["step_sizes"], "step_sizes")
         return dict(etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min, step_size_max=step_size_max,
                     maximize=group["maximize"])
 
