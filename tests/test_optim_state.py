@@ -175,6 +175,38 @@ def test_load_state_dict_casts_to_the_parameters_dtype_and_copies(rng):
     assert target.state[0]["step"] == 2 and opt.state[0]["step"] == 1
 
 
+def test_load_state_dict_writes_into_existing_state_arrays(rng):
+    # A captured CUDA graph holds the state's addresses: restoring a checkpoint must keep them.
+    p = rng.standard_normal(5)
+    opt = optim.Adam([p], capturable=True)
+    opt.step([np.ones(5)])
+    arrays, scalars = dict(opt.state[0]), dict(opt._scalars)
+    other = optim.Adam([p.copy()], capturable=True, lr=0.5)
+    for _ in range(3):
+        other.step([2 * np.ones(5)])
+    opt.load_state_dict(other.state_dict())
+    assert all(opt.state[0][key] is value for key, value in arrays.items())
+    assert all(opt._scalars[key] is value for key, value in scalars.items())
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], other.state[0]["exp_avg"])
+    assert list(next(iter(opt._scalars.values()))) == [0.5, 3.0]
+    assert opt.state_dict()["state"][0]["step"] == 3
+
+
+def test_a_refused_load_changes_nothing(rng):
+    a, b = rng.standard_normal(4), rng.standard_normal(3)
+    opt = optim.RMSprop([a, b], lr=0.1, momentum=0.5)
+    opt.step([np.ones(4), np.ones(3)])
+    snap = snapshot(opt, [a, b])
+    state = opt.state_dict()
+    bad = {"state": {0: {k: (v * 2 if k != "step" else 9) for k, v in state["state"][0].items()},
+                     1: dict(state["state"][1], square_avg=np.zeros(4))},
+           "param_groups": [dict(state["param_groups"][0], lr=0.7)]}
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(bad)
+    assert_unchanged(opt, [a, b], snap)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
 def test_state_on_another_dtype_is_refused_until_reloaded(rng):
     w = Parameter(rng.standard_normal(5).astype(np.float32), name="w")
     opt = optim.Adam([w])
@@ -376,15 +408,14 @@ def test_captured_step_replays_like_eager_steps(rng, cls, kwargs):
         opt.step(grads)
         graph = stream.end_capture()
     twin.step([g.copy() for g in grads])
-    sched.step()
     twin_sched.step()
     for t in range(1, 6):
         with stream:
+            sched.step()  # the lr write and the replay share the stream: ordered
             load(t)
             graph.launch(stream)
         stream.synchronize()
         twin.step([cupy.asarray(h) for h in host_grads[t]])
-        sched.step()
         twin_sched.step()
     for a, b in zip(params, copies):
         assert_close(a, b, rtol=1e-5, atol=1e-6)

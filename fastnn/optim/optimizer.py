@@ -33,13 +33,23 @@ def _on_device(a):
     return a.device if B._is_cupy(a) else contextlib.nullcontext()
 
 
-def _copy_onto(value, like):
-    """A copy of array ``value`` with ``like``'s dtype on ``like``'s device (moving it if needed)."""
-    if isinstance(like, np.ndarray):
-        return np.array(B.to_numpy(value), dtype=like.dtype, copy=True)
+def _copy_onto(value, like, out=None):
+    """A copy of array ``value`` with ``like``'s dtype on ``like``'s device (moving it if
+    needed), written into ``out`` (an array like ``like``) when given."""
+    xp = B.array_module(like)
     with _on_device(like):
-        source = value if B._is_cupy(value) and value.device == like.device else B.to_numpy(value)
-        return B.array_module(like).array(source, dtype=like.dtype, copy=True)
+        if isinstance(like, np.ndarray):
+            source = B.to_numpy(value)
+        else:
+            source = value if B._is_cupy(value) and value.device == like.device else xp.asarray(B.to_numpy(value))
+        if out is None:
+            return xp.array(source, dtype=like.dtype, copy=True)
+        xp.copyto(out, source)
+        return out
+
+
+def _same_kind(a, b) -> bool:
+    return B.device_of(a) == B.device_of(b) and a.dtype == b.dtype and a.shape == b.shape
 
 
 def _capturing(a) -> bool:
@@ -92,13 +102,44 @@ class Optimizer:
       shapes (naming the parameter), and copies each array onto its parameter's device and
       dtype; PyTorch tensors are accepted, so a torch.optim state dict of the same rule loads.
 
-    Capturable mode (``capturable=True``), for CUDA graphs: each group keeps, per device and
-    dtype, a float64 array ``[lr, step]`` beside its parameters. The kernels read lr and the
-    step count from it and count the step there (bias corrections are computed on the device),
-    so a captured ``step()`` replays correctly. ``step()`` writes a changed ``group["lr"]`` to
-    the array itself when it runs eagerly; between graph replays call :meth:`sync_lr` after
-    changing ``group["lr"]`` (fastnn's schedulers do so). Run at least one step eagerly before
-    capturing: the first step creates the state (allocations cannot be captured).
+    Capturable mode (``capturable=True``), for CUDA graphs (like torch's ``capturable=True``):
+    each group keeps, per device and dtype, a float64 array ``[lr, step]`` beside its
+    parameters. The kernels count the step there and read lr and the step from it (Adam's and
+    Adagrad's step-dependent factors are computed on the device), so a captured ``step()``
+    replays correctly, and a new lr written into the array between replays takes effect. The
+    math is the same as in normal mode. How to capture a training step with CuPy::
+
+        opt = fastnn.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+        sched = fastnn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            train_step()               # eager, at least once: creates the optimizer state
+            stream.begin_capture()
+            train_step()               # forward, loss, backward, opt.step(), opt.zero_grad()
+            graph = stream.end_capture()
+            for epoch in range(epochs):
+                for x, y in batches:
+                    x_in[...], y_in[...] = x, y   # the arrays the graph captured
+                    graph.launch(stream)
+                sched.step()           # writes lr into the device arrays (opt.sync_lr()),
+                                       # ordered on `stream` before the next replay
+
+    What holds and what does not:
+
+    - The graph holds the addresses of the parameters, gradients and state: keep the same
+      arrays (``zero_grad`` and ``load_state_dict`` write in place; ``model.to(...)`` or new
+      gradient arrays need a new capture).
+    - Only lr (and the step count) are read on the device. Other hyperparameters (betas,
+      momentum, weight_decay, eps, ...) are baked into the captured launches: change them and
+      capture again (so a ``MomentumSchedule`` needs a new capture to take effect).
+    - ``step()`` writes a changed ``group["lr"]`` to the device itself when run eagerly and
+      refuses to do so during a capture (the write would be replayed); between replays call
+      :meth:`sync_lr` after changing ``group["lr"]`` by hand (fastnn's schedulers call it).
+    - The first ``step()`` (and the first after a new hyperparameter adds state, e.g. amsgrad)
+      allocates state, which a capture cannot do: ``step()`` raises RuntimeError then.
+    - ``state_dict()`` reads the step back from the device (a synchronisation; not in a
+      capture). Capturable mode works on NumPy arrays too (same semantics, handy for tests); on
+      the GPU it needs CuPy arrays and the native CUDA path (the reference path synchronises).
     """
 
     rule = ""  # the fastnn.optim.functional rule the subclass runs
@@ -391,7 +432,9 @@ class Optimizer:
         """Load a :meth:`state_dict` (or a torch.optim one of the same rule). The groups and
         their parameter counts must match; each state array must have its parameter's shape
         (ValueError naming the parameter) and a float dtype (TypeError); it is copied onto the
-        parameter's device and dtype. Hyperparameters come from the loaded groups."""
+        parameter's device and dtype, into the existing state array when there is one (so a
+        captured CUDA graph stays valid). Hyperparameters come from the loaded groups. Nothing
+        changes unless everything loads."""
         try:
             saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
         except (KeyError, TypeError):
@@ -411,22 +454,40 @@ class Optimizer:
             new_groups.append(new)
             for k, saved_id in enumerate(saved["params"]):
                 id_map[saved_id] = (gi, k)
-        state = {}
+        loaded = {}
         for saved_id, entry in saved_state.items():
             if saved_id not in id_map:
                 raise ValueError(f"the loaded state has an entry for parameter {saved_id!r}, which no group lists")
             gi, k = id_map[saved_id]
-            state[offsets[gi] + k] = self._load_entry(entry, gi, k, new_groups[gi])
-        scalars = self._load_scalars(state, new_groups, offsets) if self.capturable else {}
+            loaded[offsets[gi] + k] = (_data(self.param_groups[gi]["params"][k]), self._load_entry(entry, gi, k))
+        steps = self._capturable_steps(loaded, new_groups, offsets) if self.capturable else {}
+        # Everything is checked: commit. Arrays that already exist with the right shape, dtype and
+        # device are overwritten in place, so a captured CUDA graph that uses them stays valid.
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)
+        state = {}
+        for index, (data, entry) in loaded.items():
+            old = self.state.get(index, {})
+            state[index] = {key: value if key == "step" else
+                            _copy_onto(value, data, old[key] if key in old and _same_kind(old[key], data) else None)
+                            for key, value in entry.items()}
         self.state = state
         self._plans.clear()
+        scalars = {}
+        for key, (like, step) in steps.items():
+            lr = float(self.param_groups[key[0]]["lr"])
+            scalars[key] = self._scalars.get(key)
+            if scalars[key] is None:
+                scalars[key] = self._new_scalars(like, lr, step)
+            else:
+                with _on_device(like):
+                    scalars[key][0], scalars[key][1] = lr, float(step)
         self._scalars = scalars
-        self._scalars_lr = {key: float(s[0]) for key, s in scalars.items()}
+        self._scalars_lr = {key: float(self.param_groups[key[0]]["lr"]) for key in scalars}
 
-    def _load_entry(self, entry: dict, gi: int, k: int, group: dict) -> dict:
+    def _load_entry(self, entry: dict, gi: int, k: int) -> dict:
+        """The entry's step and its arrays (viewed, not yet copied), all checked."""
         name = self._name(gi, k)
         data = B.check_float(_data(self.param_groups[gi]["params"][k]), name)
         rule = F.RULES[self.rule]
@@ -448,7 +509,7 @@ class Optimizer:
                 if tuple(a.shape) != tuple(data.shape):
                     raise ValueError(f"the loaded state '{key}' of {name} has shape {tuple(a.shape)} but the "
                                      f"parameter has shape {tuple(data.shape)}")
-                out[key] = _copy_onto(a, data)
+                out[key] = a
             else:
                 raise ValueError(f"the loaded state of {name} has an unknown entry {key!r} for "
                                  f"{type(self).__name__} (expected {sorted(known)})")
@@ -458,24 +519,23 @@ class Optimizer:
             raise ValueError(f"the loaded state of {name} lacks {missing or ['step']}")
         return out
 
-    def _load_scalars(self, state: dict, groups: list, offsets: list) -> dict:
-        steps: dict[tuple, dict[int, list[str]]] = {}
+    def _capturable_steps(self, loaded: dict, groups: list, offsets: list) -> dict:
+        """(group, device, dtype) -> (a parameter array there, the step its parameters share)."""
+        steps: dict[tuple, dict[int, list]] = {}
         for gi, group in enumerate(groups):
             for k, p in enumerate(group["params"]):
-                entry = state.get(offsets[gi] + k, {})
                 data = _data(p)
+                entry = loaded.get(offsets[gi] + k, (None, {}))[1]
                 key = (gi, B.device_of(data), np.dtype(data.dtype))
-                steps.setdefault(key, {}).setdefault(entry.pop("step", 0), []).append(self._name(gi, k))
+                steps.setdefault(key, {}).setdefault(entry.pop("step", 0), []).append((self._name(gi, k), data))
         out = {}
         for key, by_step in steps.items():
             if len(by_step) > 1:
                 raise ValueError("capturable mode keeps one step count per group, device and dtype, but the loaded "
                                  f"state has steps {sorted(by_step)} in param_groups[{key[0]}] (e.g. "
-                                 f"{', '.join(v[0] for v in by_step.values())})")
-            gi = key[0]
-            like = next(_data(p) for p in groups[gi]["params"]
-                        if (B.device_of(_data(p)), np.dtype(_data(p).dtype)) == key[1:])
-            out[key] = self._new_scalars(like, float(groups[gi]["lr"]), next(iter(by_step)))
+                                 f"{', '.join(v[0][0] for v in by_step.values())})")
+            step, members = next(iter(by_step.items()))
+            out[key] = (members[0][1], step)
         return out
 
     def __repr__(self) -> str:
