@@ -5,6 +5,7 @@ of tensors, ``state_dict`` / ``load_state_dict`` in torch.optim's format, and ca
 from __future__ import annotations
 
 import contextlib
+import operator
 import sys
 from typing import Any, Iterable
 
@@ -22,10 +23,6 @@ def pair(value, name: str) -> tuple:
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a pair, got {value!r}") from None
     return first, second
-
-
-def _data(p):
-    return p.data if isinstance(p, Parameter) else p
 
 
 def _on_device(a):
@@ -71,12 +68,25 @@ class _Bucket:
 
 
 class _Plan:
-    """A group's buckets, valid while its parameters' arrays and its state layout stay the same."""
+    """A group's buckets, valid while its parameters' arrays and its state layout stay the same;
+    ``grads``: the gradient arrays last checked (their addresses are in the buckets)."""
 
-    __slots__ = ("datas", "layout", "buckets")
+    __slots__ = ("datas", "layout", "buckets", "grads")
 
     def __init__(self, datas, layout, buckets):
-        self.datas, self.layout, self.buckets = datas, layout, buckets
+        self.datas, self.layout, self.buckets, self.grads = datas, layout, buckets, None
+
+
+def _data(p):
+    return p.data if isinstance(p, Parameter) else p
+
+
+def _datas(params) -> list:
+    return [p.data if isinstance(p, Parameter) else p for p in params]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 class Optimizer:
@@ -239,30 +249,33 @@ class Optimizer:
         work = []
         for gi, group in enumerate(self.param_groups):
             layout = tuple(s.key for s in F.used_states(self.rule, hypers[gi]))
-            datas = [_data(p) for p in group["params"]]
+            datas = _datas(group["params"])
             plan = self._plans.get(gi)
-            if plan is None or plan.layout != layout or any(a is not b for a, b in zip(datas, plan.datas)):
+            if plan is None or plan.layout != layout or not _same(datas, plan.datas):
                 plan = None
                 datas = self._check_datas(gi, datas, offsets[gi], layout)
-            grads_ok = self._check_grads(gi, datas, per_group[gi], plan)
-            work.append((gi, group, hypers[gi], layout, datas, grads_ok, plan))
+            grads = per_group[gi]
+            if plan is None or plan.grads is None or not _same(grads, plan.grads):
+                grads = self._check_grads(gi, datas, grads)
+            work.append((gi, group, hypers[gi], layout, datas, grads, plan))
         if self.capturable:
             self._check_capture(work, offsets)
-        for gi, group, hyper, layout, datas, grads_ok, plan in work:
+        for gi, group, hyper, layout, datas, grads, plan in work:
             if plan is None:
                 plan = self._plans[gi] = self._plan(gi, group, layout, datas, offsets[gi])
-            self._run(group, hyper, plan, grads_ok)
+            self._run(group, hyper, plan, grads)
 
     def _split_grads(self, grads) -> list[list]:
         counts = [len(g["params"]) for g in self.param_groups]
         if grads is None:
             out = []
             for gi, group in enumerate(self.param_groups):
-                for k, p in enumerate(group["params"]):
-                    if not isinstance(p, Parameter):
-                        raise TypeError(f"{type(self).__name__}.step() needs the gradients (step(grads)) because "
-                                        f"{self._name(gi, k)} is a plain array, not a fastnn Parameter")
-                out.append([p.grad for p in group["params"]])
+                try:
+                    out.append([p.grad for p in group["params"]])
+                except AttributeError:  # arrays have no .grad
+                    k = next(k for k, p in enumerate(group["params"]) if not isinstance(p, Parameter))
+                    raise TypeError(f"{type(self).__name__}.step() needs the gradients (step(grads)) because "
+                                    f"{self._name(gi, k)} is a plain array, not a fastnn Parameter") from None
             return out
         if not isinstance(grads, (list, tuple)):
             raise TypeError(f"grads must be a list of arrays, one per parameter, got {type(grads).__name__}")
@@ -294,12 +307,7 @@ class Optimizer:
             raise TypeError("capturable mode on GPU arrays needs CuPy (install fastnn[cuda])")
         return checked
 
-    def _check_grads(self, gi: int, datas: list, grads: list, plan: _Plan | None) -> list:
-        if plan is not None and all(b.grads is not None for b in plan.buckets):
-            cached = [g for b in plan.buckets for g in b.grads]
-            positions = [k for b in plan.buckets for k in b.positions]
-            if all(grads[k] is g for k, g in zip(positions, cached)):
-                return grads
+    def _check_grads(self, gi: int, datas: list, grads: list) -> list:
         out = []
         for k, (g, data) in enumerate(zip(grads, datas)):
             if not (type(g) is type(data) and g.shape == data.shape and g.dtype == data.dtype
@@ -310,7 +318,7 @@ class Optimizer:
         return out
 
     def _check_capture(self, work, offsets) -> None:
-        for gi, group, hyper, layout, datas, grads_ok, plan in work:
+        for gi, group, hyper, layout, datas, grads, plan in work:
             if not _capturing(datas[0]):
                 continue
             keys = {(gi, B.device_of(d), np.dtype(d.dtype)) for d in datas}
@@ -363,11 +371,12 @@ class Optimizer:
 
     def _run(self, group: dict, hyper: dict, plan: _Plan, grads: list) -> None:
         counts_steps = F.RULES[self.rule].counts_steps
+        new_grads = plan.grads is None or not _same(grads, plan.grads)
+        plan.grads = grads
         for b in plan.buckets:
-            bucket_grads = [grads[k] for k in b.positions]
-            if b.grads is None or any(x is not y for x, y in zip(bucket_grads, b.grads)):
-                b.grads = bucket_grads
-                b.grad_pointers = [B.pointer(g) for g in bucket_grads] if b.pointers is not None else None
+            if new_grads:
+                b.grads = [grads[k] for k in b.positions]
+                b.grad_pointers = [B.pointer(g) for g in b.grads] if b.pointers is not None else None
             args = dict(hyper)
             if "first_step" in args:
                 args["first_step"] = b.fresh
