@@ -296,7 +296,7 @@ class Optimizer:
                 s = self.state.get(offset + k, {}).get(key)
                 if s is None:
                     continue
-                if B.device_of(s) != B.device_of(data) or s.dtype != data.dtype or s.shape != data.shape:
+                if not _same_kind(s, data):
                     raise ValueError(
                         f"the optimizer state '{key}' of {name} is {s.dtype} {tuple(s.shape)} on {B.device_of(s)} "
                         f"but the parameter is {data.dtype} {tuple(data.shape)} on {B.device_of(data)}: create the "
