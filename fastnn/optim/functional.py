@@ -12,6 +12,11 @@ one parallel pass on the CPU), or by ``fastnn.reference`` on the reference path.
 ``step`` is the number of this update, counting from 1; the formulas are those of the
 matching ``fastnn.optim`` classes (and of ``torch.optim``).
 
+GPU streams: CuPy arrays are updated on CuPy's current stream; other GPU arrays seen through
+``__cuda_array_interface__`` without CuPy on the stream they report (the default stream when
+they report none, as PyTorch tensors do). In a PyTorch program that uses side streams, prefer
+``fastnn.integrations.torch``, which runs on torch's current stream.
+
 ``device_scalars`` (capturable mode): a float64 array ``[lr, step]`` of two elements on the
 parameters' device. The call first adds 1 to ``device_scalars[1]``, then reads lr and the step
 from the array on the device, so the ``lr`` and ``step`` arguments are not used. A CUDA graph
