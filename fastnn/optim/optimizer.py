@@ -30,19 +30,31 @@ def _on_device(a):
     return a.device if B._is_cupy(a) else contextlib.nullcontext()
 
 
+def _new_like(like):
+    """An uninitialised array like ``like``. On the CPU its address has the same offset within a
+    64-byte cache line as ``like``'s, so the kernel's cache-line-aligned loop (csrc/cpu/optim.cpp)
+    covers parameter and state alike."""
+    if not isinstance(like, np.ndarray):
+        with _on_device(like):
+            return B.array_module(like).empty_like(like)
+    buf = np.empty(like.size + 64 // like.itemsize, like.dtype)
+    shift = (B.pointer(like) - B.pointer(buf)) % 64 // like.itemsize
+    return buf[shift:shift + like.size].reshape(like.shape)
+
+
 def _copy_onto(value, like, out=None):
     """A copy of array ``value`` with ``like``'s dtype on ``like``'s device (moving it if
-    needed), written into ``out`` (an array like ``like``) when given."""
-    xp = B.array_module(like)
+    needed), written into ``out`` (an array like ``like``, new if None)."""
+    out = _new_like(like) if out is None else out
     with _on_device(like):
         if isinstance(like, np.ndarray):
             source = B.to_numpy(value)
+        elif B._is_cupy(value) and value.device == like.device:
+            source = value
         else:
-            source = value if B._is_cupy(value) and value.device == like.device else xp.asarray(B.to_numpy(value))
-        if out is None:
-            return xp.array(source, dtype=like.dtype, copy=True)
-        xp.copyto(out, source)
-        return out
+            source = B.array_module(like).asarray(B.to_numpy(value))
+        B.array_module(like).copyto(out, source)
+    return out
 
 
 def _same_kind(a, b) -> bool:
@@ -186,8 +198,10 @@ class Optimizer:
         return 0.0
 
     def _initial_state(self, key: str, data, group: dict):
+        state = _new_like(data)
         with _on_device(data):
-            return B.array_module(data).full_like(data, self._initial_value(key, group))
+            state.fill(self._initial_value(key, group))
+        return state
 
     # --- groups ---------------------------------------------------------------------------------
 
