@@ -30,13 +30,24 @@ def params(xp, rng, c, dtype):
     return gamma, beta, running_mean, running_var
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("relu", [False, True])
+def features(xp, rng, shape, dtype):
+    """A batch whose columns have different means (in [-3, 3]) and standard deviations 1 to 2."""
+    spread = rng.uniform(1, 2, shape[1]) * rng.standard_normal(shape) + rng.uniform(-3, 3, shape[1])
+    return xp.asarray(spread.astype(dtype))
+
+
+def every_case(test):
+    """Runs a test for every dtype, shape, mode and ReLU fusion."""
+    for name, values in [("relu", [False, True]), ("training", [True, False]), ("shape", SHAPES),
+                         ("dtype", DTYPES)]:
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
+@every_case
 def test_forward_matches_reference(xp, path, rng, dtype, shape, training, relu):
-    n, c = shape
-    x = randn(xp, rng, shape, dtype, scale=2.0) + xp.asarray(rng.uniform(-3, 3, c).astype(dtype))
+    c = shape[1]
+    x = features(xp, rng, shape, dtype)
     gamma, beta, rm, rv = params(xp, rng, c, dtype)
     ref_rm, ref_rv = rm.copy(), rv.copy()
     y, (mean, invstd) = F.batchnorm_forward(x, gamma, beta, rm, rv, training=training, relu=relu,
@@ -51,13 +62,10 @@ def test_forward_matches_reference(xp, path, rng, dtype, shape, training, relu):
     assert_close(rv, ref_rv, **tol(dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("relu", [False, True])
+@every_case
 def test_backward_matches_reference(xp, path, rng, dtype, shape, training, relu):
     n, c = shape
-    x = randn(xp, rng, shape, dtype) + xp.asarray(rng.uniform(-3, 3, c).astype(dtype))
+    x = features(xp, rng, shape, dtype)
     dy = randn(xp, rng, shape, dtype)
     gamma, beta, rm, rv = params(xp, rng, c, dtype)
     y, saved = R.batchnorm_forward(x, gamma, beta, rm.copy(), rv.copy(), training, 0.1, 1e-5, relu)
@@ -181,6 +189,20 @@ def test_output_buffers_and_in_place(xp, path, rng):
     dx = F.batchnorm_backward(dy, xs, gamma, saved, dgamma=xp.zeros(9), dbeta=xp.zeros(9), dx=dy)
     assert dx is dy
     assert_close(dx, expected_dx)
+
+
+def test_empty_batches(xp, path, rng):
+    gamma, beta, rm, rv = params(xp, rng, 3, np.float32)
+    y, (mean, invstd) = F.batchnorm_forward(xp.ones((0, 3), np.float32), gamma, beta, rm, rv, training=False)
+    assert y.shape == (0, 3)
+    assert_close(mean, rm)
+    assert_close(invstd, 1 / xp.sqrt(rv + np.float32(1e-5)))
+    dgamma, dbeta = xp.zeros(3, np.float32), xp.zeros(3, np.float32)
+    dx = F.batchnorm_backward(y, y, gamma, (mean, invstd), dgamma=dgamma, dbeta=dbeta, training=False)
+    assert dx.shape == (0, 3) and not bool(dgamma.any()) and not bool(dbeta.any())
+    none = xp.ones(0, np.float32)
+    y, saved = F.batchnorm_forward(xp.ones((4, 0), np.float32), none, none, none, none.copy(), training=True)
+    assert y.shape == (4, 0) and saved[0].shape == (0,)
 
 
 @pytest.mark.parametrize("relu", [False, True])

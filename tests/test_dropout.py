@@ -224,3 +224,10 @@ def test_rejects_mixed_devices():
 
     with pytest.raises(ValueError, match="never copies between devices"):
         F.dropout_forward(cupy.ones(4, np.float32), 0.5, seed=0, counter=0, out=np.empty(4, np.float32))
+
+
+def test_empty_arrays(xp, path):
+    for shape in [(0,), (3, 0)]:
+        x = xp.ones(shape, np.float32)
+        assert F.dropout_forward(x, 0.5, seed=1, counter=1).shape == shape
+        assert F.dropout_mask(shape, 0.5, seed=1, counter=1, xp=xp).shape == shape

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -120,11 +121,49 @@ void batchnorm_forward(const T* x, const T* gamma, const T* beta, T* running_mea
   });
 }
 
-// dz = dy, masked by y > 0 when kRelu (y is only read then).
-template <bool kRelu, class T>
-inline T masked(T dy, const T* y, int64_t i) {
-  if constexpr (kRelu) return y[i] > T(0) ? dy : T(0);
+// dy where y > 0, else +0 (relu'(0) = 0, and a NaN in dy is dropped where masked, as in
+// PyTorch). Written as a bit mask: as a branch, GCC sinks the float-to-double conversion that
+// follows into it and then will not vectorize the loop (the conversion might trap).
+template <class T>
+inline T relu_mask(T dy, T y) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits bits;
+  std::memcpy(&bits, &dy, sizeof bits);
+  bits &= Bits(0) - Bits(y > T(0));
+  std::memcpy(&dy, &bits, sizeof bits);
   return dy;
+}
+
+// The backward's row loops; dz = dy, or relu_mask(dy, y) with kRelu.
+
+// acc[j] += sum dz, acc[c + j] += sum dz (x - mean); with kWriteDx also dx = dz k (eval).
+template <bool kRelu, bool kWriteDx, class T>
+void backward_sum_rows(const T* dy, const T* x, const T* y, const T* mean, const T* k, T* dx,
+                       double* acc, int64_t c, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t o = row * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      const T dz = kRelu ? relu_mask(dy[o + j], y[o + j]) : dy[o + j];
+      acc[j] += double(dz);
+      acc[c + j] += double(dz) * double(x[o + j] - mean[j]);
+      if (kWriteDx) dx[o + j] = dz * k[j];
+    }
+  }
+}
+
+// dx = k dz + q (x - mean) + r.
+template <bool kRelu, class T>
+void backward_dx_rows(const T* dy, const T* x, const T* y, const T* mean, const T* k,
+                      const T* q, const T* r, T* dx, int64_t c, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t o = row * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      const T dz = kRelu ? relu_mask(dy[o + j], y[o + j]) : dy[o + j];
+      dx[o + j] = k[j] * dz + q[j] * (x[o + j] - mean[j]) + r[j];
+    }
+  }
 }
 
 template <class T>
@@ -135,21 +174,12 @@ void batchnorm_backward(const T* dy, const T* x, const T* gamma, const T* saved_
   // dx = k dz + q (x - mean) + r per column; eval has q = r = 0 and writes dx while summing.
   std::vector<T> k(c), q(c), r(c);
   for (int64_t j = 0; j < c; ++j) k[j] = T(double(gamma[j]) * double(saved_invstd[j]));
-  const T* kc = k.data();
   std::vector<double> sums(2 * size_t(c));
   with_flag(relu, [&](auto kRelu) {
-    with_flag(training, [&](auto kTraining) {
+    with_flag(!training, [&](auto kWriteDx) {
       column_sums(n, c, 2, sums.data(), [&](int64_t begin, int64_t end, double* acc) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t o = row * c;
-#pragma omp simd
-          for (int64_t j = 0; j < c; ++j) {
-            const T dz = masked<decltype(kRelu)::value>(dy[o + j], y, o + j);
-            acc[j] += double(dz);
-            acc[c + j] += double(dz) * double(x[o + j] - saved_mean[j]);
-            if constexpr (!decltype(kTraining)::value) dx[o + j] = dz * kc[j];
-          }
-        }
+        backward_sum_rows<decltype(kRelu)::value, decltype(kWriteDx)::value>(
+            dy, x, y, saved_mean, k.data(), dx, acc, c, begin, end);
       });
     });
   });
@@ -164,18 +194,10 @@ void batchnorm_backward(const T* dy, const T* x, const T* gamma, const T* saved_
     r[j] = T(-kj * sum_dz / double(n));
   }
   if (!training) return;
-  const T* qc = q.data();
-  const T* rc = r.data();
   with_flag(relu, [&](auto kRelu) {
     parallel_for(n, row_grain(c), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t o = row * c;
-#pragma omp simd
-        for (int64_t j = 0; j < c; ++j) {
-          const T dz = masked<decltype(kRelu)::value>(dy[o + j], y, o + j);
-          dx[o + j] = kc[j] * dz + qc[j] * (x[o + j] - saved_mean[j]) + rc[j];
-        }
-      }
+      backward_dx_rows<decltype(kRelu)::value>(dy, x, y, saved_mean, k.data(), q.data(),
+                                               r.data(), dx, c, begin, end);
     }, 1);
   });
 }

@@ -38,8 +38,23 @@ void for_each_word(int64_t n, uint64_t seed, uint64_t counter, Body&& body) {
   });
 }
 
-// out = in * (keep ? scale : 0). Multiplying (rather than selecting 0) keeps NaN and the sign
-// of zero as PyTorch's x * mask / (1 - p) does.
+// The per-chunk loops take plain pointers and values: read through a lambda's captures, they
+// would be reloaded after every store (which might alias them) and not vectorize.
+
+// out = in * (keep ? scale : 0), keep = word > below. Multiplying (rather than selecting 0)
+// keeps NaN and the sign of zero as PyTorch's x * mask / (1 - p) does.
+template <class T>
+void apply_chunk(const T* in, T* out, const uint32_t* words, int64_t count, uint32_t below,
+                 T scale) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) out[i] = in[i] * (words[i] > below ? scale : T(0));
+}
+
+void mask_chunk(uint8_t* mask, const uint32_t* words, int64_t count, uint32_t below) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) mask[i] = words[i] > below ? 1 : 0;
+}
+
 template <class T>
 void apply_dropout(const T* in, T* out, int64_t n, uint64_t threshold, T scale, uint64_t seed,
                    uint64_t counter) {
@@ -53,9 +68,7 @@ void apply_dropout(const T* in, T* out, int64_t n, uint64_t threshold, T scale, 
   // word >= threshold as a 32-bit compare: threshold <= 2^32, so threshold - 1 fits.
   const uint32_t below = uint32_t(threshold - 1);
   for_each_word(n, seed, counter, [&](int64_t first, int64_t last, const uint32_t* words) {
-#pragma omp simd
-    for (int64_t i = first; i < last; ++i)
-      out[i] = in[i] * (words[i - first] > below ? scale : T(0));
+    apply_chunk(in + first, out + first, words, last - first, below, scale);
   });
 }
 
@@ -80,8 +93,7 @@ void dropout_mask(uint8_t* mask, int64_t n, uint64_t threshold, uint64_t seed, u
   }
   const uint32_t below = uint32_t(threshold - 1);
   for_each_word(n, seed, counter, [&](int64_t first, int64_t last, const uint32_t* words) {
-#pragma omp simd
-    for (int64_t i = first; i < last; ++i) mask[i] = words[i - first] > below ? 1 : 0;
+    mask_chunk(mask + first, words, last - first, below);
   });
 }
 

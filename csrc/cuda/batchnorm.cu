@@ -68,13 +68,29 @@ __device__ __forceinline__ void chan_merge(double& mean, double& m2, double& cou
   count = total;
 }
 
+// Sums a pair of per-thread values over the block's kRows thread rows, in row order (so the
+// result is the same bits every run); the totals are valid in thread row 0. Every thread of the
+// block must call it, once per kernel.
+__device__ __forceinline__ void sum_thread_rows(double& a, double& b) {
+  __shared__ double a_part[kRows][kCols];
+  __shared__ double b_part[kRows][kCols];
+  a_part[threadIdx.y][threadIdx.x] = a;
+  b_part[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y != 0) return;
+  a = 0.0;
+  b = 0.0;
+  for (int k = 0; k < kRows; ++k) {
+    a += a_part[k][threadIdx.x];
+    b += b_part[k][threadIdx.x];
+  }
+}
+
 // Per split and column: the mean and the sum of squared deviations from it, accumulated about
 // the split's first row (a sample close to the mean, so the squares do not cancel).
 template <class T>
 __global__ void __launch_bounds__(kCols* kRows)
     batchnorm_stats_kernel(const T* x, int64_t n, int64_t c, int64_t rows_per_split, double* ws) {
-  __shared__ double s1_part[kRows][kCols];
-  __shared__ double s2_part[kRows][kCols];
   const Tile t(n, rows_per_split);
   double shift = 0.0, s1 = 0.0, s2 = 0.0;
   if (t.col < c) {
@@ -86,16 +102,8 @@ __global__ void __launch_bounds__(kCols* kRows)
       s2 += d * d;
     }
   }
-  s1_part[threadIdx.y][threadIdx.x] = s1;
-  s2_part[threadIdx.y][threadIdx.x] = s2;
-  __syncthreads();
+  sum_thread_rows(s1, s2);
   if (threadIdx.y != 0 || t.col >= c) return;
-  s1 = 0.0;
-  s2 = 0.0;
-  for (int k = 0; k < kRows; ++k) {
-    s1 += s1_part[k][threadIdx.x];
-    s2 += s2_part[k][threadIdx.x];
-  }
   const double count = double(t.end - t.begin);
   ws[(blockIdx.y * 2 + 0) * c + t.col] = shift + s1 / count;
   ws[(blockIdx.y * 2 + 1) * c + t.col] = s2 - s1 * s1 / count;
@@ -175,8 +183,6 @@ __global__ void __launch_bounds__(kCols* kRows)
     batchnorm_backward_sums_kernel(const T* dy, const T* x, const T* gamma, const T* saved_mean,
                                    const T* saved_invstd, const T* y, T* dx, int64_t n, int64_t c,
                                    int64_t rows_per_split, double* ws) {
-  __shared__ double s1_part[kRows][kCols];
-  __shared__ double s2_part[kRows][kCols];
   const Tile t(n, rows_per_split);
   double s1 = 0.0, s2 = 0.0;
   if (t.col < c) {
@@ -191,16 +197,8 @@ __global__ void __launch_bounds__(kCols* kRows)
       if constexpr (!kTraining) dx[i] = dz * k;
     }
   }
-  s1_part[threadIdx.y][threadIdx.x] = s1;
-  s2_part[threadIdx.y][threadIdx.x] = s2;
-  __syncthreads();
+  sum_thread_rows(s1, s2);
   if (threadIdx.y != 0 || t.col >= c) return;
-  s1 = 0.0;
-  s2 = 0.0;
-  for (int k = 0; k < kRows; ++k) {
-    s1 += s1_part[k][threadIdx.x];
-    s2 += s2_part[k][threadIdx.x];
-  }
   ws[(blockIdx.y * 2 + 0) * c + t.col] = s1;
   ws[(blockIdx.y * 2 + 1) * c + t.col] = s2;
 }
@@ -214,8 +212,6 @@ __global__ void __launch_bounds__(kCols* kRows)
                                  const T* saved_invstd, const T* y, T* dx, T* dgamma, T* dbeta,
                                  int64_t n, int64_t c, int64_t rows_per_split, int64_t splits,
                                  const double* ws) {
-  __shared__ double s1_part[kRows][kCols];
-  __shared__ double s2_part[kRows][kCols];
   __shared__ T k_s[kCols];
   __shared__ T q_s[kCols];
   __shared__ T r_s[kCols];
@@ -227,16 +223,8 @@ __global__ void __launch_bounds__(kCols* kRows)
       s1 += ws[(s * 2 + 0) * c + t.col];
       s2 += ws[(s * 2 + 1) * c + t.col];
     }
-  s1_part[threadIdx.y][threadIdx.x] = s1;
-  s2_part[threadIdx.y][threadIdx.x] = s2;
-  __syncthreads();
+  sum_thread_rows(s1, s2);
   if (threadIdx.y == 0 && active) {
-    s1 = 0.0;
-    s2 = 0.0;
-    for (int k = 0; k < kRows; ++k) {
-      s1 += s1_part[k][threadIdx.x];
-      s2 += s2_part[k][threadIdx.x];
-    }
     const double invstd = double(saved_invstd[t.col]);
     const double sum_dz_xhat = s2 * invstd;
     if (blockIdx.y == 0) {
