@@ -187,7 +187,8 @@ void def_mask(py::module_& m, void (*f)(uint8_t*, int64_t, uint64_t, uint64_t, u
       [f](const std::string& dtype, uintptr_t mask, int64_t n, uint64_t threshold, uint64_t seed,
           uint64_t counter, typename PyArg<Args>::type... stream) {
         if (dtype != "bool")
-          throw py::type_error("fastnn._C dropout_mask: the mask must be bool, got '" + dtype + "'");
+          throw py::type_error("fastnn._C dropout_mask: the mask must be bool, got '" + dtype +
+                               "'");
         f(reinterpret_cast<uint8_t*>(mask), n, threshold, seed, counter,
           PyArg<Args>::from(stream)...);
       },

@@ -27,21 +27,25 @@ inline int thread_index() {
 #endif
 }
 
-inline int64_t row_grain(int64_t c) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(c, 1)); }
+inline int64_t row_grain(int64_t c) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(c, 1));
+}
 
 // totals[0 .. k c) = sum over all rows of what body(begin, end, acc) adds into acc for rows
-// [begin, end); acc is a zeroed block of k c doubles private to the calling thread.
+// [begin, end); acc is a zeroed block of k c doubles private to the calling thread. The blocks
+// are a cache line apart at least, so that threads summing few columns do not share a line.
 template <class Body>
 void column_sums(int64_t n, int64_t c, int k, double* totals, Body&& body) {
   const size_t width = size_t(k) * size_t(c);
+  const size_t stride = (width + 7) / 8 * 8 + 8;
   const int threads = max_threads();
-  std::vector<double> partial(size_t(threads) * width, 0.0);
+  std::vector<double> partial(size_t(threads) * stride, 0.0);
   parallel_for(n, row_grain(c), [&](int64_t begin, int64_t end) {
-    body(begin, end, partial.data() + size_t(thread_index()) * width);
+    body(begin, end, partial.data() + size_t(thread_index()) * stride);
   }, 1);
   std::fill(totals, totals + width, 0.0);
   for (int t = 0; t < threads; ++t)
-    for (size_t j = 0; j < width; ++j) totals[j] += partial[size_t(t) * width + j];
+    for (size_t j = 0; j < width; ++j) totals[j] += partial[size_t(t) * stride + j];
 }
 
 // Calls f(std::integral_constant<bool, flag>{}) so that per-element loops test the flag at
