@@ -15,6 +15,8 @@
 #include <type_traits>
 
 #include "activations.h"
+#include "batchnorm.h"
+#include "dropout.h"
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -141,6 +143,79 @@ void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) 
 #endif
 }
 
+// ---- batch norm ----------------------------------------------------------------------------
+
+void bind_batchnorm(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, batchnorm_forward,
+             "Batch norm of x (n, c): y (=), saved mean and invstd (=), running stats updated in "
+             "training (skipped when their pointers are 0).",
+             py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"),
+             py::arg("running_var"), py::arg("y"), py::arg("saved_mean"),
+             py::arg("saved_invstd"), py::arg("n"), py::arg("c"), py::arg("training"),
+             py::arg("momentum"), py::arg("eps"), py::arg("relu"));
+  FASTNN_DEF(cpu_m, cpu, batchnorm_backward,
+             "Batch norm backward: dx (=), dgamma and dbeta (+=); y is read only when relu.",
+             py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("saved_mean"),
+             py::arg("saved_invstd"), py::arg("y"), py::arg("dx"), py::arg("dgamma"),
+             py::arg("dbeta"), py::arg("n"), py::arg("c"), py::arg("training"), py::arg("relu"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("batchnorm_workspace_size", &cuda::batchnorm_workspace_size, py::arg("n"),
+              py::arg("c"), "Doubles of workspace the CUDA batch norm kernels need for (n, c).");
+  FASTNN_DEF(*cuda_m, cuda, batchnorm_forward, "Batch norm forward on `stream`.", py::arg("x"),
+             py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"),
+             py::arg("y"), py::arg("saved_mean"), py::arg("saved_invstd"), py::arg("n"),
+             py::arg("c"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+             py::arg("relu"), py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, batchnorm_backward,
+             "Batch norm backward on `stream` (dx =, dgamma and dbeta +=).", py::arg("dy"),
+             py::arg("x"), py::arg("gamma"), py::arg("saved_mean"), py::arg("saved_invstd"),
+             py::arg("y"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"),
+             py::arg("c"), py::arg("training"), py::arg("relu"), py::arg("workspace"),
+             py::arg("stream"));
+#endif
+}
+
+// ---- dropout -------------------------------------------------------------------------------
+
+// The mask kernel writes bytes, not floats: bound by hand, with the dtype-name first argument
+// that fastnn._backend.launch passes ("bool", the dtype of the mask).
+template <class... Args>
+void def_mask(py::module_& m, void (*f)(uint8_t*, int64_t, uint64_t, uint64_t, uint64_t, Args...),
+              const char* doc) {
+  m.def(
+      "dropout_mask",
+      [f](const std::string& dtype, uintptr_t mask, int64_t n, uint64_t threshold, uint64_t seed,
+          uint64_t counter, typename PyArg<Args>::type... stream) {
+        if (dtype != "bool")
+          throw py::type_error("fastnn._C dropout_mask: the mask must be bool, got '" + dtype +
+                               "'");
+        f(reinterpret_cast<uint8_t*>(mask), n, threshold, seed, counter,
+          PyArg<Args>::from(stream)...);
+      },
+      py::call_guard<py::gil_scoped_release>(), doc);
+}
+
+void bind_dropout(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, dropout_forward,
+             "y = x * (word(seed, counter, i) >= threshold ? scale : 0) (=), y may be x.",
+             py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"));
+  FASTNN_DEF(cpu_m, cpu, dropout_backward, "dx = dy * (the same mask) * scale (=).",
+             py::arg("dy"), py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"));
+  def_mask(cpu_m, &cpu::dropout_mask,
+           "mask[i] = word(seed, counter, i) >= threshold, one byte per element (=).");
+#ifdef FASTNN_WITH_CUDA
+  FASTNN_DEF(*cuda_m, cuda, dropout_forward, "Dropout forward on `stream`, mask drawn in-kernel.",
+             py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, dropout_backward, "Dropout backward on `stream`.", py::arg("dy"),
+             py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"), py::arg("stream"));
+  def_mask(*cuda_m, &cuda::dropout_mask, "The dropout mask on `stream`.");
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -153,4 +228,6 @@ PYBIND11_MODULE(_C, m) {
 #endif
   bind_runtime(m, cpu_m, cuda_m);
   bind_activations(cpu_m, cuda_m);
+  bind_batchnorm(cpu_m, cuda_m);
+  bind_dropout(cpu_m, cuda_m);
 }

@@ -7,5 +7,9 @@ exists. Functions share their names with ``fastnn.functional`` and the C++ kerne
 
 from .activations import *  # noqa: F401,F403
 from .activations import __all__ as _activations_all
+from .batchnorm import *  # noqa: F401,F403
+from .batchnorm import __all__ as _batchnorm_all
+from .dropout import *  # noqa: F401,F403
+from .dropout import __all__ as _dropout_all
 
-__all__ = [*_activations_all]
+__all__ = [*_activations_all, *_batchnorm_all, *_dropout_all]
