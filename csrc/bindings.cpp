@@ -17,6 +17,8 @@
 #include "activations.h"
 #include "batchnorm.h"
 #include "dropout.h"
+#include "dense.h"
+#include "losses.h"
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -216,6 +218,91 @@ void bind_dropout(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 #endif
 }
 
+// ---- dense ---------------------------------------------------------------------------------
+
+void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, bias_activation_forward,
+             "p = z + bias (bias may be 0), aux = p (when aux != 0), y = act(p); (rows, cols). "
+             "z may be y or aux.",
+             py::arg("act"), py::arg("z"), py::arg("bias"), py::arg("y"), py::arg("aux"),
+             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+  FASTNN_DEF(cpu_m, cpu, bias_activation_backward,
+             "dz = dy act'(saved) (=, skipped when dz == 0), db += column sums of dz (skipped "
+             "when db == 0); (rows, cols).",
+             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dz"), py::arg("db"),
+             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("dense_forward_workspace", &cuda::dense_forward_workspace, py::arg("n"),
+              py::arg("in_features"), py::arg("out_features"), py::arg("precision"),
+              py::arg("itemsize"), "Workspace bytes dense_forward needs.");
+  cuda_m->def(
+      "dense_backward_workspace",
+      [](int act, int64_t n, int64_t in, int64_t out, int precision, size_t itemsize) {
+        return cuda::dense_backward_workspace(Activation(act), n, in, out, precision, itemsize);
+      },
+      py::arg("act"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+      py::arg("precision"), py::arg("itemsize"), "Workspace bytes dense_backward needs.");
+  cuda_m->def("set_epilogues_enabled", &cuda::set_epilogues_enabled, py::arg("enabled"),
+              "Use cuBLASLt epilogues where they run (default), or always the plain GEMM and "
+              "fused passes (for tests).");
+  cuda_m->def("epilogues_enabled", &cuda::epilogues_enabled);
+  FASTNN_DEF(*cuda_m, cuda, dense_forward,
+             "y = act(x W + b) (=), aux = x W + b (=) when given, through cuBLASLt on `stream`.",
+             py::arg("act"), py::arg("x"), py::arg("W"), py::arg("b"), py::arg("y"),
+             py::arg("aux"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+             py::arg("alpha"), py::arg("precision"), py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, dense_backward,
+             "dz = dy act'(.), dW += x^T dz, db += sum dz, dx = dz W^T (=; times x_act' when "
+             "x_act is given, x_db += its column sums) on `stream`.",
+             py::arg("act"), py::arg("dy"), py::arg("x"), py::arg("W"), py::arg("saved"),
+             py::arg("dW"), py::arg("db"), py::arg("dx"), py::arg("x_act"), py::arg("x_saved"),
+             py::arg("x_db"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+             py::arg("alpha"), py::arg("x_alpha"), py::arg("precision"), py::arg("workspace"),
+             py::arg("stream"));
+#endif
+}
+
+// ---- losses --------------------------------------------------------------------------------
+
+void bind_losses(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, softmax_cross_entropy_forward,
+             "Mean softmax cross-entropy (=) and its gradient (=); either output may be 0.",
+             py::arg("logits"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"));
+  FASTNN_DEF(cpu_m, cpu, hinge_forward, "Mean multiclass hinge loss (=) and its subgradient (=).",
+             py::arg("scores"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"));
+  FASTNN_DEF(cpu_m, cpu, bce_with_logits_forward, "Mean BCE with logits (=) and its gradient (=).",
+             py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+  FASTNN_DEF(cpu_m, cpu, mse_forward, "Mean squared error (=) and its gradient (=).",
+             py::arg("pred"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+  FASTNN_DEF(cpu_m, cpu, l1_forward, "Mean absolute error (=) and its subgradient (=).",
+             py::arg("pred"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("loss_workspace_bytes", &cuda::loss_workspace_bytes,
+              "Workspace bytes every CUDA loss kernel needs.");
+  FASTNN_DEF(*cuda_m, cuda, softmax_cross_entropy_forward,
+             "Softmax cross-entropy on `stream`; status = first row with a bad label, or -1.",
+             py::arg("logits"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"), py::arg("status"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, hinge_forward,
+             "Multiclass hinge loss on `stream`; status = first row with a bad label, or -1.",
+             py::arg("scores"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"), py::arg("status"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, bce_with_logits_forward, "BCE with logits on `stream`.",
+             py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, mse_forward, "Mean squared error on `stream`.", py::arg("pred"),
+             py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, l1_forward, "Mean absolute error on `stream`.", py::arg("pred"),
+             py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -230,4 +317,6 @@ PYBIND11_MODULE(_C, m) {
   bind_activations(cpu_m, cuda_m);
   bind_batchnorm(cpu_m, cuda_m);
   bind_dropout(cpu_m, cuda_m);
+  bind_dense(cpu_m, cuda_m);
+  bind_losses(cpu_m, cuda_m);
 }
