@@ -126,23 +126,26 @@ def _nbytes(a) -> int:
     return a.size * np.dtype(a.dtype).itemsize
 
 
+def _overlap(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if _nbytes(a) == 0 or _nbytes(b) == 0:
+        return False
+    pa, pb = B.pointer(a), B.pointer(b)
+    return pa < pb + _nbytes(b) and pb < pa + _nbytes(a)
+
+
 def _check_disjoint(outputs, inputs) -> None:
     """ValueError when a written array shares memory with another argument (the kernels read
     their inputs while writing)."""
     for out_name, out in outputs:
-        start = B.pointer(out)
-        end = start + _nbytes(out)
         for name, other in inputs:
-            if other is None or name == out_name or _nbytes(other) == 0:
-                continue
-            o = B.pointer(other)
-            if o < end and start < o + _nbytes(other):
+            if other is not None and name != out_name and _overlap(out, other):
                 raise ValueError(f"{out_name} shares memory with {name}: pass a separate array")
 
 
-def _check_layer(x, W, b, x_name: str):
-    """x (N, in), W (in, out), b (out,) or None, validated together. Returns (x, W, b)."""
-    x = B.check_float(x, x_name, ndim=2)
+def _check_weights(x, W, b, x_name: str = "x"):
+    """W (in, out) and b (out,) or None, validated against the validated x (N, in)."""
     W = B.check_float(W, "W", like=(x_name, x), ndim=2)
     if W.shape[0] != x.shape[1]:
         raise ValueError(
@@ -151,7 +154,7 @@ def _check_layer(x, W, b, x_name: str):
         )
     if b is not None:
         b = B.check_float(b, "b", like=(x_name, x), shape=(W.shape[1],))
-    return x, W, b
+    return W, b
 
 
 def _optional_ptr(a) -> int:
@@ -184,7 +187,8 @@ def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 
     Returns y. (torch: ``act(torch.nn.functional.linear(x, W.T, b))``)"""
     code = _activation_code(activation)
     alpha = B.check_scalar(alpha, "alpha")
-    x, W, b = _check_layer(x, W, b, "x")
+    x = B.check_float(x, "x", ndim=2)
+    W, b = _check_weights(x, W, b)
     n, in_features = x.shape
     out_features = W.shape[1]
     shape = (n, out_features)
@@ -258,7 +262,8 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
     alpha = B.check_scalar(alpha, "alpha")
     x_alpha = B.check_scalar(x_alpha, "x_alpha")
     dy = B.check_float(dy, "dy", ndim=2)
-    x, W, _ = _check_layer(B.check_float(x, "x", like=("dy", dy), ndim=2), W, None, "x")
+    x = B.check_float(x, "x", like=("dy", dy), ndim=2)
+    W, _ = _check_weights(x, W, None)
     n, in_features = x.shape
     out_features = W.shape[1]
     if tuple(dy.shape) != (n, out_features):
