@@ -189,7 +189,7 @@ def test_rejects_bad_input(xp, rng):
         F.hinge_forward(logits, labels, grad_out=xp.empty((3, 4), np.float32))
     with pytest.raises(TypeError, match="grad_out: expected dtype float32"):
         F.hinge_forward(logits, labels, grad_out=xp.empty((4, 3), np.float64))
-    with pytest.raises(ValueError, match="grad_out shares memory with pred"):
+    with pytest.raises(ValueError, match="grad_out shares memory with logits"):
         F.softmax_cross_entropy_forward(logits, labels, grad_out=logits)
     with pytest.raises(ValueError, match=r"out: expected shape \(\), got \(1,\)"):
         F.mse_forward(logits, logits, out=xp.empty(1, np.float32))

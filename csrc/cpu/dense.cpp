@@ -1,30 +1,21 @@
 // Dense layers on the CPU: the passes around NumPy's BLAS GEMMs (formulas in dense.h).
 //
-// Each pass reads the GEMM output once: rows split over OpenMP threads, a SIMD loop along the
-// row. The bias gradient's column sums go into per-thread accumulators: blocks of kSumBlock
-// rows are summed in T, each block total is added in float64, and the threads' totals are
-// added into db in thread order (deterministic for a given thread count).
+// Each pass reads the GEMM output once, row by row, with a SIMD loop along the row. They run on
+// the calling thread on purpose: they sit between GEMMs that OpenBLAS runs on its own thread
+// pool, and an OpenMP team started here keeps spinning after the region (GOMP_SPINCOUNT),
+// taking a core from the GEMM that follows. On 2 cores that made a 784-512-512-10 training
+// step 2.5x slower; a pass costs a few percent of the GEMMs around it.
+//
+// The bias gradient's column sums: blocks of kSumBlock rows summed in T, each block total
+// added in float64.
 #include "dense.h"
 
-#include <algorithm>
 #include <vector>
-
-#include "cpu/parallel.h"
 
 namespace fastnn::cpu {
 namespace {
 
 constexpr int64_t kSumBlock = 64;
-
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)); }
-
-int thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 }  // namespace
 
@@ -32,36 +23,34 @@ template <class T>
 void bias_activation_forward(Activation act, const T* z, const T* bias, T* y, T* aux,
                              int64_t rows, int64_t cols, T alpha) {
   with_activation<T>(act, alpha, [&](auto f) {
-    parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const T* zr = z + r * cols;
-        T* yr = y + r * cols;
-        if (aux != nullptr) {
-          T* ar = aux + r * cols;
-          if (bias != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* zr = z + r * cols;
+      T* yr = y + r * cols;
+      if (aux != nullptr) {
+        T* ar = aux + r * cols;
+        if (bias != nullptr) {
 #pragma omp simd
-            for (int64_t j = 0; j < cols; ++j) {
-              const T p = zr[j] + bias[j];
-              ar[j] = p;
-              yr[j] = f.forward(p);
-            }
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < cols; ++j) {
-              const T p = zr[j];
-              ar[j] = p;
-              yr[j] = f.forward(p);
-            }
+          for (int64_t j = 0; j < cols; ++j) {
+            const T p = zr[j] + bias[j];
+            ar[j] = p;
+            yr[j] = f.forward(p);
           }
-        } else if (bias != nullptr) {
-#pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) yr[j] = f.forward(zr[j] + bias[j]);
         } else {
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) yr[j] = f.forward(zr[j]);
+          for (int64_t j = 0; j < cols; ++j) {
+            const T p = zr[j];
+            ar[j] = p;
+            yr[j] = f.forward(p);
+          }
         }
+      } else if (bias != nullptr) {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) yr[j] = f.forward(zr[j] + bias[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) yr[j] = f.forward(zr[j]);
       }
-    }, 1);
+    }
   });
 }
 
@@ -69,49 +58,38 @@ template <class T>
 void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz, T* db,
                               int64_t rows, int64_t cols, T alpha) {
   if (db == nullptr && dz == nullptr) return;
-  const int threads = max_threads();
-  // Per thread: cols float64 totals, then cols block sums in T.
-  std::vector<double> totals(db != nullptr ? size_t(threads) * cols : 0, 0.0);
-  std::vector<T> blocks(db != nullptr ? size_t(threads) * cols : 0, T(0));
+  std::vector<double> total(db != nullptr ? cols : 0, 0.0);
+  std::vector<T> block(db != nullptr ? cols : 0, T(0));
+  T* blk = block.data();
   with_activation<T>(act, alpha, [&](auto f) {
-    parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-      double* total = db != nullptr ? totals.data() + size_t(thread_index()) * cols : nullptr;
-      T* block = db != nullptr ? blocks.data() + size_t(thread_index()) * cols : nullptr;
-      for (int64_t r = begin; r < end; ++r) {
-        const T* dyr = dy + r * cols;
-        const T* sr = saved != nullptr ? saved + r * cols : dyr;
-        if (dz == nullptr) {  // identity: the column sums of dy alone
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* dyr = dy + r * cols;
+      const T* sr = saved != nullptr ? saved + r * cols : dyr;
+      if (dz == nullptr) {  // identity: the column sums of dy alone
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) block[j] += dyr[j];
-        } else if (db == nullptr) {
-          T* dzr = dz + r * cols;
+        for (int64_t j = 0; j < cols; ++j) blk[j] += dyr[j];
+      } else if (db == nullptr) {
+        T* dzr = dz + r * cols;
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) dzr[j] = f.backward(dyr[j], sr[j]);
-        } else {
-          T* dzr = dz + r * cols;
+        for (int64_t j = 0; j < cols; ++j) dzr[j] = f.backward(dyr[j], sr[j]);
+      } else {
+        T* dzr = dz + r * cols;
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) {
-            const T g = f.backward(dyr[j], sr[j]);
-            dzr[j] = g;
-            block[j] += g;
-          }
-        }
-        if (db != nullptr && ((r - begin + 1) % kSumBlock == 0 || r + 1 == end)) {
-#pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) {
-            total[j] += double(block[j]);
-            block[j] = T(0);
-          }
+        for (int64_t j = 0; j < cols; ++j) {
+          const T g = f.backward(dyr[j], sr[j]);
+          dzr[j] = g;
+          blk[j] += g;
         }
       }
-    }, 1);
+      if (db != nullptr && ((r + 1) % kSumBlock == 0 || r + 1 == rows)) {
+        for (int64_t j = 0; j < cols; ++j) {
+          total[j] += double(blk[j]);
+          blk[j] = T(0);
+        }
+      }
+    }
   });
-  if (db == nullptr) return;
-  for (int64_t j = 0; j < cols; ++j) {
-    double s = 0.0;
-    for (int t = 0; t < threads; ++t) s += totals[size_t(t) * cols + j];
-    db[j] += T(s);
-  }
+  for (int64_t j = 0; j < cols && db != nullptr; ++j) db[j] += T(total[j]);
 }
 
 #define FASTNN_INSTANTIATE(T)                                                                  \

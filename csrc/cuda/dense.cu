@@ -183,7 +183,7 @@ Types types_for(int precision) {
 // ---- workspace layout ----------------------------------------------------------------------
 
 constexpr int kRowWarps = 8;    // rows a bias_activation_backward block works on at once
-constexpr int kMaxSplits = 128;  // block rows sharing one column range (partial sums each)
+constexpr int kMaxSplits = 512;  // block rows sharing one column range (partial sums each)
 
 size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -310,7 +310,8 @@ void bias_activation_backward(Activation act, const T* dy, const T* saved, Out* 
                               cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || (dz == nullptr && db == nullptr)) return;
   const int64_t col_blocks = (cols + 31) / 32;
-  const int64_t wanted = (int64_t(multiprocessor_count()) * 4 + col_blocks - 1) / col_blocks;
+  // about 8 blocks of 8 warps per multiprocessor: enough loads in flight to stream memory
+  const int64_t wanted = (int64_t(multiprocessor_count()) * 8 + col_blocks - 1) / col_blocks;
   const int64_t row_cap = (rows + 4 * kRowWarps - 1) / (4 * kRowWarps);  // >= 4 rows per warp
   int64_t splits = wanted < row_cap ? wanted : row_cap;
   splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);

@@ -98,11 +98,6 @@ int row_blocks(int64_t rows) {
   return int(needed < 1 ? 1 : (needed < cap ? needed : cap));
 }
 
-template <class L>
-__device__ __forceinline__ int64_t label_of(const void* labels, int64_t r) {
-  return int64_t(static_cast<const L*>(labels)[r]);
-}
-
 __device__ __forceinline__ void online_merge(double& m, double& s, double m2, double s2) {
   const double mm = m > m2 ? m : m2;
   const double a = m == -INFINITY ? 0.0 : s * exp(m - mm);
@@ -111,18 +106,13 @@ __device__ __forceinline__ void online_merge(double& m, double& s, double m2, do
   s = a + b;
 }
 
-// One warp per row. The running max/sum is kept in T per lane and merged in float64 across
-// lanes.
-template <class T, class L>
-__global__ void softmax_cross_entropy_kernel(const T* logits, const void* labels, T* grad,
-                                             int64_t rows, int64_t cols, Partials p) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kRowsPerBlock;
-  const T inv_rows = T(1) / T(rows);
-  double total = 0.0;
-  int64_t bad = INT64_MAX;
-  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); r < rows; r += warps) {
-    const T* xr = logits + r * cols;
+// The loss of row xr (label y, checked) computed by one warp, returned to lane 0, with the
+// gradient row gr (null: none) written as well.
+template <class T>
+struct SoftmaxCrossEntropyRow {
+  // The running max/sum is kept in T per lane and merged in float64 across lanes.
+  __device__ double operator()(const T* xr, int64_t y, T* gr, int64_t cols, int lane,
+                               T inv_rows) const {
     T m = -T(INFINITY), s = T(0);
     for (int64_t j = lane; j < cols; j += 32) {
       const T v = xr[j];
@@ -141,41 +131,19 @@ __global__ void softmax_cross_entropy_kernel(const T* logits, const void* labels
       online_merge(md, sd, m2, s2);
     }
     const double lse = md + log(sd);
-    const int64_t y = label_of<L>(labels, r);
-    const bool ok = y >= 0 && y < cols;
-    if (grad != nullptr) {
-      T* gr = grad + r * cols;
+    if (gr != nullptr) {
       const T lse_t = T(lse);
       for (int64_t j = lane; j < cols; j += 32)
-        gr[j] = ok ? (math_exp(xr[j] - lse_t) - (j == y ? T(1) : T(0))) * inv_rows : T(NAN);
+        gr[j] = (math_exp(xr[j] - lse_t) - (j == y ? T(1) : T(0))) * inv_rows;
     }
-    if (lane == 0) {
-      if (ok) total += lse - double(xr[y]);
-      else bad = r < bad ? r : bad;
-    }
+    return lse - double(xr[y]);
   }
-  store_block_partial(total, bad, p);
-}
+};
 
-template <class T, class L>
-__global__ void hinge_kernel(const T* scores, const void* labels, T* grad, int64_t rows,
-                             int64_t cols, Partials p) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = int64_t(gridDim.x) * kRowsPerBlock;
-  const T inv_rows = T(1) / T(rows);
-  double total = 0.0;
-  int64_t bad = INT64_MAX;
-  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); r < rows; r += warps) {
-    const T* sr = scores + r * cols;
-    const int64_t y = label_of<L>(labels, r);
-    const bool ok = y >= 0 && y < cols;
-    T* gr = grad != nullptr ? grad + r * cols : nullptr;
-    if (!ok) {  // the same for the whole warp
-      if (gr != nullptr)
-        for (int64_t j = lane; j < cols; j += 32) gr[j] = T(NAN);
-      if (lane == 0) bad = r < bad ? r : bad;
-      continue;
-    }
+template <class T>
+struct HingeRow {
+  __device__ double operator()(const T* sr, int64_t y, T* gr, int64_t cols, int lane,
+                               T inv_rows) const {
     const T sy = sr[y];
     T acc = T(0);
     int count = 0;
@@ -188,10 +156,32 @@ __global__ void hinge_kernel(const T* scores, const void* labels, T* grad, int64
     }
     acc = warp_sum(acc);
     count = warp_sum(count);
-    if (lane == 0) {
-      if (gr != nullptr) gr[y] = -T(count) * inv_rows;
-      total += double(acc);
+    if (gr != nullptr && lane == 0) gr[y] = -T(count) * inv_rows;
+    return double(acc);
+  }
+};
+
+// One warp per row, grid-stride over rows. A row whose label is outside [0, cols) gets a NaN
+// gradient and is recorded instead of summed.
+template <class T, class L, class Row>
+__global__ void row_loss_kernel(const T* x, const void* labels, T* grad, int64_t rows,
+                                int64_t cols, Partials p, Row row_loss) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kRowsPerBlock;
+  const T inv_rows = T(1) / T(rows);
+  double total = 0.0;
+  int64_t bad = INT64_MAX;
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int64_t y = int64_t(static_cast<const L*>(labels)[r]);
+    T* gr = grad != nullptr ? grad + r * cols : nullptr;
+    if (y < 0 || y >= cols) {  // the same for the whole warp
+      if (gr != nullptr)
+        for (int64_t j = lane; j < cols; j += 32) gr[j] = T(NAN);
+      if (lane == 0) bad = r < bad ? r : bad;
+      continue;
     }
+    const double loss = row_loss(x + r * cols, y, gr, cols, lane, inv_rows);
+    if (lane == 0) total += loss;
   }
   store_block_partial(total, bad, p);
 }
@@ -237,25 +227,28 @@ void elementwise_loss(const T* pred, const T* target, T* loss, T* grad, int64_t 
   if (n <= 0) return;
   const cudaStream_t s = to_stream(stream);
   const Partials p = partials_in(workspace);
-  const unsigned blocks = grid_for(n, kBlock, 4) < unsigned(kMaxBlocks) ? grid_for(n, kBlock, 4)
-                                                                        : unsigned(kMaxBlocks);
+  const unsigned wanted = grid_for(n);
+  const unsigned blocks = wanted < unsigned(kMaxBlocks) ? wanted : unsigned(kMaxBlocks);
   elementwise_loss_kernel<<<blocks, kBlock, 0, s>>>(pred, target, grad, n, T(1) / T(n), op, p);
   check_launch(name);
   if (loss != nullptr) finish<T>(p, int(blocks), 1.0 / double(n), loss, nullptr, s, name);
 }
 
-template <class T, class Kernel32, class Kernel64>
+template <class T, class Row>
 void row_loss(const T* x, const void* labels, bool labels64, T* loss, T* grad, int64_t rows,
-              int64_t cols, int64_t* status, void* workspace, Stream stream, Kernel32 k32,
-              Kernel64 k64, const char* name) {
+              int64_t cols, int64_t* status, void* workspace, Stream stream, Row row,
+              const char* name) {
   if (rows <= 0) return;
   const cudaStream_t s = to_stream(stream);
   const Partials p = partials_in(workspace);
   const int blocks = row_blocks(rows);
-  if (labels64) k64<<<blocks, 32 * kRowsPerBlock, 0, s>>>(x, labels, grad, rows, cols, p);
-  else k32<<<blocks, 32 * kRowsPerBlock, 0, s>>>(x, labels, grad, rows, cols, p);
+  if (labels64)
+    row_loss_kernel<T, int64_t><<<blocks, 32 * kRowsPerBlock, 0, s>>>(x, labels, grad, rows, cols, p, row);
+  else
+    row_loss_kernel<T, int32_t><<<blocks, 32 * kRowsPerBlock, 0, s>>>(x, labels, grad, rows, cols, p, row);
   check_launch(name);
-  finish<T>(p, blocks, 1.0 / double(rows), loss, status, s, name);
+  if (loss != nullptr || status != nullptr)
+    finish<T>(p, blocks, 1.0 / double(rows), loss, status, s, name);
 }
 
 }  // namespace
@@ -267,15 +260,14 @@ void softmax_cross_entropy_forward(const T* logits, const void* labels, bool lab
                                    T* grad, int64_t rows, int64_t cols, int64_t* status,
                                    void* workspace, Stream stream) {
   row_loss(logits, labels, labels64, loss, grad, rows, cols, status, workspace, stream,
-           softmax_cross_entropy_kernel<T, int32_t>, softmax_cross_entropy_kernel<T, int64_t>,
-           "softmax_cross_entropy_forward");
+           SoftmaxCrossEntropyRow<T>{}, "softmax_cross_entropy_forward");
 }
 
 template <class T>
 void hinge_forward(const T* scores, const void* labels, bool labels64, T* loss, T* grad,
                    int64_t rows, int64_t cols, int64_t* status, void* workspace, Stream stream) {
   row_loss(scores, labels, labels64, loss, grad, rows, cols, status, workspace, stream,
-           hinge_kernel<T, int32_t>, hinge_kernel<T, int64_t>, "hinge_forward");
+           HingeRow<T>{}, "hinge_forward");
 }
 
 template <class T>

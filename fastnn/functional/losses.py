@@ -32,16 +32,11 @@ from .. import _backend as B
 from .. import reference as ref
 from .dense import _check_disjoint, _workspace
 
-__all__ = [
-    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "bce_with_logits_forward", "bce_with_logits_backward",
-    "mse_forward", "mse_backward",
-    "hinge_forward", "hinge_backward",
-    "l1_forward", "l1_backward",
-    "loss_item",
-]
+# The same names as the reference, plus loss_item.
+__all__ = [*ref.losses.__all__, "loss_item"]
 
 _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_LABELED = frozenset({"softmax_cross_entropy", "hinge"})
 
 # Per (device, stream): the int64 the CUDA kernels write the first bad row into, and the
 # (loss pointer, labels, C) of the latest classification loss computed there.
@@ -49,19 +44,19 @@ _status: dict = {}
 _pending: dict = {}
 
 
-def _loss_output(out, pred):
+def _loss_output(out, pred, pred_name: str):
     if out is None:
         return B.array_module(pred).empty((), dtype=pred.dtype)
-    return B.check_float(out, "out", like=("pred", pred), shape=(), writable=True)
+    return B.check_float(out, "out", like=(pred_name, pred), shape=(), writable=True)
 
 
-def _grad_output(grad, pred, target, name: str, required: bool = False):
+def _grad_output(grad, name: str, pred, second, names, required: bool = False):
     """The validated gradient output, which may not overlap the inputs (the kernels read them
     after writing). None stays None unless ``required``: then a new array."""
     if grad is None:
         return B.output(None, pred) if required else None
-    grad = B.check_float(grad, name, like=("pred", pred), shape=pred.shape, writable=True)
-    _check_disjoint([(name, grad)], [("pred", pred), ("target", target)])
+    grad = B.check_float(grad, name, like=(names[0], pred), shape=pred.shape, writable=True)
+    _check_disjoint([(name, grad)], [(names[0], pred), (names[1], second)])
     return grad
 
 
@@ -113,52 +108,37 @@ def _scores(pred, name: str):
     return pred
 
 
-def _labeled(kernel: str, reference, reference_grad, pred, labels, grad, loss_out):
-    """A classification loss (softmax cross-entropy, hinge) on its path. ``loss_out`` None:
-    no loss wanted (backward)."""
-    rows, classes = pred.shape
+def _run(name: str, pred, second, grad, loss_out) -> None:
+    """Loss ``name`` (its reference, or its ``<name>_forward`` kernel) on pred's path: the loss
+    into ``loss_out`` unless None (a backward), the gradient into ``grad`` unless None."""
+    labeled = name in _LABELED
     path = B.path_of(pred)
-    if path != "cuda":
-        _check_label_range(labels, classes)
+    if labeled and path != "cuda":
+        _check_label_range(second, pred.shape[1])
     if path == "reference":
         if grad is not None:
-            grad[...] = reference_grad(pred, labels)
+            grad[...] = getattr(ref, f"{name}_backward")(pred, second)
         if loss_out is not None:
-            loss_out[...] = reference(pred, labels)
+            loss_out[...] = getattr(ref, f"{name}_forward")(pred, second)
         return
-    labels64 = np.dtype(labels.dtype) == np.int64
     loss_ptr = 0 if loss_out is None else B.pointer(loss_out)
     grad_ptr = 0 if grad is None else B.pointer(grad)
+    if labeled:
+        labels64 = np.dtype(second.dtype) == np.int64
+        args = [B.pointer(pred), B.pointer(second), labels64, loss_ptr, grad_ptr, *pred.shape]
+    else:
+        args = [B.pointer(pred), B.pointer(second), loss_ptr, grad_ptr, pred.size]
     if path == "cpu":
-        B.launch(path, kernel, pred, B.pointer(pred), B.pointer(labels), labels64, loss_ptr, grad_ptr, rows,
-                 classes)
+        B.launch(path, f"{name}_forward", pred, *args)
         return
     key = (B.device_of(pred).index, B.stream_of(pred))
-    status = _status_pointer(pred) if loss_out is not None else 0
-    B.launch(path, kernel, pred, B.pointer(pred), B.pointer(labels), labels64, loss_ptr, grad_ptr, rows,
-             classes, status, _workspace(pred, B._C.cuda.loss_workspace_bytes()))
-    if loss_out is not None:
-        _pending[key] = (loss_ptr, labels, classes)
-
-
-def _paired(kernel: str, reference, reference_grad, pred, target, grad, loss_out):
-    """An elementwise loss (BCE, MSE, L1) of two same-shape arrays on its path."""
-    path = B.path_of(pred)
-    if path == "reference":
-        if grad is not None:
-            grad[...] = reference_grad(pred, target)
-        if loss_out is not None:
-            loss_out[...] = reference(pred, target)
-        return
-    loss_ptr = 0 if loss_out is None else B.pointer(loss_out)
-    grad_ptr = 0 if grad is None else B.pointer(grad)
-    if path == "cpu":
-        B.launch(path, kernel, pred, B.pointer(pred), B.pointer(target), loss_ptr, grad_ptr, pred.size)
-        return
-    if loss_out is not None:
-        _pending.pop((B.device_of(pred).index, B.stream_of(pred)), None)
-    B.launch(path, kernel, pred, B.pointer(pred), B.pointer(target), loss_ptr, grad_ptr, pred.size,
-             _workspace(pred, B._C.cuda.loss_workspace_bytes()))
+    if labeled:
+        args.append(0 if loss_out is None else _status_pointer(pred))
+    B.launch(path, f"{name}_forward", pred, *args, _workspace(pred, B._C.cuda.loss_workspace_bytes()))
+    if loss_out is not None and labeled:
+        _pending[key] = (loss_ptr, second, pred.shape[1])
+    elif loss_out is not None:
+        _pending.pop(key, None)
 
 
 def _pair(pred, target, pred_name: str, target_name: str):
@@ -188,6 +168,28 @@ def loss_item(loss) -> float:
     return value
 
 
+def _inputs(name: str, pred, second, names):
+    if name in _LABELED:
+        pred = _scores(pred, names[0])
+        return pred, _check_labels(second, pred)
+    return _pair(pred, second, *names)
+
+
+def _forward(name: str, pred, second, grad_out, out, names):
+    pred, second = _inputs(name, pred, second, names)
+    grad = _grad_output(grad_out, "grad_out", pred, second, names)
+    loss = _loss_output(out, pred, names[0])
+    _run(name, pred, second, grad, loss)
+    return loss
+
+
+def _backward(name: str, pred, second, out, names):
+    pred, second = _inputs(name, pred, second, names)
+    grad = _grad_output(out, "out", pred, second, names, required=True)
+    _run(name, pred, second, grad, None)
+    return grad
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -196,99 +198,56 @@ def softmax_cross_entropy_forward(logits, labels, *, grad_out=None, out=None):
     loss = mean_i (logsumexp(logits_i) - logits_i[labels_i]), computed with the row max
     subtracted (stable for logits of any magnitude). With ``grad_out`` (N, C), also writes
     d loss / d logits = (softmax(logits) - onehot(labels)) / N. (torch.nn.functional.cross_entropy)"""
-    logits = _scores(logits, "logits")
-    labels = _check_labels(labels, logits)
-    grad = _grad_output(grad_out, logits, labels, "grad_out")
-    loss = _loss_output(out, logits)
-    _labeled("softmax_cross_entropy_forward", ref.softmax_cross_entropy_forward,
-             ref.softmax_cross_entropy_backward, logits, labels, grad, loss)
-    return loss
+    return _forward("softmax_cross_entropy", logits, labels, grad_out, out, ("logits", "labels"))
 
 
 def softmax_cross_entropy_backward(logits, labels, *, out=None):
     """d loss / d logits = (softmax(logits) - onehot(labels)) / N, (N, C)."""
-    logits = _scores(logits, "logits")
-    labels = _check_labels(labels, logits)
-    grad = _grad_output(out, logits, labels, "out", required=True)
-    _labeled("softmax_cross_entropy_forward", ref.softmax_cross_entropy_forward,
-             ref.softmax_cross_entropy_backward, logits, labels, grad, None)
-    return grad
+    return _backward("softmax_cross_entropy", logits, labels, out, ("logits", "labels"))
 
 
 def hinge_forward(scores, labels, *, grad_out=None, out=None):
     """Multiclass SVM (hinge) loss with margin 1, scores (N, C), labels (N,):
     loss = mean_i sum_{j != y_i} max(0, s_ij - s_iy_i + 1) (cs231n; C times
     torch.nn.functional.multi_margin_loss). ``grad_out``: the subgradient, 0 at the kink."""
-    scores = _scores(scores, "scores")
-    labels = _check_labels(labels, scores)
-    grad = _grad_output(grad_out, scores, labels, "grad_out")
-    loss = _loss_output(out, scores)
-    _labeled("hinge_forward", ref.hinge_forward, ref.hinge_backward, scores, labels, grad, loss)
-    return loss
+    return _forward("hinge", scores, labels, grad_out, out, ("scores", "labels"))
 
 
 def hinge_backward(scores, labels, *, out=None):
     """Hinge subgradient: 1/N at each j != y_i with s_ij - s_iy_i + 1 > 0, minus their count / N
     at y_i."""
-    scores = _scores(scores, "scores")
-    labels = _check_labels(labels, scores)
-    grad = _grad_output(out, scores, labels, "out", required=True)
-    _labeled("hinge_forward", ref.hinge_forward, ref.hinge_backward, scores, labels, grad, None)
-    return grad
+    return _backward("hinge", scores, labels, out, ("scores", "labels"))
 
 
 def bce_with_logits_forward(logits, targets, *, grad_out=None, out=None):
     """Binary cross-entropy of sigmoid(logits) against targets in [0, 1] (same shape), from the
     logits: loss = mean(max(z, 0) - z t + log(1 + e^-|z|)), never overflowing. ``grad_out``:
     (sigmoid(z) - t) / numel. (torch.nn.functional.binary_cross_entropy_with_logits)"""
-    logits, targets = _pair(logits, targets, "logits", "targets")
-    grad = _grad_output(grad_out, logits, targets, "grad_out")
-    loss = _loss_output(out, logits)
-    _paired("bce_with_logits_forward", ref.bce_with_logits_forward, ref.bce_with_logits_backward, logits,
-            targets, grad, loss)
-    return loss
+    return _forward("bce_with_logits", logits, targets, grad_out, out, ("logits", "targets"))
 
 
 def bce_with_logits_backward(logits, targets, *, out=None):
     """d loss / d logits = (sigmoid(logits) - targets) / numel."""
-    logits, targets = _pair(logits, targets, "logits", "targets")
-    grad = _grad_output(out, logits, targets, "out", required=True)
-    _paired("bce_with_logits_forward", ref.bce_with_logits_forward, ref.bce_with_logits_backward, logits,
-            targets, grad, None)
-    return grad
+    return _backward("bce_with_logits", logits, targets, out, ("logits", "targets"))
 
 
 def mse_forward(pred, target, *, grad_out=None, out=None):
     """Mean squared error over all elements: loss = mean((pred - target)^2). ``grad_out``:
     2 (pred - target) / numel. (torch.nn.functional.mse_loss)"""
-    pred, target = _pair(pred, target, "pred", "target")
-    grad = _grad_output(grad_out, pred, target, "grad_out")
-    loss = _loss_output(out, pred)
-    _paired("mse_forward", ref.mse_forward, ref.mse_backward, pred, target, grad, loss)
-    return loss
+    return _forward("mse", pred, target, grad_out, out, ("pred", "target"))
 
 
 def mse_backward(pred, target, *, out=None):
     """d loss / d pred = 2 (pred - target) / numel."""
-    pred, target = _pair(pred, target, "pred", "target")
-    grad = _grad_output(out, pred, target, "out", required=True)
-    _paired("mse_forward", ref.mse_forward, ref.mse_backward, pred, target, grad, None)
-    return grad
+    return _backward("mse", pred, target, out, ("pred", "target"))
 
 
 def l1_forward(pred, target, *, grad_out=None, out=None):
     """Mean absolute error over all elements: loss = mean|pred - target|. ``grad_out``: the
     subgradient sign(pred - target) / numel, 0 where they are equal. (torch.nn.functional.l1_loss)"""
-    pred, target = _pair(pred, target, "pred", "target")
-    grad = _grad_output(grad_out, pred, target, "grad_out")
-    loss = _loss_output(out, pred)
-    _paired("l1_forward", ref.l1_forward, ref.l1_backward, pred, target, grad, loss)
-    return loss
+    return _forward("l1", pred, target, grad_out, out, ("pred", "target"))
 
 
 def l1_backward(pred, target, *, out=None):
     """d loss / d pred = sign(pred - target) / numel (0 where equal)."""
-    pred, target = _pair(pred, target, "pred", "target")
-    grad = _grad_output(out, pred, target, "out", required=True)
-    _paired("l1_forward", ref.l1_forward, ref.l1_backward, pred, target, grad, None)
-    return grad
+    return _backward("l1", pred, target, out, ("pred", "target"))
