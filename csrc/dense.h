@@ -9,7 +9,7 @@
 //             row-major (C order), densely packed.
 //
 // The CPU path runs the GEMMs through NumPy's BLAS from Python; what is left for C++ are the
-// two single passes over the GEMM output:
+// two single passes over the GEMM output, on the calling thread (why: cpu/dense.cpp):
 //
 //   bias_activation_forward   p = z + b (b may be null), aux = p when aux is given, y = act(p).
 //                             z may alias y or aux (each element is read before it is written).

@@ -205,7 +205,7 @@ def test_matmul_precision_setting(rng):
 
 # Bound on |error| / (|x| @ |W|) per output element for each precision (see
 # set_matmul_precision): fp32 accumulation over k terms, or rounded inputs.
-PRECISION_BOUND = {"highest": 1e-5, "high": 2.0**-9, "medium": 2.0**-6}
+PRECISION_BOUND = {"highest": 2e-5, "high": 2.0**-9, "medium": 2.0**-6}
 
 
 @pytest.mark.gpu
@@ -233,7 +233,8 @@ def test_gpu_precision_modes_within_documented_tolerance(rng, precision, activat
     dz_abs = np.abs(R.activation_backward(dy64, saved, activation)) if activation != "identity" else np.abs(dy64)
     assert np.all(np.abs(to_numpy(dW) - ref_dW) <= bound * (np.abs(x64).T @ dz_abs) + 1e-5)
     assert np.all(np.abs(to_numpy(dx) - ref_dx) <= bound * (dz_abs @ np.abs(W64).T) + 1e-5)
-    assert_close(db, ref_db, np.float32, rtol=1e-4, atol=1e-4)  # summed in float32, not rounded
+    # db may come from the GEMM's BGRADA epilogue, which reads the (rounded) GEMM operand
+    assert np.all(np.abs(to_numpy(db) - ref_db) <= bound * dz_abs.sum(axis=0) + 1e-4)
 
 
 @pytest.mark.gpu
