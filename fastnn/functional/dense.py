@@ -12,7 +12,8 @@ cpu         ``numpy.matmul`` (NumPy's BLAS, multi-threaded) writes x @ W straigh
             y (or aux); one C++ pass adds b and applies the activation. Backward: one
             C++ pass writes dz = dy * act'(.) into a reused scratch array and adds its
             column sums into db; then dW += x.T @ dz (a GEMM into scratch, then one add)
-            and dx = dz @ W.T, both BLAS.
+            and dx = dz @ W.T, both BLAS. The passes run on the calling thread, so
+            they never compete with the BLAS threads (see ``csrc/cpu/dense.cpp``).
 cuda        cuBLASLt with the bias and activation in the GEMM's epilogue where one
             exists (BIAS, RELU_BIAS, GELU_AUX_BIAS for gelu_tanh), a fused pass
             otherwise; dW accumulates in the GEMM (beta = 1); db from the BGRADA
@@ -40,7 +41,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import reference as ref
-from .activations import ACTIVATIONS, _activation_code
+from .activations import _activation_code
 
 __all__ = [
     "dense_forward", "dense_backward", "dense_needs_aux",
