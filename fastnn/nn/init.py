@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from .. import _backend as B
+from .. import functional as F
 from .parameter import Parameter
 
 __all__ = ["zeros", "normal", "uniform", "xavier", "glorot", "he", "kaiming", "orthogonal", "lsuv",
@@ -78,7 +79,8 @@ def zeros(array):
     target = _target(array)
     if target.ndim >= 2:
         warnings.warn("init.zeros on a weight matrix: every unit gets the same gradient and the units stay "
-                      "identical; use it for biases, and a random initializer for weights", UserWarning,
+                      "identical (the symmetry is never broken); use it for biases, and a random initializer for "
+                      "weights", UserWarning,
                       stacklevel=2)
     target.fill(0)
     return array
@@ -167,10 +169,10 @@ def lsuv(model, batch, *, tol: float = 0.1, max_iter: int = 10, rng=None, seed=N
     are), then, layer by layer in forward order, W is divided by sqrt(v), v the variance of
     that layer's output on ``batch``, until |v - 1| < ``tol`` or ``max_iter`` rescalings.
 
-    A layer's output is the Dense's own result, including its ``activation=`` when it has one
-    (not a separate activation layer after it). The model runs with ``training=False``
-    (running statistics, no dropout; nothing is updated). Returns the model. No torch.nn.init
-    equivalent (PyTorch has none built in)."""
+    A layer's output is its pre-activation x @ W + b (a tanh or sigmoid output could never
+    reach unit variance), so one rescaling nearly always suffices. The model runs with
+    ``training=False`` (running statistics, no dropout; nothing is updated). Returns the model.
+    No torch.nn.init equivalent (PyTorch has none built in)."""
     from .dense import Dense
 
     tol = B.check_scalar(tol, "lsuv: tol", low=0, low_open=True)
@@ -188,7 +190,8 @@ def lsuv(model, batch, *, tol: float = 0.1, max_iter: int = 10, rng=None, seed=N
             raise ValueError(f"lsuv: {layer._where()} did not run in the model's forward")
         x = layer._saved[0]
         for _ in range(max_iter):
-            variance = float(layer.forward(x, training=False).var())
+            bias = None if layer.bias is None else layer.bias.data
+            variance = float(F.dense_forward(x, layer.weight.data, bias).var())
             if abs(variance - 1.0) < tol:
                 break
             if not variance > 1e-12:

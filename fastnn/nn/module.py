@@ -204,7 +204,7 @@ class Module:
         return [(f"{prefix}.{name}" if prefix else name, getattr(module, name))
                 for prefix, module in self.named_modules() for name in module._buffer_names]
 
-    def num_parameters(self) -> int:
+    def parameter_count(self) -> int:
         """The number of trainable scalars."""
         return sum(p.size for p in self.parameters())
 
@@ -351,7 +351,7 @@ class Module:
         lines = [head + ("," if self.extra_repr() else "")]
         for name, child in self._modules.items():
             sub = child._lines()
-            count = child.num_parameters()
+            count = child.parameter_count()
             remarks = [f"{count:,} parameters"] if count else []
             remarks += [self._note(name)] if self._note(name) else []
             sub[-1] += f"  # {', '.join(remarks)}" if remarks else ""
@@ -361,7 +361,7 @@ class Module:
 
     def __repr__(self) -> str:
         lines = self._lines()
-        count = self.num_parameters()
+        count = self.parameter_count()
         if count:
             lines[-1] += f"  # {count:,} parameters ({self.dtype.name}, {self.device})"
         return "\n".join(lines)
