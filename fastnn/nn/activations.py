@@ -125,7 +125,7 @@ class PReLU(Module):
         x, y = self._saved_state()
         dout = self._check_grad(dout, y)
         dx = self._buffer("dx", x.shape, x, self._reuse_dx or not need_input_grad)
-        F.prelu_backward(dout, x, self.alpha.data, dalpha=self.alpha.grad, out=dx)
+        dx, _ = F.prelu_backward(dout, x, self.alpha.data, dalpha=self.alpha.grad, out=dx)
         return dx if need_input_grad else None
 
 

@@ -35,7 +35,7 @@ class Loss(Module):
         device); d loss / d pred is computed in the same pass for :meth:`backward`."""
         pred, target = self._check(pred, target)
         grad = self._output(pred.shape, pred)
-        loss = type(self).kernel(pred, target, grad_out=grad)
+        loss = self.kernel(pred, target, grad_out=grad)
         self._saved = grad
         return float(loss) if sync else loss
 

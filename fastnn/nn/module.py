@@ -399,30 +399,29 @@ class Module:
         dtypes (integers included) or a dtype other than the parameters', ``ValueError`` for
         another device, rank or feature count. Non-contiguous inputs are copied. Checks for
         NaN/inf when ``check_nan`` is on."""
-        where = self._where()
         try:
             a = B.as_array(x, name)
         except TypeError as exc:
-            raise TypeError(f"{where}: {exc}") from None
+            raise TypeError(f"{self._where()}: {exc}") from None
         dt = np.dtype(a.dtype)
         if dt not in B.FLOAT_DTYPES:
             hint = " (integer data: convert with x.astype(numpy.float32))" if dt.kind in "iub" else ""
-            raise TypeError(f"{where}: {name} has dtype {dt}, expected float32 or float64{hint}")
+            raise TypeError(f"{self._where()}: {name} has dtype {dt}, expected float32 or float64{hint}")
         if like is not None:
             if B.device_of(a) != B.device_of(like):
-                raise ValueError(f"{where}: {name} is on {B.device_of(a)} but {like_name} on "
+                raise ValueError(f"{self._where()}: {name} is on {B.device_of(a)} but {like_name} on "
                                  f"{B.device_of(like)}; move one of them (model.to(...), cupy.asarray, .get())")
             if dt != np.dtype(like.dtype):
-                raise TypeError(f"{where}: {name} is {dt} but {like_name} {np.dtype(like.dtype)}; convert "
+                raise TypeError(f"{self._where()}: {name} is {dt} but {like_name} {np.dtype(like.dtype)}; convert "
                                 "one of them (x.astype, model.to(dtype=...))")
         if ndim is not None and a.ndim != ndim:
-            raise ValueError(f"{where}: {name} must be {ndim}-d (batch, features), got shape {tuple(a.shape)}")
+            raise ValueError(f"{self._where()}: {name} must be {ndim}-d (batch, features), got shape {tuple(a.shape)}")
         if features is not None and a.shape[-1] != features:
-            raise ValueError(f"{where}: {name} has {a.shape[-1]} features, expected {features} "
+            raise ValueError(f"{self._where()}: {name} has {a.shape[-1]} features, expected {features} "
                              f"(shape {tuple(a.shape)})")
         a = _contiguous(a)
         if self._check_nan:
-            _check_finite(where, name, a)
+            _check_finite(self._where(), name, a)
         return a
 
     def _check_grad(self, dout, like, name: str = "dout"):

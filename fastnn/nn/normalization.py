@@ -63,6 +63,6 @@ class BatchNorm(Module):
         x, y, saved, training, relu = self._saved_state()
         dout = self._check_grad(dout, y)
         dx = self._buffer("dx", x.shape, x, self._reuse_dx or not need_input_grad)
-        F.batchnorm_backward(dout, x, self.weight.data, saved, dgamma=self.weight.grad, dbeta=self.bias.grad,
-                             relu=relu, y=y, training=training, dx=dx)
+        dx = F.batchnorm_backward(dout, x, self.weight.data, saved, dgamma=self.weight.grad, dbeta=self.bias.grad,
+                                  relu=relu, y=y, training=training, dx=dx)
         return dx if need_input_grad else None
