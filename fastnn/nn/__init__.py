@@ -23,6 +23,7 @@ from .losses import BCEWithLogits, Hinge, L1, Loss, MSE, SoftmaxCrossEntropy
 from .module import LoadResult, Module
 from .normalization import BatchNorm
 from .parameter import Parameter
+from .perceptron import Perceptron
 
 __all__ = [
     "Parameter", "Module", "LoadResult", "init",
