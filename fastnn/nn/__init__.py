@@ -30,4 +30,5 @@ __all__ = [
     "Dense", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "BatchNorm", "Dropout",
     "Residual", "Sequential",
     "Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1",
+    "Perceptron",
 ]

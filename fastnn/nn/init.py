@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import functional as F
+from ..data import as_generator
 from .parameter import Parameter
 
 __all__ = ["zeros", "normal", "uniform", "xavier", "glorot", "he", "kaiming", "orthogonal", "lsuv",
@@ -31,11 +32,9 @@ def generator(rng=None, seed=None) -> np.random.Generator:
     ``seed``, or one from fresh OS entropy. Giving both is a ``ValueError``."""
     if rng is not None and seed is not None:
         raise ValueError("give rng= or seed=, not both")
-    if rng is not None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return rng
-    return np.random.default_rng(seed)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return as_generator(seed if rng is None else rng)
 
 
 def _target(array):
