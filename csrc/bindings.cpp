@@ -15,6 +15,10 @@
 #include <type_traits>
 
 #include "activations.h"
+#include "batchnorm.h"
+#include "dropout.h"
+#include "dense.h"
+#include "losses.h"
 #include "optim.h"
 #include "runtime.h"
 
@@ -142,6 +146,164 @@ void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) 
 #endif
 }
 
+// ---- batch norm ----------------------------------------------------------------------------
+
+void bind_batchnorm(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, batchnorm_forward,
+             "Batch norm of x (n, c): y (=), saved mean and invstd (=), running stats updated in "
+             "training (skipped when their pointers are 0).",
+             py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"),
+             py::arg("running_var"), py::arg("y"), py::arg("saved_mean"),
+             py::arg("saved_invstd"), py::arg("n"), py::arg("c"), py::arg("training"),
+             py::arg("momentum"), py::arg("eps"), py::arg("relu"));
+  FASTNN_DEF(cpu_m, cpu, batchnorm_backward,
+             "Batch norm backward: dx (=), dgamma and dbeta (+=); y is read only when relu.",
+             py::arg("dy"), py::arg("x"), py::arg("gamma"), py::arg("saved_mean"),
+             py::arg("saved_invstd"), py::arg("y"), py::arg("dx"), py::arg("dgamma"),
+             py::arg("dbeta"), py::arg("n"), py::arg("c"), py::arg("training"), py::arg("relu"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("batchnorm_workspace_size", &cuda::batchnorm_workspace_size, py::arg("n"),
+              py::arg("c"), "Doubles of workspace the CUDA batch norm kernels need for (n, c).");
+  FASTNN_DEF(*cuda_m, cuda, batchnorm_forward, "Batch norm forward on `stream`.", py::arg("x"),
+             py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"),
+             py::arg("y"), py::arg("saved_mean"), py::arg("saved_invstd"), py::arg("n"),
+             py::arg("c"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+             py::arg("relu"), py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, batchnorm_backward,
+             "Batch norm backward on `stream` (dx =, dgamma and dbeta +=).", py::arg("dy"),
+             py::arg("x"), py::arg("gamma"), py::arg("saved_mean"), py::arg("saved_invstd"),
+             py::arg("y"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"),
+             py::arg("c"), py::arg("training"), py::arg("relu"), py::arg("workspace"),
+             py::arg("stream"));
+#endif
+}
+
+// ---- dropout -------------------------------------------------------------------------------
+
+// The mask kernel writes bytes, not floats: bound by hand, with the dtype-name first argument
+// that fastnn._backend.launch passes ("bool", the dtype of the mask).
+template <class... Args>
+void def_mask(py::module_& m, void (*f)(uint8_t*, int64_t, uint64_t, uint64_t, uint64_t, Args...),
+              const char* doc) {
+  m.def(
+      "dropout_mask",
+      [f](const std::string& dtype, uintptr_t mask, int64_t n, uint64_t threshold, uint64_t seed,
+          uint64_t counter, typename PyArg<Args>::type... stream) {
+        if (dtype != "bool")
+          throw py::type_error("fastnn._C dropout_mask: the mask must be bool, got '" + dtype +
+                               "'");
+        f(reinterpret_cast<uint8_t*>(mask), n, threshold, seed, counter,
+          PyArg<Args>::from(stream)...);
+      },
+      py::call_guard<py::gil_scoped_release>(), doc);
+}
+
+void bind_dropout(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, dropout_forward,
+             "y = x * (word(seed, counter, i) >= threshold ? scale : 0) (=), y may be x.",
+             py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"));
+  FASTNN_DEF(cpu_m, cpu, dropout_backward, "dx = dy * (the same mask) * scale (=).",
+             py::arg("dy"), py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"));
+  def_mask(cpu_m, &cpu::dropout_mask,
+           "mask[i] = word(seed, counter, i) >= threshold, one byte per element (=).");
+#ifdef FASTNN_WITH_CUDA
+  FASTNN_DEF(*cuda_m, cuda, dropout_forward, "Dropout forward on `stream`, mask drawn in-kernel.",
+             py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, dropout_backward, "Dropout backward on `stream`.", py::arg("dy"),
+             py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+             py::arg("seed"), py::arg("counter"), py::arg("stream"));
+  def_mask(*cuda_m, &cuda::dropout_mask, "The dropout mask on `stream`.");
+#endif
+}
+
+// ---- dense ---------------------------------------------------------------------------------
+
+void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, bias_activation_forward,
+             "p = z + bias (bias may be 0), aux = p (when aux != 0), y = act(p); (rows, cols). "
+             "z may be y or aux.",
+             py::arg("act"), py::arg("z"), py::arg("bias"), py::arg("y"), py::arg("aux"),
+             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+  FASTNN_DEF(cpu_m, cpu, bias_activation_backward,
+             "dz = dy act'(saved) (=, skipped when dz == 0), db += column sums of dz (skipped "
+             "when db == 0); (rows, cols).",
+             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dz"), py::arg("db"),
+             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("dense_forward_workspace", &cuda::dense_forward_workspace, py::arg("n"),
+              py::arg("in_features"), py::arg("out_features"), py::arg("precision"),
+              py::arg("itemsize"), "Workspace bytes dense_forward needs.");
+  cuda_m->def(
+      "dense_backward_workspace",
+      [](int act, int64_t n, int64_t in, int64_t out, int precision, size_t itemsize) {
+        return cuda::dense_backward_workspace(Activation(act), n, in, out, precision, itemsize);
+      },
+      py::arg("act"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+      py::arg("precision"), py::arg("itemsize"), "Workspace bytes dense_backward needs.");
+  cuda_m->def("set_epilogues_enabled", &cuda::set_epilogues_enabled, py::arg("enabled"),
+              "Use cuBLASLt epilogues where they run (default), or always the plain GEMM and "
+              "fused passes (for tests).");
+  cuda_m->def("epilogues_enabled", &cuda::epilogues_enabled);
+  FASTNN_DEF(*cuda_m, cuda, dense_forward,
+             "y = act(x W + b) (=), aux = x W + b (=) when given, through cuBLASLt on `stream`.",
+             py::arg("act"), py::arg("x"), py::arg("W"), py::arg("b"), py::arg("y"),
+             py::arg("aux"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+             py::arg("alpha"), py::arg("precision"), py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, dense_backward,
+             "dz = dy act'(.), dW += x^T dz, db += sum dz, dx = dz W^T (=; times x_act' when "
+             "x_act is given, x_db += its column sums) on `stream`.",
+             py::arg("act"), py::arg("dy"), py::arg("x"), py::arg("W"), py::arg("saved"),
+             py::arg("dW"), py::arg("db"), py::arg("dx"), py::arg("x_act"), py::arg("x_saved"),
+             py::arg("x_db"), py::arg("n"), py::arg("in_features"), py::arg("out_features"),
+             py::arg("alpha"), py::arg("x_alpha"), py::arg("precision"), py::arg("workspace"),
+             py::arg("stream"));
+#endif
+}
+
+// ---- losses --------------------------------------------------------------------------------
+
+void bind_losses(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  FASTNN_DEF(cpu_m, cpu, softmax_cross_entropy_forward,
+             "Mean softmax cross-entropy (=) and its gradient (=); either output may be 0.",
+             py::arg("logits"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"));
+  FASTNN_DEF(cpu_m, cpu, hinge_forward, "Mean multiclass hinge loss (=) and its subgradient (=).",
+             py::arg("scores"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"));
+  FASTNN_DEF(cpu_m, cpu, bce_with_logits_forward, "Mean BCE with logits (=) and its gradient (=).",
+             py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+  FASTNN_DEF(cpu_m, cpu, mse_forward, "Mean squared error (=) and its gradient (=).",
+             py::arg("pred"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+  FASTNN_DEF(cpu_m, cpu, l1_forward, "Mean absolute error (=) and its subgradient (=).",
+             py::arg("pred"), py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"));
+#ifdef FASTNN_WITH_CUDA
+  cuda_m->def("loss_workspace_bytes", &cuda::loss_workspace_bytes,
+              "Workspace bytes every CUDA loss kernel needs.");
+  FASTNN_DEF(*cuda_m, cuda, softmax_cross_entropy_forward,
+             "Softmax cross-entropy on `stream`; status = first row with a bad label, or -1.",
+             py::arg("logits"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"), py::arg("status"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, hinge_forward,
+             "Multiclass hinge loss on `stream`; status = first row with a bad label, or -1.",
+             py::arg("scores"), py::arg("labels"), py::arg("labels64"), py::arg("loss"),
+             py::arg("grad"), py::arg("rows"), py::arg("cols"), py::arg("status"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, bce_with_logits_forward, "BCE with logits on `stream`.",
+             py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, mse_forward, "Mean squared error on `stream`.", py::arg("pred"),
+             py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+  FASTNN_DEF(*cuda_m, cuda, l1_forward, "Mean absolute error on `stream`.", py::arg("pred"),
+             py::arg("target"), py::arg("loss"), py::arg("grad"), py::arg("n"),
+             py::arg("workspace"), py::arg("stream"));
+#endif
+}
+
 // ---- optim ---------------------------------------------------------------------------------
 // Each rule updates every tensor of `sizes` in one call: `tensors` lists the parameters'
 // addresses, then the gradients', then each state list's (optim.h); `scalars` is 0, or the
@@ -209,5 +371,9 @@ PYBIND11_MODULE(_C, m) {
 #endif
   bind_runtime(m, cpu_m, cuda_m);
   bind_activations(cpu_m, cuda_m);
+  bind_batchnorm(cpu_m, cuda_m);
+  bind_dropout(cpu_m, cuda_m);
+  bind_dense(cpu_m, cuda_m);
+  bind_losses(cpu_m, cuda_m);
   bind_optim(cpu_m, cuda_m);
 }

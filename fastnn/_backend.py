@@ -30,6 +30,12 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
+# After a parallel region GNU OpenMP threads spin for a while before sleeping; on a machine
+# with few cores they then take cores from the BLAS GEMM that usually follows (NumPy's
+# OpenBLAS runs its own threads). Ask them to spin briefly. The runtime reads this once, when
+# it loads with the extension below; a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 try:
     from . import _C
 except ImportError as _exc:  # no compiled extension: the reference path still works

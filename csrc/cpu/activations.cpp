@@ -11,10 +11,13 @@
 
 namespace fastnn::cpu {
 
+// The loops capture pointers by value: captured by reference they would be reloaded after
+// every store (the store might alias them), which stops vectorization.
+
 template <class T>
 void activation_forward(Activation act, const T* x, T* y, int64_t n, T alpha) {
-  with_activation<T>(act, alpha, [&](auto f) {
-    parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
+  with_activation<T>(act, alpha, [=](auto f) {
+    parallel_for(n, kParallelGrain, [=](int64_t begin, int64_t end) {
 #pragma omp simd
       for (int64_t i = begin; i < end; ++i) y[i] = f.forward(x[i]);
     });
@@ -23,8 +26,8 @@ void activation_forward(Activation act, const T* x, T* y, int64_t n, T alpha) {
 
 template <class T>
 void activation_backward(Activation act, const T* dy, const T* saved, T* dx, int64_t n, T alpha) {
-  with_activation<T>(act, alpha, [&](auto f) {
-    parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
+  with_activation<T>(act, alpha, [=](auto f) {
+    parallel_for(n, kParallelGrain, [=](int64_t begin, int64_t end) {
 #pragma omp simd
       for (int64_t i = begin; i < end; ++i) dx[i] = f.backward(dy[i], saved[i]);
     });
@@ -39,7 +42,7 @@ void prelu_forward(const T* x, const T* alpha, T* y, int64_t outer, int64_t chan
                    int64_t inner) {
   const int64_t rows = outer * (inner == 1 ? 1 : channels);
   const int64_t len = inner == 1 ? channels : inner;
-  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / len), [&](int64_t begin, int64_t end) {
+  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / len), [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * len;
       T* yr = y + r * len;
@@ -103,7 +106,7 @@ void prelu_backward(const T* dy, const T* x, const T* alpha, T* dx, T* dalpha, i
 template <class T>
 void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, bool log) {
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)),
-               [&](int64_t begin, int64_t end) {
+               [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -135,7 +138,7 @@ void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, bool log) {
 template <class T>
 void softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool log) {
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)),
-               [&](int64_t begin, int64_t end) {
+               [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* dyr = dy + r * cols;
       const T* yr = y + r * cols;

@@ -1,5 +1,34 @@
-"""Layers, losses, initializers and containers."""
+"""Layers, losses, initializers and containers.
 
+Every layer has ``forward(x, training=True)`` (also ``layer(x)``) and ``backward(dout)``, which
+returns d loss / d input and accumulates the parameter gradients into ``Parameter.grad``
+(``+=``). Losses return a float from ``forward(pred, target)`` and start the backward with
+``backward()``::
+
+    model = nn.Sequential(nn.Dense(784, 256), nn.BatchNorm(256), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Dense(256, 10))
+    loss_fn = nn.SoftmaxCrossEntropy()
+    loss = loss_fn(model(x), labels)
+    model.backward(loss_fn.backward(), need_input_grad=False)
+
+See ``fastnn.nn.module`` for how buffers are reused between calls.
+"""
+
+from . import init
+from .activations import GELU, LeakyReLU, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from .containers import Residual, Sequential
+from .dense import Dense
+from .dropout import Dropout
+from .losses import BCEWithLogits, Hinge, L1, Loss, MSE, SoftmaxCrossEntropy
+from .module import LoadResult, Module
+from .normalization import BatchNorm
 from .parameter import Parameter
+from .perceptron import Perceptron
 
-__all__ = ["Parameter"]
+__all__ = [
+    "Parameter", "Module", "LoadResult", "init",
+    "Dense", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "BatchNorm", "Dropout",
+    "Residual", "Sequential",
+    "Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1",
+    "Perceptron",
+]

@@ -1,0 +1,97 @@
+// Dense (fully connected) layers: the C++ API the bindings call (pointers, sizes, scalars, a
+// stream).
+//
+//   forward   z = x @ W + b,  y = act(z)                                         (y =, aux = z)
+//   backward  dz = dy * act'(.)      (from y for relu, sigmoid, tanh; from aux = z otherwise)
+//             dW += x^T @ dz,  db += sum_rows dz                    (parameter gradients: +=)
+//             dx  = dz @ W^T                                       (activation gradient: =)
+//   shapes    x (n, in), W (in, out), b (out), y / aux / dy / dz (n, out), dx (n, in); all
+//             row-major (C order), densely packed.
+//
+// The CPU path runs the GEMMs through NumPy's BLAS from Python; what is left for C++ are the
+// two single passes over the GEMM output, on the calling thread (why: cpu/dense.cpp):
+//
+//   bias_activation_forward   p = z + b (b may be null), aux = p when aux is given, y = act(p).
+//                             z may alias y or aux (each element is read before it is written).
+//   bias_activation_backward  dz = dy * act'(saved) (=, skipped when dz is null, which only
+//                             makes sense for identity), db += column sums of dz (+=, skipped
+//                             when db is null). dz may alias dy.
+//
+// The CUDA path runs the whole layer here, through one cuBLASLt wrapper (cuda/dense.cu).
+// cuBLASLt is column-major; a row-major (r, c) array is the column-major (c, r) matrix with
+// leading dimension c, i.e. its transpose. So every product is computed transposed:
+//
+//   forward  y^T (out x n)   = W^T (out x in)  x^T (in x n)
+//            A = W,  op N, lda = out;  B = x,  op N, ldb = in;   D = y,  ldd = out
+//            m = out, n = n, k = in; the epilogue's bias runs along D's rows = b's features.
+//   dW       dW^T (out x in) += dz^T (out x n) x (n x in)
+//            A = dz, op N, lda = out;  B = x,  op T, ldb = in;   D = dW, ldd = out, beta = 1
+//            m = out, n = in, k = n; BGRADA sums A over k: the bias gradient sum_rows dz.
+//   dx       dx^T (in x n)   = W (in x out) dz^T (out x n)
+//            A = W,  op T, lda = out;  B = dz, op N, ldb = out;  D = dx, ldd = in
+//            m = in, n = n, k = out.
+//
+// Epilogues (forward): identity BIAS, relu RELU_BIAS, gelu_tanh GELU_AUX_BIAS (cuBLASLt's GELU
+// is the tanh approximation; aux = z). The other activations (and exact gelu) take a BIAS
+// epilogue writing z into aux (or y) and then one fused elementwise pass. Backward: for
+// identity, db comes from BGRADA in the dW GEMM. For the others one fused pass writes dz and
+// db. Optionally (x_act), the dx GEMM also applies the activation gradient of the layer that
+// produced x, so dx becomes that layer's dz: DGELU(_BGRAD) for gelu_tanh, a fused pass for the
+// rest; x_db += its column sums. cuBLASLt writes bias gradients (=), so they land in a
+// workspace and are added (+=). Where cuBLASLt has no kernel for an epilogue (float64, odd
+// leading dimensions, alignment) the GEMM runs plain and the fused passes do the rest.
+//
+// Precision (float32 only; float64 always computes in float64):
+//   highest  CUBLAS_COMPUTE_32F            strict fp32
+//   high     CUBLAS_COMPUTE_32F_FAST_TF32  TF32 inputs (10-bit mantissa), fp32 accumulation
+//   medium   bf16 operands (converted into the workspace: x and W by a small kernel, dz by the
+//            fused backward pass itself), CUBLAS_COMPUTE_32F accumulation, fp32 outputs.
+//            CUBLAS_COMPUTE_32F_FAST_16BF would be simpler, but cuBLAS may run it as TF32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "activation_math.h"
+#include "common.h"
+
+namespace fastnn {
+
+namespace cpu {
+template <class T>
+void bias_activation_forward(Activation act, const T* z, const T* bias, T* y, T* aux,
+                             int64_t rows, int64_t cols, T alpha);
+template <class T>
+void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz, T* db,
+                              int64_t rows, int64_t cols, T alpha);
+}  // namespace cpu
+
+namespace cuda {
+// Numbering shared with fastnn/functional/dense.py (PRECISIONS).
+enum class Precision : int { highest = 0, high = 1, medium = 2 };
+
+// Workspace bytes dense_forward / dense_backward need for these sizes (0 when none).
+size_t dense_forward_workspace(int64_t n, int64_t in, int64_t out, int precision,
+                               size_t itemsize);
+size_t dense_backward_workspace(Activation act, int64_t n, int64_t in, int64_t out,
+                                int precision, size_t itemsize);
+
+// aux: (n, out), required when act is gelu, gelu_tanh or leaky_relu, else null.
+template <class T>
+void dense_forward(Activation act, const T* x, const T* W, const T* b, T* y, T* aux, int64_t n,
+                   int64_t in, int64_t out, T alpha, int precision, void* workspace,
+                   Stream stream);
+// saved: y or aux as above (null for identity). dx null: no dx. x_act: the activation whose
+// output x is (identity: none), x_saved its saved tensor (x itself or that layer's aux).
+template <class T>
+void dense_backward(Activation act, const T* dy, const T* x, const T* W, const T* saved, T* dW,
+                    T* db, T* dx, Activation x_act, const T* x_saved, T* x_db, int64_t n,
+                    int64_t in, int64_t out, T alpha, T x_alpha, int precision, void* workspace,
+                    Stream stream);
+
+// Lets tests run the plain-GEMM-plus-fused-pass fallbacks on a GPU that has the epilogues.
+void set_epilogues_enabled(bool enabled);
+bool epilogues_enabled();
+}  // namespace cuda
+
+}  // namespace fastnn

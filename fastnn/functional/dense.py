@@ -1,0 +1,331 @@
+"""Dense (fully connected) layers, forward and backward, with the bias and the activation fused
+into the GEMM's output pass, validated and dispatched to the reference, native CPU or CUDA path.
+
+Shapes: x (N, in), W (in, out) (``in_features`` rows: ``y = x @ W + b``, no transpose),
+b (out,) or None, y / aux / dy (N, out), dx (N, in). All float32 or float64, one dtype and one
+device, C-contiguous.
+
+=========== =========================================================================
+path        how
+=========== =========================================================================
+cpu         ``numpy.matmul`` (NumPy's BLAS, multi-threaded) writes x @ W straight into
+            y (or aux); one C++ pass adds b and applies the activation. Backward: one
+            C++ pass writes dz = dy * act'(.) into a reused scratch array and adds its
+            column sums into db; then dW += x.T @ dz (a GEMM into scratch, then one add)
+            and dx = dz @ W.T, both BLAS. The passes run on the calling thread, so
+            they never compete with the BLAS threads (see ``csrc/cpu/dense.cpp``).
+cuda        cuBLASLt with the bias and activation in the GEMM's epilogue where one
+            exists (BIAS, RELU_BIAS, GELU_AUX_BIAS for gelu_tanh), a fused pass
+            otherwise; dW accumulates in the GEMM (beta = 1); db from the BGRADA
+            epilogue or the fused dz pass. See ``csrc/dense.h``.
+reference   ``fastnn.reference.dense`` (plain xp code).
+=========== =========================================================================
+
+What the backward reads (:func:`dense_needs_aux`): relu, sigmoid and tanh take their
+derivative from the output y; leaky_relu, gelu and gelu_tanh need the pre-activation
+z = x @ W + b, which the forward writes into ``aux``.
+
+Fusing across layers: ``dense_backward(..., x_activation=, x_aux=, x_db=)`` returns, instead of
+dL/dx, the gradient with respect to the pre-activation of the layer whose (activated) output x
+is, and adds that layer's bias gradient into ``x_db``. Its own backward then only needs the
+GEMMs: call it with ``activation="identity"`` and ``db=None``. On the GPU this puts gelu_tanh's
+derivative into the dx GEMM's epilogue (DGELU_BGRAD).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from .. import _backend as B
+from .. import reference as ref
+from .activations import _activation_code
+
+__all__ = [
+    "dense_forward", "dense_backward", "dense_needs_aux",
+    "set_matmul_precision", "get_matmul_precision", "PRECISIONS",
+]
+
+# Codes shared with csrc/dense.h (enum Precision).
+PRECISIONS = {"highest": 0, "high": 1, "medium": 2}
+# Activations whose backward needs the pre-activation z (the others read y, or nothing).
+_AUX_ACTIVATIONS = frozenset({"leaky_relu", "gelu", "gelu_tanh"})
+
+_precision = "highest"
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Precision of float32 GEMMs on the GPU, like ``torch.set_float32_matmul_precision``:
+
+    - ``"highest"`` (default): strict float32 (CUBLAS_COMPUTE_32F).
+    - ``"high"``: TF32 tensor cores, inputs rounded to 10 mantissa bits, float32 accumulation.
+      Error per output within about 2^-9 * (|x| @ |W|).
+    - ``"medium"``: inputs rounded to bfloat16 (8 mantissa bits), float32 accumulation and
+      float32 outputs. Error per output within about 2^-6 * (|x| @ |W|).
+
+    The CPU always computes in the arrays' dtype, and float64 is float64 everywhere."""
+    global _precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    _precision = precision
+
+
+def get_matmul_precision() -> str:
+    """The float32 GEMM precision set by :func:`set_matmul_precision` (``"highest"`` at start)."""
+    return _precision
+
+
+def dense_needs_aux(activation: str) -> bool:
+    """Whether ``activation``'s backward needs the pre-activation z = x @ W + b (``aux``):
+    True for leaky_relu, gelu and gelu_tanh; False for identity, relu, sigmoid and tanh."""
+    _activation_code(activation)
+    return activation in _AUX_ACTIVATIONS
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch memory, reused across calls: per thread on the CPU, per (device, stream) on the GPU
+# (kernels on one stream run in order, so one buffer per stream is never used twice at once).
+
+_cpu_scratch = threading.local()
+_gpu_scratch: dict = {}
+
+
+def _scratch(like, name: str, shape):
+    """A reused C-contiguous NumPy array of ``like``'s dtype, valid until the next call with
+    the same name on this thread."""
+    cache = _cpu_scratch.__dict__.setdefault("arrays", {})
+    size = math.prod(shape)
+    key = (name, like.dtype)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, like.dtype)
+    return buf[:size].reshape(shape)
+
+
+def _workspace(like, nbytes: int) -> int:
+    """The device pointer of at least ``nbytes`` of workspace on ``like``'s device and stream
+    (0 for none)."""
+    if nbytes == 0:
+        return 0
+    cp = B.cupy_module()
+    device = B.device_of(like).index
+    key = (device, B.stream_of(like))
+    buf = _gpu_scratch.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        with cp.cuda.Device(device):
+            buf = _gpu_scratch[key] = cp.empty(nbytes, dtype=np.uint8)
+    return int(buf.data.ptr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation.
+
+
+def _nbytes(a) -> int:
+    return a.size * np.dtype(a.dtype).itemsize
+
+
+def _overlap(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if _nbytes(a) == 0 or _nbytes(b) == 0:
+        return False
+    pa, pb = B.pointer(a), B.pointer(b)
+    return pa < pb + _nbytes(b) and pb < pa + _nbytes(a)
+
+
+def _check_disjoint(outputs, inputs) -> None:
+    """ValueError when a written array shares memory with another argument (the kernels read
+    their inputs while writing)."""
+    for out_name, out in outputs:
+        for name, other in inputs:
+            if other is not None and name != out_name and _overlap(out, other):
+                raise ValueError(f"{out_name} shares memory with {name}: pass a separate array")
+
+
+def _check_weights(x, W, b, x_name: str = "x"):
+    """W (in, out) and b (out,) or None, validated against the validated x (N, in)."""
+    W = B.check_float(W, "W", like=(x_name, x), ndim=2)
+    if W.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"dense: W has shape {tuple(W.shape)} but {x_name} has shape {tuple(x.shape)}: W must be "
+            f"(in_features, out_features) with in_features = {x_name}.shape[1] = {x.shape[1]}"
+        )
+    if b is not None:
+        b = B.check_float(b, "b", like=(x_name, x), shape=(W.shape[1],))
+    return W, b
+
+
+def _optional_ptr(a) -> int:
+    return 0 if a is None else B.pointer(a)
+
+
+def _native_path(x, W) -> str:
+    """The path for a layer: reference for empty sizes, where the kernels have nothing to do."""
+    path = B.path_of(x)
+    return "reference" if x.size == 0 or W.size == 0 else path
+
+
+def _precision_code(x) -> int:
+    return PRECISIONS[_precision] if np.dtype(x.dtype) == np.float32 else PRECISIONS["highest"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer.
+
+
+def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 0.01, out=None,
+                  aux=None):
+    """Dense layer: y = act(x @ W + b) (``=``).
+
+    x (N, in), W (in, out), b (out,) or None; ``activation`` is a key of
+    :data:`~fastnn.functional.ACTIVATIONS` (``alpha``: leaky_relu's slope). When
+    :func:`dense_needs_aux` (leaky_relu, gelu, gelu_tanh), ``aux`` must be an (N, out) array and
+    receives the pre-activation z = x @ W + b for the backward; otherwise ``aux`` is ignored.
+    ``out`` (N, out) receives y, else a new array. Neither may share memory with x, W or b.
+    Returns y. (torch: ``act(torch.nn.functional.linear(x, W.T, b))``)"""
+    code = _activation_code(activation)
+    alpha = B.check_scalar(alpha, "alpha")
+    x = B.check_float(x, "x", ndim=2)
+    W, b = _check_weights(x, W, b)
+    n, in_features = x.shape
+    out_features = W.shape[1]
+    shape = (n, out_features)
+    needs_aux = activation in _AUX_ACTIVATIONS
+    if not needs_aux:
+        aux = None
+    elif aux is None:
+        raise ValueError(f"dense_forward: activation {activation!r} needs aux, an {shape} array for the "
+                         "pre-activation its backward reads (see dense_needs_aux)")
+    else:
+        aux = B.check_float(aux, "aux", like=("x", x), shape=shape, writable=True)
+    y = B.output(out, x, "out", shape)
+    _check_disjoint([("out", y)] + ([("aux", aux)] if needs_aux else []),
+                    [("x", x), ("W", W), ("b", b), ("aux", aux)])
+
+    path = _native_path(x, W)
+    if path == "reference":
+        y[...], z = ref.dense_forward(x, W, b, activation, alpha)
+        if needs_aux:
+            aux[...] = z
+        return y
+    if path == "cpu":
+        z = aux if needs_aux else y
+        np.matmul(x, W, out=z)
+        if b is not None or activation != "identity":
+            # aux already holds x @ W; it is rewritten only when b is added.
+            aux_ptr = B.pointer(aux) if needs_aux and b is not None else 0
+            B.launch(path, "bias_activation_forward", x, code, B.pointer(z), _optional_ptr(b),
+                     B.pointer(y), aux_ptr, n, out_features, alpha)
+        return y
+    precision = _precision_code(x)
+    workspace = _workspace(x, B._C.cuda.dense_forward_workspace(
+        n, in_features, out_features, precision, x.dtype.itemsize))
+    B.launch(path, "dense_forward", x, code, B.pointer(x), B.pointer(W), _optional_ptr(b), B.pointer(y),
+             _optional_ptr(aux), n, in_features, out_features, alpha, precision, workspace)
+    return y
+
+
+def _saved_for(activation: str, y, aux, shape, like, prefix: str = ""):
+    """What the activation's backward reads (y, or aux = z), validated; None for identity."""
+    if activation == "identity":
+        return None
+    name, saved = (f"{prefix}aux", aux) if activation in _AUX_ACTIVATIONS else (f"{prefix}y", y)
+    if saved is None:
+        what = "pre-activation" if name.endswith("aux") else "output"
+        raise ValueError(f"dense_backward: activation {activation!r} needs {name}, the forward's {what} "
+                         f"of shape {shape}")
+    return B.check_float(saved, name, like=("dy", like), shape=shape)
+
+
+def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, alpha: float = 0.01,
+                   dW, db=None, need_dx: bool = True, dx=None, x_activation: str = "identity",
+                   x_aux=None, x_alpha: float = 0.01, x_db=None):
+    """Gradients of y = act(x @ W + b) given dy = dL/dy (N, out).
+
+    - dz = dy * act'(.), read from ``y`` for relu, sigmoid and tanh and from ``aux`` (the
+      forward's z) for leaky_relu, gelu and gelu_tanh; nothing for identity;
+    - ``dW`` (in, out) += x.T @ dz and ``db`` (out,) += dz.sum(0): parameter gradients
+      accumulate (``db=None``: no bias);
+    - dx = dz @ W.T (N, in) is written (``=``) into ``dx`` or a new array and returned, unless
+      ``need_dx=False`` (a network's first layer), which returns None.
+
+    Fused with the layer below (x = x_act(u), u that layer's pre-activation): with
+    ``x_activation`` not "identity", the returned gradient is dL/du = (dz @ W.T) * x_act'(.),
+    read from x itself for relu, sigmoid and tanh and from ``x_aux`` (= u) for the others
+    (``x_alpha``: its leaky_relu slope). With ``x_db``, that layer's bias gradient accumulates:
+    x_db += (returned gradient).sum(0). No output may share memory with an input.
+    (torch: what autograd computes for ``act(torch.nn.functional.linear(x, W.T, b))``)"""
+    code = _activation_code(activation)
+    x_code = _activation_code(x_activation)
+    alpha = B.check_scalar(alpha, "alpha")
+    x_alpha = B.check_scalar(x_alpha, "x_alpha")
+    dy = B.check_float(dy, "dy", ndim=2)
+    x = B.check_float(x, "x", like=("dy", dy), ndim=2)
+    W, _ = _check_weights(x, W, None)
+    n, in_features = x.shape
+    out_features = W.shape[1]
+    if tuple(dy.shape) != (n, out_features):
+        raise ValueError(f"dy: expected shape {(n, out_features)} (x has shape {tuple(x.shape)}, W has shape "
+                         f"{tuple(W.shape)}), got {tuple(dy.shape)}")
+    saved = _saved_for(activation, y, aux, (n, out_features), dy)
+    dW = B.check_float(dW, "dW", like=("W", W), shape=W.shape, writable=True)
+    if db is not None:
+        db = B.check_float(db, "db", like=("W", W), shape=(out_features,), writable=True)
+    if not need_dx and (x_activation != "identity" or x_db is not None):
+        raise ValueError("dense_backward: x_activation and x_db act on dx; they need need_dx=True")
+    x_saved = x if x_activation in ("relu", "sigmoid", "tanh") else \
+        _saved_for(x_activation, None, x_aux, (n, in_features), dy, prefix="x_")
+    if x_db is not None:
+        x_db = B.check_float(x_db, "x_db", like=("dy", dy), shape=(in_features,), writable=True)
+    dx = B.output(dx, dy, "dx", (n, in_features)) if need_dx else None
+    inputs = [("dy", dy), ("x", x), ("W", W), ("y" if activation not in _AUX_ACTIVATIONS else "aux", saved),
+              ("x_aux", x_saved)]
+    outputs = [(name, a) for name, a in (("dW", dW), ("db", db), ("dx", dx), ("x_db", x_db)) if a is not None]
+    _check_disjoint(outputs, inputs + outputs)
+
+    path = _native_path(x, W)
+    if path == "reference":
+        grad_x, grad_W, grad_b = ref.dense_backward(dy, x, W, activation, saved, alpha)
+        dW += grad_W
+        if db is not None:
+            db += grad_b
+        if dx is None:
+            return None
+        if x_activation != "identity":
+            grad_x = ref.activation_backward(grad_x, x_saved, x_activation, x_alpha)
+        if x_db is not None:
+            x_db += grad_x.sum(axis=0)
+        dx[...] = grad_x
+        return dx
+    if path == "cpu":
+        if activation == "identity":
+            dz = dy
+            if db is not None:
+                B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), 0, 0, B.pointer(db),
+                         n, out_features, alpha)
+        else:
+            dz = _scratch(dy, "dz", (n, out_features))
+            B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), B.pointer(saved),
+                     B.pointer(dz), _optional_ptr(db), n, out_features, alpha)
+        grad_W = _scratch(dy, "dW", W.shape)
+        np.matmul(x.T, dz, out=grad_W)
+        np.add(dW, grad_W, out=dW)
+        if dx is None:
+            return None
+        np.matmul(dz, W.T, out=dx)
+        if x_activation != "identity" or x_db is not None:
+            B.launch(path, "bias_activation_backward", dy, x_code, B.pointer(dx), _optional_ptr(x_saved),
+                     0 if x_activation == "identity" else B.pointer(dx), _optional_ptr(x_db), n,
+                     in_features, x_alpha)
+        return dx
+    precision = _precision_code(dy)
+    workspace = _workspace(dy, B._C.cuda.dense_backward_workspace(
+        code, n, in_features, out_features, precision, dy.dtype.itemsize))
+    B.launch(path, "dense_backward", dy, code, B.pointer(dy), B.pointer(x), B.pointer(W),
+             _optional_ptr(saved), B.pointer(dW), _optional_ptr(db), _optional_ptr(dx), x_code,
+             _optional_ptr(x_saved), _optional_ptr(x_db), n, in_features, out_features, alpha, x_alpha,
+             precision, workspace)
+    return dx

@@ -1,0 +1,182 @@
+"""Containers: ``Sequential`` (a chain of layers, fused where it can) and ``Residual``."""
+
+from __future__ import annotations
+
+import functools
+
+from .. import _backend as B
+from .activations import Elementwise, ReLU
+from .dense import Dense
+from .module import Module
+from .normalization import BatchNorm
+
+__all__ = ["Sequential", "Residual"]
+
+
+def _widths(layers) -> tuple[int | None, int | None]:
+    """(in, out) feature widths of a chain: the first known input width, the last known output
+    width (None when every layer keeps the width of its input)."""
+    ins = [layer.in_features for layer in layers if layer.in_features is not None]
+    outs = [layer.out_features for layer in layers if layer.out_features is not None]
+    return (ins[0] if ins else None), (outs[-1] if outs else None)
+
+
+class Sequential(Module):
+    """Layers applied in order: y = f_n(... f_1(x)); ``backward`` runs them in reverse.
+
+    It fuses without being asked (``fuse=False`` turns it off; the results are the same):
+
+    - a ``Dense`` without activation followed by ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``
+      or ``GELU`` runs as one ``dense_forward`` with that activation in the GEMM epilogue;
+    - a ``BatchNorm`` followed by ``ReLU`` runs as one ``batchnorm_forward(relu=True)``.
+
+    The activation layer is then not run at all (its output is the fused layer's). The repr
+    marks such layers. ``backward(dout, need_input_grad=False)`` skips the gradient with
+    respect to the model's input: layers before the first one with parameters are not run
+    backward, and the first one with parameters computes no dx (``dense_backward(need_dx=
+    False)``). Parameters are named by position: ``"0.weight"``, ``"2.alpha"``.
+    The layers are fixed at construction; a layer may appear only once.
+    (torch.nn.Sequential)
+    """
+
+    def __init__(self, *layers: Module, fuse: bool = True):
+        super().__init__()
+        seen = set()
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {index} must be a fastnn.nn.Module, got {type(layer).__name__}")
+            if id(layer) in seen:
+                raise ValueError(f"Sequential: layer {index} ({type(layer).__name__}) appears twice; each layer keeps "
+                                 "the state of its own forward, so use a separate instance")
+            seen.add(id(layer))
+            self.add_module(str(index), layer)
+        self.fuse = bool(fuse)
+        self.in_features, self.out_features = _widths(layers)
+        self._plan, self._fused_into = self._make_plan(list(layers))
+        trainable = [k for k, (layer, _) in enumerate(self._plan) if layer.parameters()]
+        self._first_trainable = trainable[0] if trainable else None
+        self._set_reuse(False, False)
+        self._assign_names()
+
+    def _make_plan(self, layers):
+        """The steps forward runs, [(layer, run(x, training))], and {skipped layer index:
+        index of the layer it runs fused into}."""
+        plan, fused_into = [], {}
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            run = layer.forward
+            if self.fuse and isinstance(layer, Dense) and layer.activation == "identity" and isinstance(
+                    following, Elementwise):
+                activation, alpha = following.fusable
+                run = functools.partial(_run_dense, layer, activation=activation, alpha=alpha)
+            elif self.fuse and isinstance(layer, BatchNorm) and type(following) is ReLU:
+                run = functools.partial(_run_batchnorm_relu, layer)
+            else:
+                following = None
+            plan.append((layer, run))
+            if following is not None:
+                fused_into[index + 1] = index
+                index += 1
+            index += 1
+        return plan, fused_into
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> Module:
+        return self.layers[index]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def layers(self) -> list[Module]:
+        """The layers, in order."""
+        return list(self._modules.values())
+
+    def _note(self, name: str) -> str:
+        target = self._fused_into.get(int(name))
+        return "" if target is None else f"runs fused into ({target})"
+
+    def _set_reuse(self, out: bool, dx: bool) -> None:
+        super()._set_reuse(out, dx)
+        last = len(self._plan) - 1
+        for step, (layer, _) in enumerate(self._plan):
+            layer._set_reuse(out if step == last else True, dx if step == 0 else True)
+
+    def forward(self, x, training: bool = True):
+        """Every layer in order (fused steps as one); returns the last output."""
+        for _, run in self._plan:
+            x = run(x, training)
+        return x
+
+    def backward(self, dout, *, need_input_grad: bool = True):
+        """Every layer's backward in reverse order; returns d loss / d input, or None when
+        ``need_input_grad=False``. Parameter gradients accumulate (``+=``)."""
+        first = 0 if need_input_grad else self._first_trainable
+        if first is None:
+            return None
+        for step in range(len(self._plan) - 1, first - 1, -1):
+            dout = self._plan[step][0].backward(dout, need_input_grad=need_input_grad or step > first)
+        return dout
+
+
+def _run_dense(layer: Dense, x, training, *, activation: str, alpha: float):
+    return layer._forward(x, training, activation, alpha)
+
+
+def _run_batchnorm_relu(layer: BatchNorm, x, training):
+    return layer._forward(x, training, True)
+
+
+class Residual(Module):
+    """Skip connection: y = block(x) + x, or y = block(x) + x P when the block changes the width
+    (P a bias-free ``Dense(in, out)`` projection, ``projection_init`` "xavier" by default, drawn
+    from ``rng``/``seed``; He et al. 2016). The widths are read from the block's layers.
+    ``backward`` adds the gradients of both paths."""
+
+    def __init__(self, block: Module, *, projection_init="xavier", rng=None, seed=None):
+        super().__init__()
+        if not isinstance(block, Module):
+            raise TypeError(f"Residual: block must be a fastnn.nn.Module, got {type(block).__name__}")
+        self.block = block
+        self.in_features, self.out_features = block.in_features, block.out_features
+        if self.in_features is not None and self.out_features is not None and self.in_features != self.out_features:
+            self.projection = Dense(self.in_features, self.out_features, bias=False, init=projection_init,
+                                    dtype=block.dtype or "float32", rng=rng, seed=seed)
+        else:
+            self.projection = None
+        self._set_reuse(False, False)
+        self._assign_names()
+
+    def _set_reuse(self, out: bool, dx: bool) -> None:
+        super()._set_reuse(out, dx)
+        for child in self.children():
+            child._set_reuse(True, True)
+
+    def forward(self, x, training: bool = True):
+        """y = block(x) + skip(x)."""
+        x = self._check_input(x)
+        h = self.block.forward(x, training)
+        skip = x if self.projection is None else self.projection.forward(x, training)
+        if tuple(h.shape) != tuple(skip.shape):
+            raise ValueError(f"{self._where()}: the block maps shape {tuple(x.shape)} to {tuple(h.shape)}, which "
+                             f"cannot be added to the skip path's {tuple(skip.shape)}")
+        y = self._output(h.shape, h)
+        B.array_module(h).add(h, skip, out=y)
+        self._saved = y
+        return y
+
+    def backward(self, dout, *, need_input_grad: bool = True):
+        """dx = block.backward(dout) + (dout, or the projection's backward)."""
+        y = self._saved_state()
+        dout = self._check_grad(dout, y)
+        through_block = self.block.backward(dout, need_input_grad=need_input_grad)
+        skip = dout if self.projection is None else self.projection.backward(dout, need_input_grad=need_input_grad)
+        if not need_input_grad:
+            return None
+        dx = self._input_grad(through_block.shape, through_block)
+        B.array_module(dx).add(through_block, skip, out=dx)
+        return dx

@@ -1,0 +1,99 @@
+"""``Dense``: the fully connected layer, y = act(x @ W + b)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _backend as B
+from .. import functional as F
+from . import init as initializers
+from .module import Module, float_dtype, positive_int
+from .parameter import Parameter
+
+__all__ = ["Dense"]
+
+
+def activation_name(activation, where: str) -> str:
+    """The ``functional.ACTIVATIONS`` key for ``activation`` (None is "identity")."""
+    name = "identity" if activation is None else activation
+    if name not in F.ACTIVATIONS:
+        raise ValueError(f"{where}: activation must be None or one of {sorted(F.ACTIVATIONS)}, got {activation!r}")
+    return name
+
+
+class Dense(Module):
+    """Fully connected layer: y = act(x @ W + b).
+
+    x (N, in_features) -> y (N, out_features); ``weight`` W has shape (in_features,
+    out_features) (the transpose of ``torch.nn.Linear.weight``), ``bias`` b (out_features,).
+
+    - ``activation``: None (identity) or a key of ``functional.ACTIVATIONS`` ("relu",
+      "leaky_relu" with slope ``alpha``, "sigmoid", "tanh", "gelu", "gelu_tanh"), applied in
+      the same kernel as the GEMM (``functional.dense_forward``).
+    - ``init``: a name of ``init.INITIALIZERS`` ("he", the default, "he_uniform", "xavier",
+      "xavier_uniform", "orthogonal", "normal", "uniform", and the aliases "kaiming",
+      "glorot"...), "zeros", or a callable ``f(W, rng=generator)`` filling W in place. The bias
+      starts at zero.
+    - ``dtype``: float32 (default) or float64; ``rng``/``seed`` make the initialization
+      reproducible.
+
+    (torch.nn.Linear followed by the activation)
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None, *,
+                 init="he", bias: bool = True, alpha: float = 0.01, dtype=np.float32, rng=None, seed=None):
+        super().__init__()
+        self.in_features = positive_int(in_features, "Dense: in_features")
+        self.out_features = positive_int(out_features, "Dense: out_features")
+        self.activation = activation_name(activation, "Dense")
+        self.alpha = B.check_scalar(alpha, "Dense: alpha")
+        self.init = init
+        dtype = float_dtype(dtype, "Dense: dtype")
+        weight = np.empty((self.in_features, self.out_features), dtype)
+        if init == "zeros":
+            initializers.zeros(weight)
+        elif callable(init):
+            init(weight, rng=initializers.generator(rng, seed))
+        elif init in initializers.INITIALIZERS:
+            fill, options = initializers.INITIALIZERS[init]
+            fill(weight, rng=rng, seed=seed, **options)
+        else:
+            raise ValueError(f"Dense: init must be a callable or one of "
+                             f"{sorted([*initializers.INITIALIZERS, 'zeros'])}, got {init!r}")
+        self.weight = Parameter(weight, "weight")
+        self.bias = Parameter(np.zeros(self.out_features, dtype), "bias") if bias else None
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_features}, {self.out_features}"
+        if self.activation != "identity":
+            text += f", activation={self.activation!r}"
+            if self.activation == "leaky_relu":
+                text += f", alpha={self.alpha}"
+        return text + ("" if self.bias is not None else ", bias=False")
+
+    def forward(self, x, training: bool = True):
+        """y (N, out_features) = act(x @ W + b) for x (N, in_features)."""
+        return self._forward(x, training, self.activation, self.alpha)
+
+    def _forward(self, x, training, activation: str, alpha: float):
+        """The forward with ``activation`` in the GEMM epilogue (Sequential passes the one of
+        the activation layer that follows)."""
+        weight = self.weight.data
+        x = self._check_input(x, ndim=2, features=self.in_features, like=weight)
+        shape = (x.shape[0], self.out_features)
+        aux = self._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None
+        bias = None if self.bias is None else self.bias.data
+        y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x), aux=aux)
+        self._saved = (x, y, aux, activation, alpha)
+        return y
+
+    def backward(self, dout, *, need_input_grad: bool = True):
+        """dz = dout * act'(.); weight.grad += x^T dz, bias.grad += sum_n dz; returns
+        dx = dz W^T (N, in_features), or None when ``need_input_grad=False`` (then dx is
+        not computed at all)."""
+        x, y, aux, activation, alpha = self._saved_state()
+        dout = self._check_grad(dout, y)
+        dx = self._input_grad(x.shape, x) if need_input_grad else None
+        return F.dense_backward(dout, x, self.weight.data, activation=activation, y=y, aux=aux, alpha=alpha,
+                                dW=self.weight.grad, db=None if self.bias is None else self.bias.grad,
+                                need_dx=need_input_grad, dx=dx)

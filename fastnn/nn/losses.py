@@ -1,0 +1,116 @@
+"""Losses as classes: ``forward(pred, target)`` returns the mean loss as a Python float and
+computes d loss / d pred in the same pass; ``backward()`` returns that gradient.
+
+The float is the step's one host synchronisation; ``forward(..., sync=False)`` returns the
+0-d array on pred's device instead. The gradient is a new array on every forward, or a reused
+buffer after ``reuse_outputs(True)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _backend as B
+from .. import functional as F
+from .module import Module
+
+__all__ = ["Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1"]
+
+_LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+class Loss(Module):
+    """Base of the losses: subclasses name their fused ``functional`` forward in ``kernel``
+    and say whether ``target`` holds integer class labels (``labels``)."""
+
+    kernel = None
+    labels = False
+
+    def __init__(self, *, check_nan: bool = False):
+        super().__init__()
+        self._check_nan = bool(check_nan)
+
+    def forward(self, pred, target, *, sync: bool = True):
+        """The mean loss over the batch (a float, or with ``sync=False`` a 0-d array on pred's
+        device); d loss / d pred is computed in the same pass for :meth:`backward`."""
+        pred, target = self._check(pred, target)
+        grad = self._output(pred.shape, pred)
+        loss = self.kernel(pred, target, grad_out=grad)
+        self._saved = grad
+        return float(loss) if sync else loss
+
+    def backward(self):
+        """d loss / d pred of the most recent forward (pred's shape and dtype)."""
+        return self._saved_state()
+
+    def _check(self, pred, target):
+        pred = self._check_input(pred, name="pred")
+        if self.labels:
+            return pred, self._check_labels(pred, target)
+        target = self._check_input(target, name="target", like=pred, like_name="pred")
+        if tuple(target.shape) != tuple(pred.shape):
+            raise ValueError(f"{self._where()}: target has shape {tuple(target.shape)}, pred {tuple(pred.shape)}; "
+                             "they must match")
+        return pred, target
+
+    def _check_labels(self, pred, target):
+        where = self._where()
+        if pred.ndim != 2:
+            raise ValueError(f"{where}: pred must be 2-d (batch, classes), got shape {tuple(pred.shape)}")
+        try:
+            target = B.as_array(target, "target")
+        except TypeError as exc:
+            raise TypeError(f"{where}: {exc}") from None
+        dt = np.dtype(target.dtype)
+        if dt.kind not in "iu":
+            raise TypeError(f"{where}: target must hold integer class labels, got dtype {dt} "
+                            "(convert with labels.astype(numpy.int64))")
+        if tuple(target.shape) != (pred.shape[0],):
+            raise ValueError(f"{where}: target has shape {tuple(target.shape)}, expected ({pred.shape[0]},): one "
+                             f"class index per row of pred {tuple(pred.shape)}")
+        if B.device_of(target) != B.device_of(pred):
+            raise ValueError(f"{where}: target is on {B.device_of(target)} but pred on {B.device_of(pred)}")
+        if dt not in _LABEL_DTYPES:
+            target = target.astype(np.int64)
+        return B.array_module(target).ascontiguousarray(target)
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of softmax(pred) against integer labels, fused and stable for large
+    logits: loss = mean_i (logsumexp(pred_i) - pred_i[y_i]); d/dpred = (softmax(pred) -
+    onehot(y)) / N. pred (N, C) logits, target (N,) integer labels in [0, C) (out of range is a
+    ``ValueError``). (torch.nn.CrossEntropyLoss)"""
+
+    kernel = staticmethod(F.softmax_cross_entropy_forward)
+    labels = True
+
+
+class BCEWithLogits(Loss):
+    """Binary cross-entropy on logits: loss = mean(max(z, 0) - z t + log(1 + e^-|z|)),
+    d/dz = (sigmoid(z) - t) / numel; pred z and target t (floats in [0, 1]) of one shape.
+    (torch.nn.BCEWithLogitsLoss)"""
+
+    kernel = staticmethod(F.bce_with_logits_forward)
+
+
+class MSE(Loss):
+    """Mean squared error over all elements: loss = mean((pred - target)^2),
+    d/dpred = 2 (pred - target) / numel. (torch.nn.MSELoss)"""
+
+    kernel = staticmethod(F.mse_forward)
+
+
+class Hinge(Loss):
+    """Multiclass SVM loss (Weston & Watkins; cs231n): loss = mean_i sum_{j != y_i}
+    max(0, s_ij - s_iy_i + 1), subgradient 0 at the kink; pred s (N, C) scores, target (N,)
+    integer labels. (C times torch.nn.MultiMarginLoss(p=1, margin=1))"""
+
+    kernel = staticmethod(F.hinge_forward)
+    labels = True
+
+
+class L1(Loss):
+    """Mean absolute error over all elements: loss = mean |pred - target|,
+    d/dpred = sign(pred - target) / numel (0 where they are equal). (torch.nn.L1Loss)"""
+
+    kernel = staticmethod(F.l1_forward)

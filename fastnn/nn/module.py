@@ -1,0 +1,458 @@
+"""``Module``: the base of every layer, container and loss.
+
+A module computes ``forward(x, training=True)`` (also ``module(x)``) and keeps what its
+``backward`` needs; ``backward(dout)`` then returns the gradient with respect to the input of
+the most recent forward (``=``, a new result) and accumulates the gradients of the module's
+parameters into their ``.grad`` (``+=``, as PyTorch; ``zero_grad()`` resets them).
+
+Buffers are reused, so a training step allocates nothing once the shapes are settled:
+
+- arrays a layer needs only internally (the pre-activation kept for the backward, the
+  intermediate results inside a container) are the layer's own and are rewritten by its next
+  call with the same shapes;
+- the arrays handed back to the caller (the output of a model's forward, the dx of its
+  backward, a loss's gradient) are new arrays on every call, so results kept across calls stay
+  valid; ``reuse_outputs(True)`` makes them reused buffers too. A step then runs on fixed
+  addresses, which is what CUDA graph capture needs.
+
+A layer used inside a container (``Sequential``, ``Residual``) reuses its output buffer even
+when called on its own: copy what you keep.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+
+from .. import _backend as B
+from .parameter import Parameter
+
+__all__ = ["Module", "LoadResult"]
+
+
+class LoadResult(NamedTuple):
+    """What ``load_state_dict(..., strict=False)`` skipped (as ``torch.nn.Module``'s)."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+
+def float_dtype(dtype: Any, name: str) -> np.dtype:
+    """``dtype`` as a NumPy float32 or float64 dtype, else ``TypeError`` naming ``name``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected a dtype (numpy.float32 or numpy.float64), got {dtype!r}") from None
+    if dt not in B.FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as a positive int (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _parse_device(device: Any) -> tuple[str, int] | None:
+    """("cpu", 0) or ("cuda", index) for a device name, None when ``device`` is not one."""
+    if not isinstance(device, str):
+        return None
+    kind, _, index = device.strip().lower().partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        return None
+    return kind, int(index or 0)
+
+
+def _converter(device, dtype):
+    """A function moving/casting one array as ``Module.to`` asks (float arrays only are cast)."""
+    place = None if device is None else _parse_device(device)
+    if device is not None and place is None:
+        raise ValueError(f"Module.to: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    dt = None if dtype is None else float_dtype(dtype, "Module.to: dtype")
+
+    def convert(a):
+        if dt is not None and np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype) != dt:
+            a = a.astype(dt)
+        if place is None:
+            return a
+        if place[0] == "cpu":
+            return B.to_numpy(a)
+        cp = B.cupy_module()
+        if B.device_of(a) == B.Device("cuda", place[1]):
+            return a
+        with cp.cuda.Device(place[1]):
+            return cp.array(a)
+
+    return convert
+
+
+def _same_place(a, b) -> bool:
+    return type(a) is type(b) and (isinstance(a, np.ndarray) or B.device_of(a) == B.device_of(b))
+
+
+def _empty(shape, like):
+    xp = B.array_module(like)
+    if xp is np:
+        return np.empty(shape, like.dtype)
+    with like.device:
+        return xp.empty(shape, like.dtype)
+
+
+class Module:
+    """Base class of layers and containers.
+
+    Subclasses call ``super().__init__()`` first; assigning a :class:`Parameter` or a
+    ``Module`` to an attribute registers it (in assignment order), ``register_buffer`` registers
+    a non-trained array such as BatchNorm's running statistics. They implement
+    ``forward(x, training=True)`` and ``backward(dout, *, need_input_grad=True)``, and
+    ``extra_repr()`` for their one-line description. (torch.nn.Module, with an explicit backward
+    instead of autograd.)
+    """
+
+    # Feature widths seen by Residual and Sequential; None means "same as the input".
+    in_features: int | None = None
+    out_features: int | None = None
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffer_names", [])
+        self._workspace = {}
+        self._saved = None
+        self._reuse_out = False
+        self._reuse_dx = False
+        self._check_nan = False
+        self.path = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        parameters = self.__dict__.get("_parameters")
+        if parameters is None:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array) -> None:
+        """Register a non-trained array (moved and cast by ``to``, saved in ``state_dict``)."""
+        if name not in self._buffer_names:
+            self._buffer_names.append(name)
+        object.__setattr__(self, name, array)
+
+    def add_module(self, name: str, module: "Module") -> None:
+        """Register a child under ``name`` (which may be any string, e.g. ``"0"``)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: {name!r} must be a fastnn.nn.Module, got {type(module).__name__}")
+        self._modules[name] = module
+        object.__setattr__(self, name, module)
+
+    # -- computing ------------------------------------------------------------------------
+
+    def forward(self, x, training: bool = True):
+        """y = f(x); ``training=False`` selects inference behaviour (running statistics,
+        no dropout)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dout, *, need_input_grad: bool = True):
+        """dx from dout = d loss / d output of the most recent forward; parameter gradients
+        accumulate (``+=``). With ``need_input_grad=False`` dx is not computed and None is
+        returned (the model's input needs no gradient)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- structure ------------------------------------------------------------------------
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """(path, module) for this module and every descendant, in registration order."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> list["Module"]:
+        """This module and every descendant, parents before children."""
+        return [m for _, m in self.named_modules()]
+
+    def children(self) -> list["Module"]:
+        """The direct children, in registration order."""
+        return list(self._modules.values())
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """(name, parameter) pairs, names like ``"0.weight"``; a shared parameter once."""
+        seen, result = set(), []
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    result.append((f"{prefix}.{name}" if prefix else name, p))
+        return result
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, in a fixed order (what optimizers take)."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, Any]]:
+        """(name, array) for the non-trained state, e.g. ``"1.running_mean"``."""
+        return [(f"{prefix}.{name}" if prefix else name, getattr(module, name))
+                for prefix, module in self.named_modules() for name in module._buffer_names]
+
+    def parameter_count(self) -> int:
+        """The number of trainable scalars."""
+        return sum(p.size for p in self.parameters())
+
+    def _assign_names(self) -> None:
+        """Name every parameter and module by its path from here (containers call this)."""
+        for prefix, module in self.named_modules():
+            module.path = prefix
+            for name, p in module._parameters.items():
+                p.name = f"{prefix}.{name}" if prefix else name
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The dtype of the parameters (None for a module without any)."""
+        params = self.parameters()
+        return params[0].dtype if params else None
+
+    @property
+    def device(self) -> str | None:
+        """Where the parameters live, ``"cpu"`` or ``"cuda:N"`` (None without parameters)."""
+        params = self.parameters()
+        return params[0].device if params else None
+
+    def zero_grad(self) -> None:
+        """Set every parameter gradient to zero, in place."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- device, dtype, options -----------------------------------------------------------
+
+    def to(self, device: str | None = None, *, dtype=None) -> "Module":
+        """Move parameters (data and grad) and buffers to ``"cpu"`` (NumPy), ``"cuda"`` or
+        ``"cuda:N"`` (CuPy), and/or cast them to ``dtype`` (float32 or float64); a dtype may
+        also be given as the first argument. Parameter objects stay the same (optimizers built
+        on them see the new arrays); what forward saved and the reused buffers are dropped.
+        Returns the module. (torch.nn.Module.to)"""
+        if device is not None and dtype is None and _parse_device(device) is None:
+            try:
+                np.dtype(device)
+            except TypeError:
+                raise ValueError(f"Module.to: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+            device, dtype = None, device
+        convert = _converter(device, dtype)
+        done = set()
+        for module in self.modules():
+            for p in module._parameters.values():
+                if id(p) not in done:
+                    done.add(id(p))
+                    p.data, p.grad = convert(p.data), convert(p.grad)
+            for name in module._buffer_names:
+                object.__setattr__(module, name, convert(getattr(module, name)))
+            module._workspace.clear()
+            module._saved = None
+        return self
+
+    def reuse_outputs(self, enabled: bool = True) -> "Module":
+        """Let forward's output and backward's dx be reused buffers (rewritten by the next call
+        with the same shapes) instead of new arrays: no allocation at all in a step, and fixed
+        addresses for CUDA graph capture. Returns the module."""
+        self._set_reuse(bool(enabled), bool(enabled))
+        return self
+
+    def _set_reuse(self, out: bool, dx: bool) -> None:
+        """Whether this module's returned output / dx may be reused; containers pass it on."""
+        self._reuse_out, self._reuse_dx = out, dx
+
+    def check_nan(self, enabled: bool = True) -> "Module":
+        """Make every layer check its input for NaN and infinity (a ``ValueError`` naming the
+        layer and the first bad position). A debugging aid: it costs a pass over each input
+        and, on the GPU, a host synchronisation per layer. Returns the module."""
+        for module in self.modules():
+            module._check_nan = bool(enabled)
+        return self
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _state_arrays(self) -> dict[str, Any]:
+        state = {}
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                state[f"{prefix}.{name}" if prefix else name] = p.data
+            for name in module._buffer_names:
+                state[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the parameters and buffers (e.g. BatchNorm's running statistics) by name,
+        on the module's device. (torch.nn.Module.state_dict)"""
+        return {name: a.copy() for name, a in self._state_arrays().items()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> LoadResult:
+        """Copy ``state`` into the parameters and buffers, in place (their arrays, and so their
+        addresses, stay the same; NumPy and CuPy values are both accepted).
+
+        Every entry is checked first: with ``strict``, keys missing from ``state`` and keys
+        the module does not have; for every key, the shape and the dtype. If anything does
+        not match, a ``ValueError`` lists each mismatch and nothing is changed. Returns the
+        missing and unexpected keys (empty when strict)."""
+        targets = self._state_arrays()
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        problems = []
+        if strict:
+            problems += [f"{k}: missing from the state" for k in missing]
+            problems += [f"{k}: not in the model" for k in unexpected]
+        values = {}
+        for key in (k for k in targets if k in state):
+            try:
+                value = B.as_array(state[key], key)
+            except TypeError as exc:
+                problems.append(str(exc))
+                continue
+            target = targets[key]
+            if tuple(value.shape) != tuple(target.shape):
+                problems.append(f"{key}: shape {tuple(value.shape)} in the state, {tuple(target.shape)} in the model")
+            elif np.dtype(value.dtype) != np.dtype(target.dtype):
+                problems.append(f"{key}: dtype {np.dtype(value.dtype)} in the state, {np.dtype(target.dtype)} in the "
+                                "model (convert the model with .to(dtype=...) or the state with .astype)")
+            values[key] = value
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state does not match the model, "
+                             "nothing was loaded:\n  " + "\n  ".join(problems))
+        for key, value in values.items():
+            target = targets[key]
+            if isinstance(target, np.ndarray):
+                target[...] = B.to_numpy(value)
+            else:
+                target[...] = B.array_module(target).asarray(value)
+        return LoadResult(missing, unexpected)
+
+    # -- description ----------------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        """The arguments shown between the parentheses of this module's repr."""
+        return ""
+
+    def _note(self, name: str) -> str:
+        """A remark shown after child ``name`` in the repr (Sequential: what runs fused)."""
+        return ""
+
+    def _lines(self) -> list[str]:
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not self._modules:
+            return [head + ")"]
+        lines = [head + ("," if self.extra_repr() else "")]
+        for name, child in self._modules.items():
+            sub = child._lines()
+            count = child.parameter_count()
+            remarks = [f"{count:,} parameters"] if count else []
+            remarks += [self._note(name)] if self._note(name) else []
+            sub[-1] += f"  # {', '.join(remarks)}" if remarks else ""
+            lines.append(f"  ({name}): {sub[0]}")
+            lines += [f"  {line}" for line in sub[1:]]
+        return lines + [")"]
+
+    def __repr__(self) -> str:
+        lines = self._lines()
+        count = self.parameter_count()
+        if count:
+            lines[-1] += f"  # {count:,} parameters ({self.dtype.name}, {self.device})"
+        return "\n".join(lines)
+
+    # -- helpers for layers ---------------------------------------------------------------
+
+    def _where(self) -> str:
+        """How error messages name this layer: ``(2) Dense(784, 256)``."""
+        label = f"{type(self).__name__}({self.extra_repr()})"
+        return f"({self.path}) {label}" if self.path else label
+
+    def _buffer(self, role: str, shape: tuple, like, reuse: bool = True):
+        """An uninitialised array of ``shape`` with ``like``'s dtype and device: the one kept
+        for ``role`` when ``reuse`` and it still fits, else a new one (kept when ``reuse``)."""
+        if reuse:
+            kept = self._workspace.get(role)
+            if kept is not None and kept.shape == shape and kept.dtype == like.dtype and _same_place(kept, like):
+                return kept
+        array = _empty(shape, like)
+        if reuse:
+            self._workspace[role] = array
+        return array
+
+    def _output(self, shape: tuple, like):
+        """The array forward writes its result into."""
+        return self._buffer("y", shape, like, self._reuse_out)
+
+    def _input_grad(self, shape: tuple, like):
+        """The array backward writes dx into."""
+        return self._buffer("dx", shape, like, self._reuse_dx)
+
+    def _check_input(self, x, *, name: str = "input", ndim: int | None = None,
+                     features: int | None = None, like=None, like_name: str = "the parameters"):
+        """``x`` as a float array for this layer: ``TypeError`` for non-arrays and non-float
+        dtypes (integers included) or a dtype other than the parameters', ``ValueError`` for
+        another device, rank or feature count. Non-contiguous inputs are copied. Checks for
+        NaN/inf when ``check_nan`` is on."""
+        try:
+            a = B.as_array(x, name)
+        except TypeError as exc:
+            raise TypeError(f"{self._where()}: {exc}") from None
+        dt = np.dtype(a.dtype)
+        if dt not in B.FLOAT_DTYPES:
+            hint = " (integer data: convert with x.astype(numpy.float32))" if dt.kind in "iub" else ""
+            raise TypeError(f"{self._where()}: {name} has dtype {dt}, expected float32 or float64{hint}")
+        if like is not None:
+            if B.device_of(a) != B.device_of(like):
+                raise ValueError(f"{self._where()}: {name} is on {B.device_of(a)} but {like_name} on "
+                                 f"{B.device_of(like)}; move one of them (model.to(...), cupy.asarray, .get())")
+            if dt != np.dtype(like.dtype):
+                raise TypeError(f"{self._where()}: {name} is {dt} but {like_name} {np.dtype(like.dtype)}; convert "
+                                "one of them (x.astype, model.to(dtype=...))")
+        if ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{self._where()}: {name} must be {ndim}-d (batch, features), got shape {tuple(a.shape)}")
+        if features is not None and a.shape[-1] != features:
+            raise ValueError(f"{self._where()}: {name} has {a.shape[-1]} features, expected {features} "
+                             f"(shape {tuple(a.shape)})")
+        a = _contiguous(a)
+        if self._check_nan:
+            _check_finite(self._where(), name, a)
+        return a
+
+    def _check_grad(self, dout, like, name: str = "dout"):
+        """``dout`` checked against the forward output ``like`` (dtype, device, shape);
+        copied when not contiguous."""
+        try:
+            return B.check_float(_contiguous(B.as_array(dout, name)), name,
+                                 like=("the forward output", like), shape=like.shape)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{self._where()}: {exc}") from None
+
+    def _saved_state(self):
+        """What the most recent forward kept, or a ``RuntimeError`` when there is none."""
+        if self._saved is None:
+            raise RuntimeError(f"{self._where()}: backward needs a forward first (model.to() also drops "
+                               "what forward kept)")
+        return self._saved
+
+
+def _contiguous(a):
+    """``a``, or a C-contiguous copy of it (layers copy rather than refuse)."""
+    if isinstance(a, B.CudaView) or a.flags.c_contiguous:
+        return a
+    return B.array_module(a).ascontiguousarray(a)
+
+
+def _check_finite(where: str, name: str, a) -> None:
+    xp = B.array_module(a)
+    bad = ~xp.isfinite(a)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), a.shape))
+        value = float(a[index])
+        kind = "NaN" if math.isnan(value) else "infinity"
+        raise ValueError(f"{where}: {name} contains {kind} (first at index {index}, shape {tuple(a.shape)})")
