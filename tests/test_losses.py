@@ -130,6 +130,21 @@ def test_stable_at_large_logits(xp, path, dtype):
     assert_close(grad, np.array([1.0, -1.0, 0.0, 0.0]) / 4, dtype, **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes, column", [(10, 0), (10, 7), (40, 5), (40, 31), (40, 32), (40, 39)])
+def test_softmax_cross_entropy_nan_logit_gives_nan(xp, path, rng, dtype, classes, column):
+    # A NaN among the first 32 columns is the first value a GPU lane sees; it must not vanish.
+    logits = randn(xp, rng, (6, classes), dtype)
+    logits[2, column] = np.nan
+    labels = xp.asarray(np.full(6, classes - 1 if column == 0 else 0))
+    grad = xp.zeros_like(logits)
+    loss = F.softmax_cross_entropy_forward(logits, labels, grad_out=grad)
+    assert np.isnan(float(loss))
+    assert bool(xp.isnan(grad[2]).all())
+    assert bool(xp.isfinite(grad[:2]).all()) and bool(xp.isfinite(grad[3:]).all())
+    assert np.isnan(float(R.softmax_cross_entropy_forward(host64(logits), host64(labels))))
+
+
 def test_labels_out_of_range_refused_on_the_host(rng):
     logits = rng.standard_normal((6, 5))
     for bad, where in [(np.array([0, 1, 7, 2, 9, 0]), "label 7 at index 2"),

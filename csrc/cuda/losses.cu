@@ -110,12 +110,17 @@ __device__ __forceinline__ void online_merge(double& m, double& s, double m2, do
 // gradient row gr (null: none) written as well.
 template <class T>
 struct SoftmaxCrossEntropyRow {
-  // The running max/sum is kept in T per lane and merged in float64 across lanes.
+  // The running max/sum is kept in T per lane and merged in float64 across lanes. A NaN met
+  // while a lane's max is still -inf would be lost (the next larger value restarts the sum,
+  // and the merge skips lanes whose max is -inf), so NaNs are tracked apart: any NaN makes the
+  // row's loss and gradient NaN, as on the CPU.
   __device__ double operator()(const T* xr, int64_t y, T* gr, int64_t cols, int lane,
                                T inv_rows) const {
     T m = -T(INFINITY), s = T(0);
+    bool nan = false;
     for (int64_t j = lane; j < cols; j += 32) {
       const T v = xr[j];
+      nan = nan || v != v;
       if (v > m) {
         s = (m == -T(INFINITY) ? T(0) : s * math_exp(m - v)) + T(1);
         m = v;
@@ -130,7 +135,7 @@ struct SoftmaxCrossEntropyRow {
       const double s2 = __shfl_xor_sync(0xffffffffu, sd, offset);
       online_merge(md, sd, m2, s2);
     }
-    const double lse = md + log(sd);
+    const double lse = __any_sync(0xffffffffu, nan) ? double(NAN) : md + log(sd);
     if (gr != nullptr) {
       const T lse_t = T(lse);
       for (int64_t j = lane; j < cols; j += 32)
