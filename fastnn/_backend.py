@@ -315,13 +315,24 @@ def check_scalar(value: Any, name: str, *, low: float | None = None, high: float
     return v
 
 
+def on_device(a: Any):
+    """A context that makes ``a``'s GPU the current device, where CuPy allocates (a no-op for
+    CPU arrays). The kernels run on the array's device whatever device is current."""
+    device = device_of(a)
+    if device.kind == "cpu":
+        return contextlib.nullcontext()
+    return cupy_module().cuda.Device(device.index)
+
+
 def output(out: Any, like: Any, name: str = "out", shape=None):
-    """``out`` validated to match ``like`` (device, dtype, shape), or a new empty array."""
+    """``out`` validated to match ``like`` (device, dtype, shape), or a new empty array on
+    ``like``'s device."""
     shape = tuple(like.shape) if shape is None else tuple(shape)
     if out is None:
         if isinstance(like, CudaView):
             raise TypeError(f"{name}: allocating on a foreign GPU array needs CuPy; pass {name}= or install CuPy")
-        return array_module(like).empty(shape, dtype=like.dtype)
+        with on_device(like):
+            return array_module(like).empty(shape, dtype=like.dtype)
     return check_float(out, name, like=("the input", like), shape=shape, writable=True)
 
 
@@ -362,11 +373,17 @@ def pointer(a: Any) -> int:
 
 
 def stream_of(a: Any) -> int:
-    """The CUDA stream work on ``a`` is ordered on: CuPy's current stream for CuPy arrays, the
-    producer's stream for ``__cuda_array_interface__`` views (0, the default stream, if none)."""
+    """The CUDA stream work on ``a`` is ordered on: CuPy's current stream on ``a``'s device for
+    CuPy arrays, the producer's stream for ``__cuda_array_interface__`` views (0, the default
+    stream, if none)."""
     if isinstance(a, CudaView):
         return a.stream
-    return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
+    cuda = sys.modules["cupy"].cuda
+    index = a.device.id
+    if cuda.runtime.getDevice() == index:
+        return int(cuda.get_current_stream().ptr)
+    with cuda.Device(index):  # CuPy keeps a current stream per device
+        return int(cuda.get_current_stream().ptr)
 
 
 def launch(path: str, name: str, a: Any, *args: Any) -> None:

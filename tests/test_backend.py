@@ -106,3 +106,38 @@ def test_torch_cpu_tensors_are_updated_in_place():
     t = torch.linspace(-2, 2, 9, dtype=torch.float32)
     F.relu_forward(t, out=t)
     assert torch.equal(t, torch.clamp(torch.linspace(-2, 2, 9), min=0))
+
+
+@pytest.mark.gpu
+def test_gpu_outputs_and_streams_follow_the_array_device(rng):
+    # Kernels run on the array's device whatever device is current; what fastnn allocates for
+    # them (outputs, workspaces) must live there too, and the stream must be that device's.
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    with cupy.cuda.Device(1):
+        x = cupy.asarray(rng.standard_normal((64, 40)).astype(np.float32))
+        gamma, beta = cupy.ones(40, np.float32), cupy.zeros(40, np.float32)
+        W = cupy.asarray(rng.standard_normal((40, 8)).astype(np.float32))
+        labels = cupy.asarray(rng.integers(0, 8, 64))
+        side = cupy.cuda.Stream(non_blocking=True)
+    with cupy.cuda.Device(0):
+        with cupy.cuda.Device(1):
+            side.use()
+        try:
+            assert _backend.stream_of(x) == side.ptr  # device 1's current stream, not device 0's
+        finally:
+            with cupy.cuda.Device(1):
+                cupy.cuda.Stream.null.use()
+        outputs = [F.relu_forward(x), F.softmax_forward(x), F.prelu_backward(x, x, gamma)[1],
+                   F.dense_forward(x, W), F.softmax_cross_entropy_forward(F.dense_forward(x, W), labels)]
+        y, saved = F.batchnorm_forward(x, gamma, beta, None, None, training=True)
+        outputs += [y, *saved, F.batchnorm_backward(x, x, gamma, saved, dgamma=cupy.zeros_like(gamma),
+                                                    dbeta=cupy.zeros_like(beta))]
+        assert cupy.cuda.runtime.getDevice() == 0
+    assert [a.device.id for a in outputs] == [1] * len(outputs)
+    with cupy.cuda.Device(1):
+        expected = np.maximum(cupy.asnumpy(x), 0)
+        np.testing.assert_array_equal(cupy.asnumpy(outputs[0]), expected)
+        assert np.isfinite(float(outputs[4]))

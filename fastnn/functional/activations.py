@@ -179,7 +179,8 @@ def prelu_backward(dy, x, alpha, *, dalpha=None, out=None):
     alpha = B.check_float(alpha, "alpha", like=("dy", dy))
     outer, channels, inner = _prelu_layout(x, alpha)
     if dalpha is None:
-        dalpha = B.array_module(alpha).zeros_like(alpha)
+        with B.on_device(alpha):
+            dalpha = B.array_module(alpha).zeros_like(alpha)
     else:
         dalpha = B.check_float(dalpha, "dalpha", like=("alpha", alpha), shape=alpha.shape, writable=True)
     path = B.path_of(dy)

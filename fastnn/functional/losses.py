@@ -46,7 +46,8 @@ _pending: dict = {}
 
 def _loss_output(out, pred, pred_name: str):
     if out is None:
-        return B.array_module(pred).empty((), dtype=pred.dtype)
+        with B.on_device(pred):
+            return B.array_module(pred).empty((), dtype=pred.dtype)
     return B.check_float(out, "out", like=(pred_name, pred), shape=(), writable=True)
 
 
