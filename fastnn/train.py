@@ -229,7 +229,7 @@ def _metric(spec, threshold: float) -> _Metric:
     """A metric from a name of ``fastnn.metrics.METRICS`` (``"top_3_accuracy"`` picks k), a
     ``(name, fn)`` pair, or a function ``fn(y_true, y_pred) -> float``."""
     if isinstance(spec, str):
-        k = re.fullmatch(r"top_(\d+|k)_accuracy", spec)
+        k = re.fullmatch(r"top_([1-9]\d*|k)_accuracy", spec)
         if spec == "accuracy":
             return _Metric(spec, _accuracy_sum(threshold), needs_labels=True)
         if k:
@@ -353,7 +353,10 @@ class Trainer:
 
     ``fit`` continues where the last one stopped: epochs count on, the History grows, the
     generator's state carries over. :meth:`state_dict` holds what a checkpoint needs beside the
-    model and the optimizer to resume exactly. (keras.Model.fit / evaluate / predict)
+    model and the optimizer to resume exactly. Attributes: ``history``, ``epoch`` (epochs done),
+    ``step_count`` (optimizer steps done), ``stop_reason`` (why the last ``fit`` stopped early,
+    or None) and ``measured_update_ratios`` (the last epoch's [(step, {weight: ratio})]).
+    (keras.Model.fit / evaluate / predict)
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer, metrics=("accuracy",), callbacks=(), l1: float = 0.0,

@@ -184,7 +184,8 @@ def test_nan_guard_catches_an_update_that_overflows_the_weights():
                 self.trainer.optimizer.param_groups[0]["lr"] = 2.0
 
     guard, huge = NaNGuard(), HugeGradient()
-    with pytest.warns(RuntimeWarning, match=r"epoch 2, batch 3 the update made 0.weight non-finite"):
+    with np.errstate(over="ignore"), pytest.warns(RuntimeWarning, match=r"epoch 2, batch 3 the update made 0.weight "
+                                                  "non-finite"):
         model, trainer, history = guarded_run([huge, guard], optimizer=lambda p: fnn.optim.SGD(p, lr=0.05))
     assert (guard.epoch, guard.batch) == (1, 2) and len(history) == 1
     assert_same_state(model, huge.start)

@@ -203,6 +203,14 @@ def test_same_seed_same_run_and_augment_uses_the_trainers_generator():
             augment=noisy).fit(X[:256], y[:256], epochs=2, batch_size=64, verbose=0)
     assert not np.array_equal(snapshot(other)["0.weight"], runs[0][1]["0.weight"])
 
+    pipelines = []
+    for _ in range(2):
+        model = mlp(seed=3)
+        augment = fnn.augment.Augment(fnn.augment.RandomShift(1), fnn.augment.GaussianNoise(0.05), image_shape=(8, 8))
+        trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=5, augment=augment)
+        pipelines.append(trainer.fit(X[:256], y[:256], epochs=2, batch_size=64, verbose=0).history)
+    assert pipelines[0] == pipelines[1] and pipelines[0]["loss"] != runs[0][0]["loss"]
+
 
 def test_regression_metrics_and_user_functions():
     rng = np.random.default_rng(2)
