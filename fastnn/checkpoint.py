@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from typing import Any
@@ -137,7 +137,7 @@ def save(path, model=None, optimizer=None, **extras) -> str:
     members = {f"a{i}": a for i, (_, a) in enumerate(encoder.arrays)}
     members[_MANIFEST] = np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    handle, temporary = _temporary_file(directory, os.path.basename(path))
     try:
         with os.fdopen(handle, "wb") as f:
             np.savez(f, **members)
@@ -150,6 +150,19 @@ def save(path, model=None, optimizer=None, **extras) -> str:
         raise
     _sync_directory(directory)
     return path
+
+
+def _temporary_file(directory: str, name: str) -> tuple[int, str]:
+    """A new file beside the target, open for writing: (descriptor, path). Created with mode
+    0o666 less the umask, as ``open`` would, so the checkpoint gets the usual permissions
+    (``tempfile.mkstemp`` would make it private to the owner)."""
+    while True:
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
 
 
 def _sync_directory(directory: str) -> None:

@@ -243,6 +243,9 @@ def test_a_failed_write_never_replaces_the_previous_checkpoint(tmp_path, monkeyp
     model, opt, _ = trained()
     path = fnn.save(tmp_path / "ckpt.npz", model=model, optimizer=opt, version="old")
     original = open(path, "rb").read()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0o600
     real_savez = np.savez
 
     def crash_midway(file, **members):
