@@ -1,0 +1,680 @@
+"""``Trainer``: the training loop, with metrics, validation, L1/L2 penalties, callbacks and a
+progress bar; ``History``: what it recorded, epoch by epoch.
+
+::
+
+    trainer = fnn.train.Trainer(model, fnn.nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
+                                metrics=["accuracy"], callbacks=[fnn.callbacks.EarlyStopping(patience=5)],
+                                l2=1e-4, seed=0)
+    history = trainer.fit(X, y, epochs=30, batch_size=64, validation_split=0.1)
+    history.history["val_accuracy"], trainer.evaluate(X_test, y_test), trainer.predict_proba(X_test)
+
+The data stays on the model's device: with the model on a GPU, NumPy data is moved there one
+batch at a time (``cupy.asarray``); GPU data with a model on the CPU is refused (``ValueError``),
+never copied back silently. X is converted once to the model's dtype (float targets too; integer
+labels are kept). On the GPU the loss and the metrics are summed on the device and read once
+per epoch (and when the progress bar refreshes, at most twice a second), not once per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _backend as B
+from . import data as D
+from . import metrics as M
+from .callbacks import Callback, UpdateRatioMonitor
+from .nn.dropout import Dropout
+from .nn.losses import BCEWithLogits, Loss
+from .nn.module import Module
+
+__all__ = ["Trainer", "History", "weight_parameters", "penalty", "add_penalty_grad", "probabilities",
+           "predict_outputs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# L1 / L2 penalties on the weights.
+
+
+def weight_parameters(model: Module) -> list:
+    """(name, Parameter) for the weights that L1/L2 penalise: the parameters with two or more
+    dimensions (Dense weights), not biases, BatchNorm's gamma/beta or PReLU slopes."""
+    return [(name, p) for name, p in model.named_parameters() if p.data.ndim >= 2]
+
+
+def penalty(params, l1: float = 0.0, l2: float = 0.0):
+    """The penalty l1 * sum |W| + (l2 / 2) * sum W^2 over the arrays W of ``params``
+    (Parameters), as a 0-d array on their device (0.0 when both are zero). Its gradient,
+    l1 * sign(W) + l2 * W, is what :func:`add_penalty_grad` adds; so ``l2`` is the same number
+    as SGD's ``weight_decay``."""
+    total = 0.0
+    for p in params:
+        w = p.data
+        xp = B.array_module(w)
+        if l1:
+            total = total + l1 * xp.abs(w).sum()
+        if l2:
+            flat = w.reshape(-1)
+            total = total + (l2 / 2) * xp.vdot(flat, flat)
+    return total
+
+
+def add_penalty_grad(params, l1: float = 0.0, l2: float = 0.0) -> None:
+    """grad += l1 * sign(W) + l2 * W for every Parameter of ``params`` (in place; sign(0) = 0)."""
+    for p in params:
+        xp = B.array_module(p.data)
+        if l1:
+            p.grad += l1 * xp.sign(p.data)
+        if l2:
+            p.grad += l2 * p.data
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and batches.
+
+
+def _device_context(model: Module):
+    """Make the model's GPU current while CuPy allocates and computes beside it."""
+    params = model.parameters()
+    if params and B._is_cupy(params[0].data):
+        return params[0].data.device
+    return contextlib.nullcontext()
+
+
+def _model_place(model: Module, who: str):
+    """The device and dtype of the model's parameters."""
+    params = model.parameters()
+    if not params:
+        raise ValueError(f"{who}: the model has no parameters")
+    return B.device_of(params[0].data), params[0].data.dtype
+
+
+def _prepare(model: Module, X, y, who: str):
+    """X (and y) checked against the model: on its device, or on the CPU when the model is on a
+    GPU (then moved batch by batch); X and float targets converted to the model's dtype."""
+    device, dtype = _model_place(model, who)
+    X = B.as_array(X, "X")
+    arrays = {"X": X} if y is None else {"X": X, "y": B.as_array(y, "y")}
+    for name, a in arrays.items():
+        here = B.device_of(a)
+        if here != device and here != B.CPU:
+            raise ValueError(f"{who}: {name} is on {here} but the model on {device}; fastnn never copies between "
+                             f"devices behind your back: move one of them (cupy.asarray, .get(), model.to(...))")
+    if np.dtype(X.dtype).kind not in "biuf":
+        raise TypeError(f"{who}: X must hold numbers, got dtype {np.dtype(X.dtype)}")
+    X = X.astype(dtype, copy=False)
+    if y is None:
+        return X, None
+    y = arrays["y"]
+    if np.dtype(y.dtype).kind in "fb":
+        y = y.astype(dtype, copy=False)
+    elif np.dtype(y.dtype).kind not in "iu":
+        raise TypeError(f"{who}: y must hold integer labels or float targets, got dtype {np.dtype(y.dtype)}")
+    return X, y
+
+
+def _to_device(a, device):
+    """``a`` on ``device`` (a host batch copied to the model's GPU)."""
+    if a is None or device == B.CPU or B.device_of(a) == device:
+        return a
+    return B.cupy_module().asarray(a)
+
+
+def predict_outputs(model: Module, X, batch_size: int = 256):
+    """The model's outputs for X in inference mode (``training=False``: running statistics, no
+    dropout), computed ``batch_size`` rows at a time, as one array on the model's device (X
+    may be NumPy when the model is on a GPU). X: (N, ...) -> (N, out)."""
+    device, _ = _model_place(model, "predict")
+    X, _ = _prepare(model, X, None, "predict")
+    out = None
+    with _device_context(model):
+        for start, xb in _chunks(X, batch_size):
+            pred = model.forward(_to_device(xb, device), training=False)
+            if out is None:
+                out = B.array_module(pred).empty((X.shape[0], *pred.shape[1:]), pred.dtype)
+            out[start:start + pred.shape[0]] = pred
+    return out
+
+
+def _chunks(X, batch_size):
+    """(start, X[start:start + batch_size]) in order."""
+    batch_size = _positive(batch_size, "batch_size")
+    for start in range(0, X.shape[0], batch_size):
+        yield start, X[start:start + batch_size]
+
+
+def _positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def probabilities(logits):
+    """Class probabilities from logits: softmax along the last axis for (N, C) with C > 1, the
+    sigmoid for one logit per sample ((N,) or (N, 1)). Same shape, on the logits' device."""
+    logits = B.as_array(logits, "logits")
+    xp = B.array_module(logits)
+    if logits.ndim == 2 and logits.shape[1] > 1:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+    if logits.ndim in (1, 2):
+        return 1 / (1 + xp.exp(-logits))
+    raise ValueError(f"logits must be (N, C) or (N,)/(N, 1), got shape {tuple(logits.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics summed on the device over an epoch.
+
+
+class _Metric:
+    """A metric summed over batches: ``batch(pred, y)`` returns the sum of its per-sample values
+    over the batch (a 0-d device array where possible; a float for user functions)."""
+
+    def __init__(self, name: str, batch: Callable, needs_labels: bool = False):
+        self.name, self.batch, self.needs_labels = name, batch, needs_labels
+
+
+def _labels(y):
+    """Class labels (N,) from labels, one-hot rows or 0/1 targets, without a host sync (the
+    targets were validated once, by ``metrics._true_labels``)."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return B.array_module(y).argmax(y, axis=1)
+    return y.reshape(-1).astype(np.int64, copy=False)
+
+
+def _accuracy_sum(threshold: float):
+    def count(pred, y):
+        return (M._predicted_labels(pred, threshold) == _labels(y)).sum()
+    return count
+
+
+def _top_k_sum(k: int):
+    def count(pred, y):
+        if pred.ndim != 2 or not 1 <= k <= pred.shape[1]:
+            raise ValueError(f"top_{k}_accuracy needs scores (N, C) with at least {k} classes, got shape "
+                             f"{tuple(pred.shape)}")
+        xp = B.array_module(pred)
+        labels = _labels(y)
+        true_score = pred[xp.arange(pred.shape[0]), labels]
+        return ((pred > true_score[:, None]).sum(axis=1) < k).sum()
+    return count
+
+
+def _error_sum(power: int):
+    def total(pred, y):
+        if tuple(pred.shape) != tuple(y.shape):
+            raise ValueError(f"{'mse' if power == 2 else 'mae'}: targets {tuple(y.shape)} and outputs "
+                             f"{tuple(pred.shape)} must have the same shape")
+        diff = pred.astype(np.float64) - y.astype(np.float64)
+        per_sample = (diff * diff if power == 2 else abs(diff)).reshape(pred.shape[0], -1).mean(axis=1)
+        return per_sample.sum()
+    return total
+
+
+def _user_metric(name: str, fn: Callable):
+    def total(pred, y):
+        return float(fn(y, pred)) * pred.shape[0]
+    return _Metric(name, total)
+
+
+def _metric(spec, threshold: float) -> _Metric:
+    """A metric from a name of ``fastnn.metrics.METRICS`` (``"top_3_accuracy"`` picks k), a
+    ``(name, fn)`` pair, or a function ``fn(y_true, y_pred) -> float``."""
+    if isinstance(spec, str):
+        k = re.fullmatch(r"top_([1-9]\d*|k)_accuracy", spec)
+        if spec == "accuracy":
+            return _Metric(spec, _accuracy_sum(threshold), needs_labels=True)
+        if k:
+            return _Metric(spec, _top_k_sum(5 if k.group(1) == "k" else int(k.group(1))), needs_labels=True)
+        if spec in ("mse", "mae"):
+            return _Metric(spec, _error_sum(2 if spec == "mse" else 1))
+        raise ValueError(f"unknown metric {spec!r}: use one of {sorted(M.METRICS)}, 'top_<k>_accuracy', a function "
+                         "fn(y_true, y_pred) or a (name, fn) pair")
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
+        return _user_metric(*spec)
+    if callable(spec):
+        return _user_metric(getattr(spec, "__name__", type(spec).__name__), spec)
+    raise TypeError(f"a metric must be a name, a function or a (name, function) pair, got {type(spec).__name__}")
+
+
+class _Sums:
+    """Running sums of per-sample values over an epoch, kept on the device."""
+
+    def __init__(self):
+        self.sums: dict[str, Any] = {}
+        self.count = 0
+
+    def add(self, name: str, value) -> None:
+        if hasattr(value, "astype"):
+            value = value.astype(np.float64)
+        self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        """Sum / samples, read from the device in one transfer."""
+        return {name: total / self.count for name, total in _host_floats(self.sums).items()}
+
+
+def _host_floats(values: dict) -> dict[str, float]:
+    """Python floats from 0-d arrays (and floats), with one device-to-host transfer."""
+    on_device = [name for name, v in values.items() if B._is_cupy(v)]
+    out = {name: float(v) for name, v in values.items() if name not in on_device}
+    if on_device:
+        cp = sys.modules["cupy"]
+        fetched = cp.stack([cp.asarray(values[name], dtype=cp.float64) for name in on_device]).get()
+        out.update(zip(on_device, map(float, fetched)))
+    return {name: out[name] for name in values}
+
+
+# ---------------------------------------------------------------------------------------------
+# History.
+
+
+class History:
+    """What ``Trainer.fit`` recorded: ``history`` maps each name (``loss``, every metric,
+    ``val_loss``, ``val_<metric>``, ``lr``, ``update_ratio``, ``penalty`` with L1/L2, and keys
+    callbacks add) to one value per epoch; ``epoch`` lists the epoch numbers (from 0);
+    ``update_ratios`` maps each weight to its per-epoch mean ‖Δw‖/‖w‖; ``params`` describes the
+    last ``fit`` (epochs, batch_size, steps per epoch, samples, ...); ``stop_reason`` says why
+    training stopped early (None if it did not). Lists stay aligned: a value missing for an epoch
+    is NaN. Plot with ``fastnn.plot.history(history, path)``. (keras.callbacks.History)"""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.update_ratios: dict[str, list[float]] = {}
+        self.params: dict[str, Any] = {}
+        self.stop_reason: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def append(self, epoch: int, logs: dict, update_ratios: dict | None = None) -> None:
+        """Record one epoch."""
+        for record, values in ((self.history, logs), (self.update_ratios, update_ratios or {})):
+            for name in values:
+                record.setdefault(name, [math.nan] * len(self.epoch))
+            for name, series in record.items():
+                series.append(float(values.get(name, math.nan)))
+        self.epoch.append(int(epoch))
+
+    def state_dict(self) -> dict:
+        """A JSON-able copy of everything (for checkpoints)."""
+        return {"history": {k: list(v) for k, v in self.history.items()}, "epoch": list(self.epoch),
+                "update_ratios": {k: list(v) for k, v in self.update_ratios.items()},
+                "params": dict(self.params), "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; ValueError if its series do not have one value per epoch."""
+        epochs = [int(e) for e in state["epoch"]]
+        series = {**state["history"], **state["update_ratios"]}
+        bad = [name for name, values in series.items() if len(values) != len(epochs)]
+        if bad:
+            raise ValueError(f"History.load_state_dict: series {bad} do not have one value per epoch ({len(epochs)})")
+        self.epoch = epochs
+        self.history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+        self.update_ratios = {k: [float(x) for x in v] for k, v in state["update_ratios"].items()}
+        self.params = dict(state.get("params", {}))
+        self.stop_reason = state.get("stop_reason")
+
+    def __repr__(self) -> str:
+        return f"History({len(self)} epochs: {', '.join(self.history)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer.
+
+
+class Trainer:
+    """Trains ``model`` on (X, y) with ``loss`` and ``optimizer``.
+
+    - ``metrics``: names of ``fastnn.metrics.METRICS`` ("accuracy", "top_k_accuracy" (k = 5) or
+      "top_3_accuracy", "mse", "mae"), functions ``fn(y_true, y_pred) -> float`` or
+      ``(name, fn)`` pairs. Named metrics are summed on the device; functions run per batch
+      (a host synchronisation each). Binary outputs ((N,) or (N, 1)) count as class 1 above 0
+      (logits) with ``BCEWithLogits``, above 0.5 otherwise.
+    - ``callbacks``: :class:`fastnn.callbacks.Callback` objects, called in order.
+    - ``l1``, ``l2``: the penalty l1 * sum |W| + (l2 / 2) * sum W^2 over the weights W (the
+      parameters with two or more dimensions: not biases, BatchNorm's gamma and beta or PReLU
+      slopes). Its value is part of the reported training ``loss`` (and recorded alone as
+      ``penalty``), and its gradient l1 * sign(W) + l2 * W is added to the weights' gradients
+      before each optimizer step (l2 is then SGD's ``weight_decay``). Validation and
+      ``evaluate`` report the data loss alone.
+    - ``seed``: an int, None or a ``numpy.random.Generator``, for the shuffling and ``augment``.
+    - ``augment``: a callable ``augment(X_batch, rng) -> X_batch`` (e.g.
+      ``fastnn.augment.Augment``) applied to every training batch, with the trainer's generator.
+
+    ``fit`` continues where the last one stopped: epochs count on, the History grows, the
+    generator's state carries over. :meth:`state_dict` holds what a checkpoint needs beside the
+    model and the optimizer to resume exactly. Attributes: ``history``, ``epoch`` (epochs done),
+    ``step_count`` (optimizer steps done), ``stop_reason`` (why the last ``fit`` stopped early,
+    or None) and ``measured_update_ratios`` (the last epoch's [(step, {weight: ratio})]).
+    (keras.Model.fit / evaluate / predict)
+    """
+
+    def __init__(self, model: Module, loss: Loss, optimizer, metrics=("accuracy",), callbacks=(), l1: float = 0.0,
+                 l2: float = 0.0, seed=None, augment: Callable | None = None):
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a fastnn.nn.Module, got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a fastnn.nn loss (e.g. SoftmaxCrossEntropy()), got {type(loss).__name__}")
+        if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad")) or not hasattr(
+                optimizer, "param_groups"):
+            raise TypeError(f"optimizer must be a fastnn.optim optimizer, got {type(optimizer).__name__}")
+        model_ids = {id(p) for p in model.parameters()}
+        if not any(id(p) in model_ids for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError("the optimizer updates none of the model's parameters; build it with "
+                             "optimizer(model.parameters(), ...)")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        if metrics is None:
+            metrics = ()
+        elif isinstance(metrics, str) or callable(metrics):
+            metrics = [metrics]
+        threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
+        self.metrics = [_metric(m, threshold) for m in metrics]
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"metric names must be unique and not 'loss', got {names}")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be fastnn.callbacks.Callback objects, got {type(cb).__name__}")
+        self.l1 = B.check_scalar(l1, "l1", low=0.0)
+        self.l2 = B.check_scalar(l2, "l2", low=0.0)
+        self.rng = D.as_generator(seed)
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment must be a callable augment(X, rng), got {type(augment).__name__}")
+        self.augment = augment
+        self.history = History()
+        self.epoch = 0
+        self.step_count = 0
+        self.stop_training = False
+        self.stop_reason: str | None = None
+        self.measured_update_ratios: list[tuple[int, dict[str, float]]] = []
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stopped by a callback") -> None:
+        """Stop training (see :mod:`fastnn.callbacks` for when it takes effect)."""
+        self.stop_training = True
+        self.stop_reason = reason
+
+    # -- fit ------------------------------------------------------------------------------
+
+    def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None, validation_split=None,
+            shuffle: bool = True, verbose: int = 1, drop_last: bool = False) -> History:
+        """Train for ``epochs`` more epochs of mini-batches of ``batch_size`` (reshuffled every
+        epoch unless ``shuffle=False``; ``drop_last`` drops each epoch's short last batch).
+
+        X (N, ...), y (N,) integer labels or (N, ...) float targets. Validation after each epoch
+        on ``validation_data=(X_val, y_val)``, or on the last ``validation_split`` fraction of
+        (X, y) before any shuffling (as Keras: shuffle ordered data first). ``verbose``: 0
+        silent, 1 a progress bar per epoch (tqdm, on stdout, shown only when stdout is a
+        terminal) with the loss, metrics and samples/s, 2 one line per epoch. The training loss
+        and metrics of an epoch are means over its samples (batches weighted by their size),
+        computed with the weights of each batch's step. Returns the trainer's :class:`History`.
+        """
+        epochs = _positive(epochs, "epochs")
+        batch_size = _positive(batch_size, "batch_size")
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        device, _ = _model_place(self.model, "fit")
+        X, y = _prepare(self.model, X, y, "fit")
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if validation_split is not None:
+            X, X_val, y, y_val = D.train_test_split(X, y, test_size=validation_split, shuffle=False)
+            validation_data = (X_val, y_val)
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            validation_data = _prepare(self.model, *validation_data, "fit: validation_data")
+        self._check_targets(y, "fit")
+        batches = D.batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
+        monitor = next((cb for cb in self.callbacks if isinstance(cb, UpdateRatioMonitor)), None)
+        weights = weight_parameters(self.model)
+        first, last = self.epoch, self.epoch + epochs
+        self.history.params = {"epochs": last, "batch_size": batch_size, "steps": len(batches),
+                               "samples": batches.num_samples,
+                               "validation_samples": 0 if validation_data is None else len(validation_data[0]),
+                               "metrics": [m.name for m in self.metrics], "l1": self.l1, "l2": self.l2}
+        self.history.stop_reason = None
+        self.stop_training, self.stop_reason = False, None
+        logs: dict = {}
+        with _device_context(self.model):
+            for cb in self.callbacks:
+                cb.set_trainer(self)
+                cb.on_train_begin(logs)
+            for epoch in range(first, last):
+                logs = {}
+                for cb in self.callbacks:
+                    cb.on_epoch_begin(epoch, logs)
+                logs = {"lr": float(self.optimizer.param_groups[0].get("lr", math.nan)), **logs}
+                started = time.perf_counter()
+                with _progress(verbose, epoch, last, len(batches)) as bar:
+                    sums, measured, completed = self._train_epoch(batches, device, weights, monitor, bar)
+                    if not completed:
+                        break
+                    rate = sums.count / max(time.perf_counter() - started, 1e-12)
+                    logs, ratios = self._epoch_logs(sums, logs, measured, weights)
+                    if validation_data is not None:
+                        logs = _insert_validation(logs, self.evaluate(*validation_data, batch_size=batch_size))
+                    bar.set_postfix_str(_describe(logs, rate), refresh=True)
+                if verbose == 2:
+                    print(f"Epoch {epoch + 1}/{last} - {time.perf_counter() - started:.2f}s - {_describe(logs, rate)}",
+                          flush=True)
+                self.history.append(epoch, logs, ratios)
+                self.epoch = epoch + 1
+                for cb in self.callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            self.history.stop_reason = self.stop_reason
+            for cb in self.callbacks:
+                cb.on_train_end(logs)
+        return self.history
+
+    def _train_epoch(self, batches, device, weights, monitor, bar):
+        """One pass over the batches. Returns the device sums, the update-ratio measurements
+        [(step, {weight: 0-d array})] and whether every batch ran (no stop requested before the
+        last one ended)."""
+        sums, measured = _Sums(), []
+        refreshed = time.perf_counter()
+        last = len(batches) - 1
+        params = [p for _, p in weights]
+        for batch, (xb, yb) in enumerate(batches):
+            xb, yb = _to_device(xb, device), _to_device(yb, device)
+            logs = {"batch": batch, "size": int(xb.shape[0])}
+            for cb in self.callbacks:
+                cb.on_batch_begin(batch, logs)
+            if self.augment is not None:
+                xb = self.augment(xb, self.rng)
+            pred = self.model.forward(xb, training=True)
+            value = self.loss.forward(pred, yb, sync=False)
+            for m in self.metrics:
+                sums.add(m.name, m.batch(pred, yb))
+            self.model.zero_grad()
+            self.model.backward(self.loss.backward(), need_input_grad=False)
+            if self.l1 or self.l2:
+                extra = penalty(params, self.l1, self.l2)
+                add_penalty_grad(params, self.l1, self.l2)
+                sums.add("penalty", extra * logs["size"])
+                value = value + extra
+            logs["loss"] = value
+            for cb in self.callbacks:
+                cb.on_before_step(batch, logs)
+            if self.stop_training:
+                return sums, measured, False
+            measure = (self.step_count % monitor.every == 0) if monitor is not None else batch == last
+            before = [p.data.copy() for p in params] if measure else None
+            self.optimizer.step()
+            if measure:
+                logs["update_ratios"] = {name: _ratio(p.data, old) for (name, p), old in zip(weights, before)}
+                measured.append((self.step_count, logs["update_ratios"]))
+            self.step_count += 1
+            sums.add("loss", value * logs["size"])
+            sums.count += logs["size"]
+            for cb in self.callbacks:
+                cb.on_batch_end(batch, logs)
+            if self.stop_training and batch < last:
+                return sums, measured, False
+            bar.update(1)
+            if not bar.disable and time.perf_counter() - refreshed > 0.5:
+                refreshed = time.perf_counter()
+                rate = bar.format_dict["rate"] or 0.0
+                bar.set_postfix_str(_describe(sums.means(), rate * logs["size"]), refresh=False)
+        return sums, measured, True
+
+    def _epoch_logs(self, sums: _Sums, logs: dict, measured, weights) -> tuple[dict, dict]:
+        """The epoch's record (loss, metrics, lr, update ratio, penalty, what callbacks added) and
+        the per-weight mean update ratios, read from the device in one transfer. Sets
+        ``measured_update_ratios`` to the epoch's measurements as floats."""
+        device_values = {("sum", name): total for name, total in sums.sums.items()}
+        device_values.update(((i, name), r) for i, (_, rs) in enumerate(measured) for name, r in rs.items())
+        host = _host_floats(device_values)
+        means = {name: host[("sum", name)] / sums.count for name in sums.sums}
+        self.measured_update_ratios = [(step, {name: host[(i, name)] for name in rs})
+                                       for i, (step, rs) in enumerate(measured)]
+        out = {"loss": means.pop("loss")}
+        out.update((m.name, means.pop(m.name)) for m in self.metrics)
+        out["lr"] = logs.pop("lr")
+        ratios = {}
+        if measured:
+            ratios = {name: float(np.mean([rs[name] for _, rs in self.measured_update_ratios])) for name, _ in weights}
+            out["update_ratio"] = math.exp(float(np.mean(np.log(np.maximum(list(ratios.values()), 1e-300)))))
+        out.update(means)  # penalty
+        out.update(logs)   # what callbacks added
+        return out, ratios
+
+    def _check_targets(self, y, who: str) -> None:
+        """Validate the targets once for the accuracy metrics (batches then need no host check)."""
+        labelled = [m.name for m in self.metrics if m.needs_labels]
+        if not labelled:
+            return
+        try:
+            M._true_labels(y)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{who}: the metrics {labelled} need class labels: {exc} (for regression, pass "
+                            "metrics=['mse'] or metrics=[])") from None
+
+    # -- evaluate / predict ---------------------------------------------------------------
+
+    def evaluate(self, X, y, batch_size: int = 256) -> dict[str, float]:
+        """The mean data loss (no penalty) and the metrics on (X, y) in inference mode
+        (``training=False``), ``batch_size`` rows at a time: ``{"loss": ..., "accuracy": ...}``."""
+        device, _ = _model_place(self.model, "evaluate")
+        X, y = _prepare(self.model, X, y, "evaluate")
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"evaluate: X has {X.shape[0]} samples but y has {y.shape[0]}")
+        self._check_targets(y, "evaluate")
+        sums = _Sums()
+        with _device_context(self.model):
+            for start, xb in _chunks(X, batch_size):
+                xb, yb = _to_device(xb, device), _to_device(y[start:start + batch_size], device)
+                pred = self.model.forward(xb, training=False)
+                sums.add("loss", self.loss.forward(pred, yb, sync=False) * xb.shape[0])
+                for m in self.metrics:
+                    sums.add(m.name, m.batch(pred, yb))
+                sums.count += xb.shape[0]
+        means = sums.means()
+        return {"loss": means["loss"], **{m.name: means[m.name] for m in self.metrics}}
+
+    def predict(self, X, batch_size: int = 256):
+        """The model's outputs (logits for a classifier) for X in inference mode, on the model's
+        device: (N, out)."""
+        return predict_outputs(self.model, X, batch_size)
+
+    def predict_proba(self, X, batch_size: int = 256):
+        """Class probabilities for X: :func:`probabilities` of :meth:`predict` (softmax over C > 1
+        logits, the sigmoid of a single logit)."""
+        return probabilities(self.predict(X, batch_size))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What resuming needs beside the model and optimizer: the epoch and step counts, the
+        generator's state (shuffling, augmentation), every Dropout layer's seed and counter
+        (which fix its future masks) and the History. JSON-able."""
+        return {"epoch": self.epoch, "step_count": self.step_count, "rng": self.rng.bit_generator.state,
+                "dropout": {path: [m.seed, m.counter] for path, m in self.model.named_modules()
+                            if isinstance(m, Dropout)},
+                "history": self.history.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (after loading the model's weights); ValueError, with
+        nothing changed, if it does not fit this trainer's model or generator."""
+        dropouts = {path: m for path, m in self.model.named_modules() if isinstance(m, Dropout)}
+        saved = state["dropout"]
+        if set(saved) != set(dropouts):
+            raise ValueError(f"Trainer.load_state_dict: the state has Dropout layers {sorted(saved)}, the model "
+                             f"{sorted(dropouts)}")
+        kind = state["rng"].get("bit_generator")
+        if kind != self.rng.bit_generator.state["bit_generator"]:
+            raise ValueError(f"Trainer.load_state_dict: the state's generator is {kind}, this trainer's "
+                             f"{self.rng.bit_generator.state['bit_generator']}")
+        history = History()
+        history.load_state_dict(state["history"])
+        self.rng.bit_generator.state = state["rng"]
+        for path, (seed, counter) in saved.items():
+            dropouts[path].seed, dropouts[path].counter = int(seed), int(counter)
+        self.epoch, self.step_count, self.history = int(state["epoch"]), int(state["step_count"]), history
+
+
+def _insert_validation(logs: dict, results: dict) -> dict:
+    """``logs`` with ``val_<name>`` entries placed after the training metrics."""
+    keys = list(logs)
+    cut = keys.index("lr")
+    return {**{k: logs[k] for k in keys[:cut]}, **{f"val_{k}": v for k, v in results.items()},
+            **{k: logs[k] for k in keys[cut:]}}
+
+
+def _ratio(new, old):
+    """‖new - old‖ / ‖new‖ as a 0-d array (``old`` is overwritten)."""
+    xp = B.array_module(new)
+    old -= new
+    delta, flat = old.reshape(-1), new.reshape(-1)
+    return xp.sqrt(xp.vdot(delta, delta)) / xp.maximum(xp.sqrt(xp.vdot(flat, flat)), 1e-30)
+
+
+def _describe(logs: dict, rate: float) -> str:
+    """``12,345 samples/s, loss=0.1234, accuracy=0.9812, ..., lr=0.001`` for the bar and verbose=2."""
+    parts = [f"{rate:,.0f} samples/s"] + [f"{k}={v:.4g}" for k, v in logs.items() if k not in ("lr", "update_ratio")]
+    if "lr" in logs:
+        parts.append(f"lr={logs['lr']:.3g}")
+    return ", ".join(parts)
+
+
+class _Quiet:
+    """Stands in for a disabled progress bar."""
+
+    disable = True
+    format_dict = {"rate": None}
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s="", refresh=True):
+        pass
+
+
+@contextlib.contextmanager
+def _progress(verbose: int, epoch: int, epochs: int, steps: int):
+    """A tqdm bar over the epoch's batches (verbose=1, stdout a terminal), else a quiet stand-in."""
+    if verbose != 1:
+        yield _Quiet()
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stdout, disable=None,
+               dynamic_ncols=True, leave=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
