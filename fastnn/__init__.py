@@ -25,7 +25,7 @@ _LAZY_NAMES = {
     "get_matmul_precision": "fastnn.functional.dense",
     "save": "fastnn.checkpoint",
     "load": "fastnn.checkpoint",
-    "gradcheck": "fastnn.gradcheck",
+    "gradcheck": "fastnn.gradient_check",
     "Ensemble": "fastnn.ensemble",
     "EMA": "fastnn.ensemble",
 }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _backend as B
-from .gradcheck import inspection_copy, without_dropout
+from .gradient_check import inspection_copy, without_dropout
 from .nn.losses import BCEWithLogits, Hinge, Loss, MSE, SoftmaxCrossEntropy
 from .nn.module import Module
 

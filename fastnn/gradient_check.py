@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,15 +193,3 @@ def gradcheck(model: Module, loss: Loss, x, y, eps: float = 1e-5, *, max_entries
         report.parameters.append(check)
         report.max_rel_error = max(report.max_rel_error, check.max_rel_error)
     return report
-
-
-class _CallableModule(types.ModuleType):
-    """Importing ``fastnn.gradcheck`` makes the package attribute ``fastnn.gradcheck`` this
-    module rather than the function (Python sets it after the import); calling the module
-    calls the function, so ``fastnn.gradcheck(model, loss, x, y)`` works either way."""
-
-    def __call__(self, *args, **kwargs) -> GradcheckReport:
-        return gradcheck(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
