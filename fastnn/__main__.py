@@ -50,12 +50,68 @@ def _bench(args: argparse.Namespace) -> int:
     return status
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 256,128, got {text!r}") from None
+    if any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return widths
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .job import JobConfig, run
+
+    fields = {f: getattr(args, f) for f in JobConfig.__dataclass_fields__}
+    try:
+        metrics = run(JobConfig(**fields))
+    except FileNotFoundError as exc:
+        raise CommandError(f"fastnn train: data file not found: {exc.filename or exc}") from None
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CommandError(f"fastnn train: {exc}") from None
+    test = metrics["test"]
+    if metrics["task"] == "classification":
+        print(f"test accuracy: {test['accuracy']:.4f}  (test loss {test['loss']:.4f}, "
+              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {metrics['device']})")
+    else:
+        print(f"test mse: {test['loss']:.4f}  (mae {test.get('mae', float('nan')):.4f}, "
+              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {metrics['device']})")
+    print(f"wrote {args.out}/curves.png, metrics.json, checkpoint.npz")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastnn", description="fastnn: dense networks trained fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="what this installation can run (backend report)")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(func=_info)
+
+    from .job import OPTIMIZERS, JobConfig
+
+    d = JobConfig()
+    train = sub.add_parser("train", help="train an MLP (bundled digits by default) and report the test accuracy",
+                           description="Train Dense-BatchNorm-ReLU-Dropout MLP with a warm-up + cosine schedule "
+                                       "and early stopping; write curves.png, metrics.json and checkpoint.npz.")
+    train.add_argument("--data", default=d.data, help="digits | spirals | blobs | a .npz (X, y) or .csv file "
+                                                      f"(default {d.data})")
+    train.add_argument("--label-column", default=d.label_column, help="the label column of a .csv file")
+    train.add_argument("--hidden", type=_widths, default=d.hidden, help="hidden widths, e.g. 256,128")
+    train.add_argument("--dropout", type=float, default=d.dropout)
+    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer)
+    train.add_argument("--lr", type=float, default=d.lr)
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    train.add_argument("--epochs", type=int, default=d.epochs)
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
+    train.add_argument("--test-size", type=float, default=d.test_size)
+    train.add_argument("--validation-split", type=float, default=d.validation_split)
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device)
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=d.verbose)
+    train.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="throughput against NumPy, PyTorch and CuPy, as ratios measured in one run")
     bench.add_argument("suite", nargs="?", default="all", choices=["optim", "mlp", "all"])

@@ -1,0 +1,104 @@
+"""The command line end to end: `fastnn train` on the bundled digits, its error paths, and the
+files `fastnn bench` writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastnn import _backend
+from fastnn.benchmarks import _harness as H
+
+HERE = os.path.dirname(__file__)
+
+
+def fastnn_cli(*args, timeout=300):
+    # From the tests folder, so that the installed package is the one run.
+    return subprocess.run([sys.executable, "-m", "fastnn", *args], capture_output=True, text=True, cwd=HERE,
+                          timeout=timeout)
+
+
+def test_train_on_digits_reaches_the_stated_accuracy(tmp_path):
+    out = tmp_path / "run"
+    result = fastnn_cli("train", "--out", str(out), "--verbose", "0")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("test accuracy:"))
+    accuracy = float(line.split()[2])
+    assert accuracy >= 0.95, result.stdout
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert metrics["samples"] == {"train": 1437, "test": 360}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_of_the_main_job_loads_back(tmp_path):
+    import fastnn as fnn
+    from fastnn.job import JobConfig, build_model
+
+    out = tmp_path / "run"
+    result = fastnn_cli("train", "--data", "spirals", "--epochs", "3", "--hidden", "16", "--out", str(out),
+                        "--verbose", "0")
+    assert result.returncode == 0, result.stderr
+    model = build_model(2, 3, JobConfig(hidden=(16,)))
+    extras = fnn.load(out / "checkpoint.npz", model=model)
+    assert tuple(extras["config"]["hidden"]) == (16,) and len(extras["history"]["loss"]) == 3
+
+
+def test_train_on_a_csv_file_and_the_tiny_run_writes_everything(tmp_path, rng):
+    X = rng.standard_normal((120, 3))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    path = tmp_path / "data.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,c,target", comments="", fmt="%.6f")
+    result = fastnn_cli("train", "--data", str(path), "--label-column", "target", "--epochs", "2", "--hidden", "8",
+                        "--out", str(tmp_path / "out"), "--verbose", "0")
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy:" in result.stdout
+    assert (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "missing.csv"], "data file not found: missing.csv"),
+    (["--data", "cats"], "unknown dataset 'cats'"),
+    (["--optimizer", "lion"], "invalid choice: 'lion'"),
+    (["--hidden", "64,x"], "comma-separated layer widths"),
+    (["--dropout", "1.5"], "p must be"),
+])
+def test_train_errors_are_clear(tmp_path, args, message):
+    result = fastnn_cli("train", *args, "--epochs", "1", "--out", str(tmp_path / "x"), "--verbose", "0")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_reports_a_bad_csv_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    result = fastnn_cli("train", "--data", str(path), "--label-column", "target", "--out", str(tmp_path / "x"))
+    assert result.returncode != 0 and "no column named 'target'" in result.stderr and "['a', 'b', 'label']" in result.stderr
+
+
+def test_cuda_without_a_gpu_is_refused(tmp_path):
+    if _backend.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible here")
+    for command in (["train", "--device", "cuda", "--out", str(tmp_path / "x")], ["bench", "--device", "cuda"]):
+        result = fastnn_cli(*command)
+        assert result.returncode == 2, result.stderr
+        assert "--device cuda:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_files_json_markdown_and_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [H.Result("demo", "case A", "fastnn", "cpu", ms=2.0, bytes=4_000_000),
+            H.Result("demo", "case A", "NumPy", "cpu", ms=5.0, bytes=4_000_000),
+            H.skipped("demo", "case A", "PyTorch", "cpu", "torch not installed")]
+    paths = H.write("demo", "cpu", rows, str(tmp_path), copy=(10.0, "test"))
+    data = json.loads(open(paths["json"]).read())
+    assert [r["impl"] for r in data["results"]] == ["fastnn", "NumPy", "PyTorch"]
+    assert data["results"][0]["gbs"] == pytest.approx(2.0)
+    markdown = open(paths["md"]).read()
+    assert "| case A | NumPy | 5.000 |" in markdown and "2.50x" in markdown and "skipped: torch not installed" in markdown
+    assert open(paths["png"], "rb").read()[:4] == b"\x89PNG"
