@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from .. import reference as ref
+from .dense import _workspace as _scratch
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
@@ -34,9 +35,10 @@ def _saved_pair(saved, x, c: int, *, writable: bool):
             _vector(saved[1], "saved[1] (invstd)", x, c, writable=writable))
 
 
-def _workspace(x, n: int, c: int):
-    """Scratch for the CUDA kernels' per-block partial sums."""
-    return B.array_module(x).empty(B._C.cuda.batchnorm_workspace_size(n, c), dtype="float64")
+def _workspace(x, n: int, c: int) -> int:
+    """The address of scratch for the CUDA kernels' per-block partial sums: the reused buffer of
+    x's device and stream (so a step allocates nothing, as CUDA graph capture needs)."""
+    return _scratch(x, 8 * B._C.cuda.batchnorm_workspace_size(n, c))
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bool,
@@ -96,7 +98,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
             0 if running_var is None else B.pointer(running_var),
             B.pointer(y), B.pointer(mean), B.pointer(invstd), n, c, training, momentum, eps, relu]
     if path == "cuda":  # eval reads no partial sums
-        args.append(B.pointer(_workspace(x, n, c)) if training else 0)
+        args.append(_workspace(x, n, c) if training else 0)
     B.launch(path, "batchnorm_forward", x, *args)
     return y, (mean, invstd)
 
@@ -145,6 +147,6 @@ def batchnorm_backward(dy, x, gamma, saved, *, dgamma, dbeta, relu: bool = False
             B.pointer(y) if relu else 0, B.pointer(dx), B.pointer(dgamma), B.pointer(dbeta), n, c,
             training, relu]
     if path == "cuda":
-        args.append(B.pointer(_workspace(dy, n, c)))
+        args.append(_workspace(dy, n, c))
     B.launch(path, "batchnorm_backward", dy, *args)
     return dx
