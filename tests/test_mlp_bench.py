@@ -55,7 +55,7 @@ def test_cases_carry_the_issue_targets():
 
 
 def test_quick_run_and_files(tmp_path, capsys):
-    results = mlp.run("cpu", quick=True, progress=False, min_time=0.005)
+    results = mlp.run("cpu", quick=True, progress=False, min_time=0.005, settle=0.0)
     cases = {c.name for c in mlp.cases("cpu", quick=True)}
     assert {r.case for r in results} == cases
     for case in cases:
@@ -66,7 +66,7 @@ def test_quick_run_and_files(tmp_path, capsys):
     line = mlp.throughput(results).splitlines()[2]
     assert line.startswith("| 784-128-128-10, batch 256, fp32 | fastnn |")
 
-    assert mlp.main(["--quick", "--cases", "64-64", "--min-time", "0.005", "--no-progress",
+    assert mlp.main(["--quick", "--cases", "64-64", "--min-time", "0.005", "--settle", "0", "--no-progress",
                      "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "mlp_cpu.json").read_text())
     assert {r["case"] for r in data["results"]} == {"64-64-64-16, batch 2048, fp32"}

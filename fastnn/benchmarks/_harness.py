@@ -113,10 +113,14 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, m
 
 
 def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
-                 min_time: float = 0.3, rounds: int = 7) -> dict[str, float]:
+                 min_time: float = 0.3, rounds: int = 7, settle: float = 0.0) -> dict[str, float]:
     """Like :func:`measure` for several functions at once, timed in turns: each round times one
     batch of every function, so that a burst of load on a shared machine slows them all alike
-    and the ratios between them hold. Returns the median milliseconds per call of each."""
+    and the ratios between them hold. ``settle``: seconds to pause (untimed) before each batch,
+    so that worker threads the previous function left spinning have gone idle (OpenBLAS keeps
+    its threads on their cores for about 0.1 s after a GEMM, which slows a library with its own
+    thread pool, e.g. PyTorch, timed right after). Returns the median milliseconds per call of
+    each."""
     sync = gpu_sync() if device == "cuda" else (lambda: None)
     per_batch = {}
     for name, fn in fns.items():
@@ -130,6 +134,8 @@ def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, w
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle:
+                time.sleep(settle)
             sync()
             start = time.perf_counter()
             for _ in range(per_batch[name]):

@@ -49,6 +49,9 @@ FASTNN, FASTNN_GRAPH = "fastnn", "fastnn, CUDA graph"
 TORCH, TORCH_GRAPH = "torch eager", "torch, CUDA graph"
 PRECISION_LABELS = {"highest": "fp32", "high": "TF32", "medium": "bf16"}
 LR = 1e-3
+# Seconds between timed batches on the CPU: the NumPy-based competitors leave OpenBLAS's
+# threads spinning for ~0.1 s, which slowed PyTorch's step timed right after by 15-40%.
+SETTLE = 0.25
 
 
 class Case(NamedTuple):
@@ -363,9 +366,10 @@ def precision(case: Case, device: str):
 
 
 def run(device: str = "cpu", quick: bool = False, progress: bool = True, cases_filter: str | None = None,
-        min_time: float | None = None) -> list[H.Result]:
+        min_time: float | None = None, settle: float | None = None) -> list[H.Result]:
     """Measure every competitor on every case of ``device`` (those whose name contains
-    ``cases_filter``); one row per (case, implementation)."""
+    ``cases_filter``); one row per (case, implementation). ``min_time``: seconds of timing per
+    competitor and case; ``settle``: the pause before each timed batch (``SETTLE`` on the CPU)."""
     if device == "cuda" and H.cupy_for(device) is None and H.torch_for(device) is None:
         raise RuntimeError("--device cuda needs CuPy or PyTorch and a GPU")
     torch = H.torch_for(device)
@@ -373,6 +377,7 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, cases_f
         torch.set_num_threads(os.cpu_count())
     chosen = [c for c in cases(device, quick) if cases_filter is None or cases_filter in c.name]
     min_time = (0.2 if quick else 1.0) if min_time is None else min_time
+    settle = (SETTLE if device == "cpu" else 0.0) if settle is None else settle
     bar = None
     if progress:
         from tqdm import tqdm
@@ -395,7 +400,7 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, cases_f
                     rows.append(H.skipped(SUITE, case.name, impl, device, f"{type(exc).__name__}: {exc}"[:160]))
                     continue
                 rows.append(H.Result(SUITE, case.name, impl, device, flops=case.flops))
-            times = H.measure_many(steps, device, min_time=min_time)
+            times = H.measure_many(steps, device, min_time=min_time, settle=settle)
         for row in rows:
             row.ms = times.get(row.impl)
         results.extend(rows)
@@ -448,10 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small cases, short timings (a smoke test)")
     parser.add_argument("--cases", help="only the cases whose name contains this text, e.g. '784' or '+BN'")
     parser.add_argument("--min-time", type=float, help="seconds of timing per competitor and case")
+    parser.add_argument("--settle", type=float, help=f"seconds of pause before each timed batch (CPU default {SETTLE})")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     results = run(args.device, quick=args.quick, progress=not args.no_progress, cases_filter=args.cases,
-                  min_time=args.min_time)
+                  min_time=args.min_time, settle=args.settle)
     print("\n" + H.table(results))
     print("\n" + throughput(results))
     summary = targets(results, args.device, args.quick)
