@@ -31,7 +31,6 @@ TFLOP/s counts the GEMMs only: 6 * batch * sum(in * out) minus the first layer's
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import math
@@ -329,22 +328,22 @@ def plain_impl(case: Case, prob: Problem, device: str) -> Impl:
 # Running a suite.
 
 
-def competitors(case: Case, device: str):
-    """(implementation name, a function building its :class:`Impl` from a :class:`Problem`, or
-    the reason it cannot run here)."""
+def competitors(case: Case, prob: Problem, device: str):
+    """(implementation name, a function building its step on ``prob``, or the reason it cannot
+    run here), for :func:`fastnn.benchmarks._harness.run_case`."""
     torch = H.torch_for(device)
     array = "NumPy" if device == "cpu" else "CuPy"
     no_xp = None if _xp(device) is not None else "CuPy not installed or no GPU"
     no_native = no_xp or (None if _backend.native_available(device) else f"fastnn built without {device} kernels")
     no_torch = None if torch is not None else "torch not installed"
-    yield FASTNN, no_native or (lambda prob: fastnn_impl(case, prob, device))
+    yield FASTNN, no_native or (lambda: fastnn_impl(case, prob, device).step)
     if device != "cpu":
-        yield FASTNN_GRAPH, no_native or (lambda prob: fastnn_impl(case, prob, device, graph=True))
-    yield TORCH, no_torch or (lambda prob: torch_impl(case, prob, device))
+        yield FASTNN_GRAPH, no_native or (lambda: fastnn_impl(case, prob, device, graph=True).step)
+    yield TORCH, no_torch or (lambda: torch_impl(case, prob, device).step)
     if device != "cpu":
-        yield TORCH_GRAPH, no_torch or (lambda prob: torch_impl(case, prob, device, graph=True))
-    yield f"fastnn reference ({array})", no_xp or (lambda prob: fastnn_impl(case, prob, device, reference=True))
-    yield f"{array} (cs231n-style)", no_xp or (lambda prob: plain_impl(case, prob, device))
+        yield TORCH_GRAPH, no_torch or (lambda: torch_impl(case, prob, device, graph=True).step)
+    yield f"fastnn reference ({array})", no_xp or (lambda: fastnn_impl(case, prob, device, reference=True).step)
+    yield f"{array} (cs231n-style)", no_xp or (lambda: plain_impl(case, prob, device).step)
 
 
 @contextlib.contextmanager
@@ -378,38 +377,14 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, cases_f
     chosen = [c for c in cases(device, quick) if cases_filter is None or cases_filter in c.name]
     min_time = (0.2 if quick else 1.0) if min_time is None else min_time
     settle = (SETTLE if device == "cpu" else 0.0) if settle is None else settle
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(chosen), desc=f"mlp {device}", unit="case")
     results = []
-    for case in chosen:
+    for case in H.progress(chosen, f"mlp {device}", progress):
         prob = problem(case)
-        steps, rows = {}, []
         with precision(case, device):
-            for impl, build in competitors(case, device):
-                if isinstance(build, str):
-                    rows.append(H.skipped(SUITE, case.name, impl, device, build))
-                    continue
-                try:
-                    steps[impl] = build(prob).step
-                    steps[impl]()  # fails here if this competitor cannot run the case
-                except (RuntimeError, TypeError, ValueError, ImportError) as exc:
-                    steps.pop(impl, None)
-                    rows.append(H.skipped(SUITE, case.name, impl, device, f"{type(exc).__name__}: {exc}"[:160]))
-                    continue
-                rows.append(H.Result(SUITE, case.name, impl, device, flops=case.flops))
-            times = H.measure_many(steps, device, min_time=min_time, settle=settle)
-        for row in rows:
-            row.ms = times.get(row.impl)
-        results.extend(rows)
-        del steps, prob
+            results.extend(H.run_case(SUITE, case.name, device, competitors(case, prob, device), min_time=min_time,
+                                      settle=settle, flops=case.flops))
+        del prob
         gc.collect()
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
     return results
 
 
@@ -447,14 +422,10 @@ def targets(results: list[H.Result], device: str, quick: bool = False) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/mlp.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--out", default="bench/results", help="folder for the JSON, Markdown and PNG results")
-    parser.add_argument("--quick", action="store_true", help="small cases, short timings (a smoke test)")
+    parser = H.arguments("bench/mlp.py", __doc__)
     parser.add_argument("--cases", help="only the cases whose name contains this text, e.g. '784' or '+BN'")
     parser.add_argument("--min-time", type=float, help="seconds of timing per competitor and case")
     parser.add_argument("--settle", type=float, help=f"seconds of pause before each timed batch (CPU default {SETTLE})")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     results = run(args.device, quick=args.quick, progress=not args.no_progress, cases_filter=args.cases,
                   min_time=args.min_time, settle=args.settle)
