@@ -80,13 +80,17 @@ def cases(device: str, quick: bool) -> list[Case]:
             return [Case((784, 128, 128, 10), 256), Case((64, 64, 64, 16), 2048)]
         return [Case((784, 512, 512, 10), 1024, targets=((TORCH, 1.0), ("NumPy (cs231n-style)", 2.0))),
                 Case((64, 64, 64, 64, 16), 16384, targets=((TORCH, 1.5),))]
-    mid, big, wide = ((784, 512, 512, 10), 2048), ((1024, 1024, 1024, 1000), 2048), ((64,) * 5 + (16,), 65536)
-    if not quick:
-        mid, big, wide = ((784, 2048, 2048, 10), 8192), ((1024, 4096, 4096, 4096, 1000), 8192), ((64,) * 5 + (16,), 262144)
-    out = [Case(*mid, batchnorm=bn, precision=p, targets=((TORCH, 1.3), (TORCH_GRAPH, 1.0)))
+    wide = (64,) * 5 + (16,)
+    if quick:  # the same kinds of case, smaller, without the targets
+        mid, big, wide, goal = ((784, 512, 512, 10), 2048), ((1024, 1024, 1024, 1000), 2048), (wide, 65536), {}
+    else:
+        mid, big, wide = ((784, 2048, 2048, 10), 8192), ((1024, 4096, 4096, 4096, 1000), 8192), (wide, 262144)
+        goal = {"mid": ((TORCH, 1.3), (TORCH_GRAPH, 1.0)), "big": ((TORCH, 0.95), (TORCH_GRAPH, 0.95)),
+                "wide": ((TORCH, 1.5),)}
+    out = [Case(*mid, batchnorm=bn, precision=p, targets=goal.get("mid", ()))
            for p in ("high", "medium") for bn in (False, True)]
-    out.append(Case(*big, precision="highest", targets=((TORCH, 0.95), (TORCH_GRAPH, 0.95))))
-    out.append(Case(*wide, precision="high", targets=((TORCH, 1.5),)))
+    out.append(Case(*big, precision="highest", targets=goal.get("big", ())))
+    out.append(Case(*wide, precision="high", targets=goal.get("wide", ())))
     return out
 
 

@@ -31,13 +31,15 @@ class Sequential(Module):
     - a ``BatchNorm`` followed by ``ReLU`` runs as one ``batchnorm_forward(relu=True)``.
 
     The activation layer is then not run at all (its output is the fused layer's). The repr
-    marks such layers. Backward, two ``Dense`` in a row share one pass: the upper one applies
-    the lower one's activation derivative and bias gradient to its dx as it writes it
-    (``dense_backward(x_activation=...)``), and the lower one then runs only its GEMMs. ``backward(dout, need_input_grad=False)`` skips the gradient with
-    respect to the model's input: layers before the first one with parameters are not run
-    backward, and the first one with parameters computes no dx (``dense_backward(need_dx=
-    False)``). Parameters are named by position: ``"0.weight"``, ``"2.alpha"``.
-    The layers are fixed at construction; a layer may appear only once.
+    marks such layers. Backward, two ``Dense`` steps in a row share one pass: the upper one
+    applies the lower one's activation derivative and bias gradient to its dx in place
+    (``dense_backward(x_activation=...)``), and the lower one then runs only its GEMMs.
+
+    ``backward(dout, need_input_grad=False)`` skips the gradient with respect to the model's
+    input: layers before the first one with parameters are not run backward, and the first
+    one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
+    named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction; a
+    layer may appear only once.
     (torch.nn.Sequential)
     """
 

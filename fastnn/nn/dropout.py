@@ -103,4 +103,3 @@ class Dropout(Module):
         if counter is None:
             return dout
         return F.dropout_backward(dout, self.p, seed=self.seed, counter=counter, out=self._input_grad(y.shape, y))
-
