@@ -216,7 +216,8 @@ def torch_impl(case: Case, prob: Problem, device: str, *, graph: bool = False) -
     bf16 = case.precision == "medium"
 
     def forward_backward():
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+        # A captured graph may not keep autocast's cache of cast weights (torch's CUDA graph notes).
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph):
             loss = torch.nn.functional.cross_entropy(model(x), labels)
         loss.backward()
         return loss
