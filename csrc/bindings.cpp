@@ -180,42 +180,51 @@ void bind_batchnorm(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 
 // ---- dropout -------------------------------------------------------------------------------
 
-// The mask kernel writes bytes, not floats: bound by hand, with the dtype-name first argument
-// that fastnn._backend.launch passes ("bool", the dtype of the mask).
-template <class... Args>
-void def_mask(py::module_& m, void (*f)(uint8_t*, int64_t, uint64_t, uint64_t, uint64_t, Args...),
-              const char* doc) {
+// The mask and counter kernels work on bytes and words, not floats: bound by hand, with the
+// dtype-name first argument that fastnn._backend.launch passes, which must be `dtype`.
+template <class... Args, class... Extra>
+void def_fixed_dtype(py::module_& m, const char* name, const char* dtype, void (*f)(Args...),
+                     const char* doc, const Extra&... extra) {
   m.def(
-      "dropout_mask",
-      [f](const std::string& dtype, uintptr_t mask, int64_t n, uint64_t threshold, uint64_t seed,
-          uint64_t counter, typename PyArg<Args>::type... stream) {
-        if (dtype != "bool")
-          throw py::type_error("fastnn._C dropout_mask: the mask must be bool, got '" + dtype +
-                               "'");
-        f(reinterpret_cast<uint8_t*>(mask), n, threshold, seed, counter,
-          PyArg<Args>::from(stream)...);
+      name,
+      [f, name, dtype](const std::string& given, typename PyArg<Args>::type... args) {
+        if (given != dtype)
+          throw py::type_error(std::string("fastnn._C ") + name + ": the array must be " + dtype +
+                               ", got '" + given + "'");
+        f(PyArg<Args>::from(args)...);
       },
-      py::call_guard<py::gil_scoped_release>(), doc);
+      py::call_guard<py::gil_scoped_release>(), doc, py::arg("dtype"), extra...);
 }
 
 void bind_dropout(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
   FASTNN_DEF(cpu_m, cpu, dropout_forward,
-             "y = x * (word(seed, counter, i) >= threshold ? scale : 0) (=), y may be x.",
+             "y = x * (word(seed, counter, i) >= threshold ? scale : 0) (=), y may be x; the "
+             "counter is read from counter_at when it is not 0.",
              py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
-             py::arg("seed"), py::arg("counter"));
+             py::arg("seed"), py::arg("counter"), py::arg("counter_at"));
   FASTNN_DEF(cpu_m, cpu, dropout_backward, "dx = dy * (the same mask) * scale (=).",
              py::arg("dy"), py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
-             py::arg("seed"), py::arg("counter"));
-  def_mask(cpu_m, &cpu::dropout_mask,
-           "mask[i] = word(seed, counter, i) >= threshold, one byte per element (=).");
+             py::arg("seed"), py::arg("counter"), py::arg("counter_at"));
+  def_fixed_dtype(cpu_m, "dropout_mask", "bool", &cpu::dropout_mask,
+                  "mask[i] = word(seed, counter, i) >= threshold, one byte per element (=).",
+                  py::arg("mask"), py::arg("n"), py::arg("threshold"), py::arg("seed"),
+                  py::arg("counter"));
+  def_fixed_dtype(cpu_m, "dropout_next_counter", "uint64", &cpu::dropout_next_counter,
+                  "counters[1] = counters[0]; counters[0] += 1 (two uint64 words).",
+                  py::arg("counters"));
 #ifdef FASTNN_WITH_CUDA
   FASTNN_DEF(*cuda_m, cuda, dropout_forward, "Dropout forward on `stream`, mask drawn in-kernel.",
              py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
-             py::arg("seed"), py::arg("counter"), py::arg("stream"));
+             py::arg("seed"), py::arg("counter"), py::arg("counter_at"), py::arg("stream"));
   FASTNN_DEF(*cuda_m, cuda, dropout_backward, "Dropout backward on `stream`.", py::arg("dy"),
              py::arg("dx"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
-             py::arg("seed"), py::arg("counter"), py::arg("stream"));
-  def_mask(*cuda_m, &cuda::dropout_mask, "The dropout mask on `stream`.");
+             py::arg("seed"), py::arg("counter"), py::arg("counter_at"), py::arg("stream"));
+  def_fixed_dtype(*cuda_m, "dropout_mask", "bool", &cuda::dropout_mask,
+                  "The dropout mask on `stream`.", py::arg("mask"), py::arg("n"),
+                  py::arg("threshold"), py::arg("seed"), py::arg("counter"), py::arg("stream"));
+  def_fixed_dtype(*cuda_m, "dropout_next_counter", "uint64", &cuda::dropout_next_counter,
+                  "counters[1] = counters[0]; counters[0] += 1, one thread on `stream`.",
+                  py::arg("counters"), py::arg("stream"));
 #endif
 }
 

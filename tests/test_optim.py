@@ -13,7 +13,8 @@ from fastnn.optim import functional as F
 from util import assert_close
 
 DTYPES = [np.float32, np.float64]
-# One tensor above the OpenMP grain, odd sizes (vector tails), a scalar-like one.
+# A 51K-element tensor, odd sizes (vector tails), a scalar-like one (the threaded path above
+# the OpenMP grain: tests/test_cpu_threads.py).
 SHAPES = [(300, 170), (7,), (33, 3), (1,), (1000,)]
 STEPS = 25
 

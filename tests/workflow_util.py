@@ -33,17 +33,20 @@ def mlp(seed=0, hidden=32, inputs=64, classes=10, dropout=0.1, dtype=np.float32)
 
 
 def break_backward(monkeypatch, layer_class, parameter, factor, only=None):
-    """Make ``layer_class.backward`` wrong: after the real one, multiply the gradient of its
-    ``parameter`` by ``factor`` (in layers for which ``only(layer)`` is true, when given)."""
-    original = layer_class.backward
+    """Make ``layer_class``'s backward wrong: after the real one, multiply the gradient of its
+    ``parameter`` by ``factor`` (in layers for which ``only(layer)`` is true, when given).
+    Patches ``_backward`` where the class has one (what ``Sequential`` calls when it fuses the
+    backward across layers), else ``backward``."""
+    method = "_backward" if hasattr(layer_class, "_backward") else "backward"
+    original = getattr(layer_class, method)
 
-    def wrong(self, dout, *, need_input_grad=True):
-        dx = original(self, dout, need_input_grad=need_input_grad)
+    def wrong(self, *args, **kwargs):
+        dx = original(self, *args, **kwargs)
         if only is None or only(self):
             getattr(self, parameter).grad[...] *= factor
         return dx
 
-    monkeypatch.setattr(layer_class, "backward", wrong)
+    monkeypatch.setattr(layer_class, method, wrong)
 
 
 def snapshot(model):

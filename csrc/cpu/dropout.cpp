@@ -76,14 +76,14 @@ void apply_dropout(const T* in, T* out, int64_t n, uint64_t threshold, T scale, 
 
 template <class T>
 void dropout_forward(const T* x, T* y, int64_t n, uint64_t threshold, T scale, uint64_t seed,
-                     uint64_t counter) {
-  apply_dropout(x, y, n, threshold, scale, seed, counter);
+                     uint64_t counter, const uint64_t* counter_at) {
+  apply_dropout(x, y, n, threshold, scale, seed, counter_at != nullptr ? *counter_at : counter);
 }
 
 template <class T>
 void dropout_backward(const T* dy, T* dx, int64_t n, uint64_t threshold, T scale, uint64_t seed,
-                      uint64_t counter) {
-  apply_dropout(dy, dx, n, threshold, scale, seed, counter);
+                      uint64_t counter, const uint64_t* counter_at) {
+  apply_dropout(dy, dx, n, threshold, scale, seed, counter_at != nullptr ? *counter_at : counter);
 }
 
 void dropout_mask(uint8_t* mask, int64_t n, uint64_t threshold, uint64_t seed, uint64_t counter) {
@@ -97,9 +97,16 @@ void dropout_mask(uint8_t* mask, int64_t n, uint64_t threshold, uint64_t seed, u
   });
 }
 
+void dropout_next_counter(uint64_t* counters) {
+  counters[1] = counters[0];
+  counters[0] += 1;
+}
+
 #define FASTNN_INSTANTIATE(T)                                                                  \
-  template void dropout_forward<T>(const T*, T*, int64_t, uint64_t, T, uint64_t, uint64_t);   \
-  template void dropout_backward<T>(const T*, T*, int64_t, uint64_t, T, uint64_t, uint64_t);
+  template void dropout_forward<T>(const T*, T*, int64_t, uint64_t, T, uint64_t, uint64_t,    \
+                                   const uint64_t*);                                           \
+  template void dropout_backward<T>(const T*, T*, int64_t, uint64_t, T, uint64_t, uint64_t,   \
+                                    const uint64_t*);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

@@ -67,11 +67,16 @@ struct L1 {
 
 }  // namespace
 
+// The row losses m + log(sum) - x[y] are summed in float64 with one log per run of rows: the
+// row sums (each in [1, cols]) are multiplied together until the product nears the top of
+// the float64 range, and the log of the product is added. For few classes a log per row cost
+// as much as the rest of the row.
 template <class T>
 void softmax_cross_entropy_forward(const T* logits, const void* labels, bool labels64, T* loss,
                                    T* grad, int64_t rows, int64_t cols) {
   const T inv_rows = T(1) / T(rows);
   double total = 0.0;
+  double product = 1.0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = logits + r * cols;
     T m = -std::numeric_limits<T>::infinity();
@@ -95,8 +100,14 @@ void softmax_cross_entropy_forward(const T* logits, const void* labels, bool lab
     }
     const int64_t y = label_at(labels, labels64, r);
     if (grad != nullptr) grad[r * cols + y] -= inv_rows;
-    total += double(m) + std::log(double(sum)) - double(xr[y]);
+    total += double(m) - double(xr[y]);
+    product *= double(sum);
+    if (product > 1e250) {
+      total += std::log(product);
+      product = 1.0;
+    }
   }
+  total += std::log(product);
   if (loss != nullptr) *loss = T(total / double(rows));
 }
 

@@ -12,6 +12,7 @@ bracketed by a device synchronisation, so the time covers the kernels, not just 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -113,10 +114,14 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, m
 
 
 def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
-                 min_time: float = 0.3, rounds: int = 7) -> dict[str, float]:
+                 min_time: float = 0.3, rounds: int = 7, settle: float = 0.0) -> dict[str, float]:
     """Like :func:`measure` for several functions at once, timed in turns: each round times one
     batch of every function, so that a burst of load on a shared machine slows them all alike
-    and the ratios between them hold. Returns the median milliseconds per call of each."""
+    and the ratios between them hold. ``settle``: seconds to pause (untimed) before each batch,
+    so that worker threads the previous function left spinning have gone idle (OpenBLAS keeps
+    its threads on their cores for about 0.1 s after a GEMM, which slows a library with its own
+    thread pool, e.g. PyTorch, timed right after). Returns the median milliseconds per call of
+    each."""
     sync = gpu_sync() if device == "cuda" else (lambda: None)
     per_batch = {}
     for name, fn in fns.items():
@@ -130,6 +135,8 @@ def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, w
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle:
+                time.sleep(settle)
             sync()
             start = time.perf_counter()
             for _ in range(per_batch[name]):
@@ -137,6 +144,41 @@ def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, w
             sync()
             samples[name].append((time.perf_counter() - start) / per_batch[name])
     return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+
+
+def progress(cases: list, desc: str, enabled: bool = True):
+    """``cases`` to loop over, behind a tqdm progress bar (one step per case) when ``enabled``."""
+    if not enabled:
+        return cases
+    from tqdm import tqdm
+
+    return tqdm(cases, desc=desc, unit="case")
+
+
+def run_case(suite: str, case: str, device: str, competitors, *, min_time: float, settle: float = 0.0,
+             **measures) -> list[Result]:
+    """One case of a suite, every competitor timed side by side (:func:`measure_many`).
+    ``competitors``: (implementation name, build) pairs, ``build`` a function returning the call
+    to time, or a string saying why that competitor cannot run here. Each built call runs once
+    first; one that raises is listed as skipped with the error. ``measures``: the
+    :class:`Result` fields of the measured rows (``bytes=`` or ``flops=``)."""
+    steps, rows = {}, []
+    for impl, build in competitors:
+        if isinstance(build, str):
+            rows.append(skipped(suite, case, impl, device, build))
+            continue
+        try:
+            steps[impl] = build()
+            steps[impl]()  # fails here if this competitor cannot run the case
+        except (RuntimeError, TypeError, ValueError, ImportError) as exc:
+            steps.pop(impl, None)
+            rows.append(skipped(suite, case, impl, device, f"{type(exc).__name__}: {exc}"[:160]))
+            continue
+        rows.append(Result(suite, case, impl, device, **measures))
+    times = measure_many(steps, device, min_time=min_time, settle=settle)
+    for row in rows:
+        row.ms = times.get(row.impl)
+    return rows
 
 
 def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> tuple[float, str]:
@@ -196,6 +238,18 @@ def table(results: Iterable[Result], *, baseline: str = "fastnn", copy_gbs: floa
             lines.append(f"| {case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.gbs, '.1f')} | "
                          f"{_fmt(r.tflops, '.2f')} | {_fmt(pct, '.0f')} | {speedup} |")
     return "\n".join(lines)
+
+
+def arguments(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every suite takes (``--device``, ``--out``, ``--quick``,
+    ``--no-progress``); a suite adds its own options. ``doc``: the suite's module docstring,
+    whose first paragraph describes it."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON, Markdown and PNG results")
+    parser.add_argument("--quick", action="store_true", help="small cases, short timings (a smoke test)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
 
 
 def environment(device: str) -> dict:

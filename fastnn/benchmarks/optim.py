@@ -15,7 +15,6 @@ it with a device copy measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import gc
 from typing import Callable, NamedTuple
 
@@ -159,41 +158,17 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: 
     chosen = [r for r in RULES if rules is None or r.name in rules]
     plan = [(rule, case) for case in cases(device, quick) for rule in chosen]
     results = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(plan), desc=f"optim {device}", unit="case")
     min_time = 0.2 if quick else 1.0
-    for rule, (case_name, sizes) in plan:
+    for rule, (case_name, sizes) in H.progress(plan, f"optim {device}", progress):
         rng = np.random.default_rng(1)
         params = [xp.asarray(rng.standard_normal(n, dtype=np.float32)) for n in sizes]
         grads = [xp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-2) for n in sizes]
         nbytes = rule.passes * 4 * sum(sizes)
         case = f"{rule.name}, {case_name}"
-        steps, rows = {}, []
-        for impl, build in _competitors(rule, device, params, grads):
-            if isinstance(build, str):
-                rows.append(H.skipped(SUITE, case, impl, device, build))
-                continue
-            try:
-                steps[impl] = build()
-                steps[impl]()  # fails here if this competitor cannot run the case
-            except (RuntimeError, TypeError, ValueError) as exc:
-                steps.pop(impl, None)
-                rows.append(H.skipped(SUITE, case, impl, device, f"{type(exc).__name__}: {exc}"[:120]))
-                continue
-            rows.append(H.Result(SUITE, case, impl, device, bytes=nbytes))
-        times = H.measure_many(steps, device, min_time=min_time)
-        for row in rows:
-            row.ms = times.get(row.impl)
-        results.extend(rows)
-        del params, grads, steps
+        results.extend(H.run_case(SUITE, case, device, _competitors(rule, device, params, grads), min_time=min_time,
+                                  bytes=nbytes))
+        del params, grads
         gc.collect()
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
     return results
 
 
@@ -219,12 +194,8 @@ def targets(results: list[H.Result], device: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/optim.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--out", default="bench/results", help="folder for the JSON and Markdown results")
-    parser.add_argument("--quick", action="store_true", help="small cases, short timings (a smoke test)")
+    parser = H.arguments("bench/optim.py", __doc__)
     parser.add_argument("--rules", help="comma-separated subset, e.g. 'Adam,RMSprop'")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",")]
     copy = H.copy_bandwidth(args.device, nbytes=(1 << 26) if args.quick else (1 << 28))

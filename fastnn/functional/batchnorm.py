@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from .. import reference as ref
-from .dense import _workspace as scratch_pointer
+from .dense import _workspace as _scratch
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
@@ -36,10 +36,9 @@ def _saved_pair(saved, x, c: int, *, writable: bool):
 
 
 def _workspace(x, n: int, c: int) -> int:
-    """The address of the CUDA kernels' scratch for per-block partial sums: the per-(device,
-    stream) buffer the dense layers reuse, so no array is freed while a kernel still uses it
-    (nor its address baked into a captured CUDA graph and then handed out again)."""
-    return scratch_pointer(x, 8 * B._C.cuda.batchnorm_workspace_size(n, c))
+    """The address of scratch for the CUDA kernels' per-block partial sums: the reused buffer of
+    x's device and stream (so a step allocates nothing, as CUDA graph capture needs)."""
+    return _scratch(x, 8 * B._C.cuda.batchnorm_workspace_size(n, c))
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bool,

@@ -31,11 +31,15 @@ class Sequential(Module):
     - a ``BatchNorm`` followed by ``ReLU`` runs as one ``batchnorm_forward(relu=True)``.
 
     The activation layer is then not run at all (its output is the fused layer's). The repr
-    marks such layers. ``backward(dout, need_input_grad=False)`` skips the gradient with
-    respect to the model's input: layers before the first one with parameters are not run
-    backward, and the first one with parameters computes no dx (``dense_backward(need_dx=
-    False)``). Parameters are named by position: ``"0.weight"``, ``"2.alpha"``.
-    The layers are fixed at construction; a layer may appear only once.
+    marks such layers. Backward, two ``Dense`` steps in a row share one pass: the upper one
+    applies the lower one's activation derivative and bias gradient to its dx in place
+    (``dense_backward(x_activation=...)``), and the lower one then runs only its GEMMs.
+
+    ``backward(dout, need_input_grad=False)`` skips the gradient with respect to the model's
+    input: layers before the first one with parameters are not run backward, and the first
+    one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
+    named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction; a
+    layer may appear only once.
     (torch.nn.Sequential)
     """
 
@@ -53,6 +57,7 @@ class Sequential(Module):
         self.fuse = bool(fuse)
         self.in_features, self.out_features = _widths(layers)
         self._plan, self._fused_into = self._make_plan(list(layers))
+        self._backward_fusion = self._make_backward_fusion()
         trainable = [k for k, (layer, _) in enumerate(self._plan) if layer.parameters()]
         self._first_trainable = trainable[0] if trainable else None
         self._set_reuse(False, False)
@@ -81,6 +86,19 @@ class Sequential(Module):
                 index += 1
             index += 1
         return plan, fused_into
+
+    def _make_backward_fusion(self):
+        """For each step of the plan, None (the layer's own backward) or the keyword arguments
+        of ``Dense._backward`` that fuse it with the Dense steps next to it."""
+        fusion = []
+        for step, (layer, _) in enumerate(self._plan):
+            if not (self.fuse and isinstance(layer, Dense)):
+                fusion.append(None)
+                continue
+            above = self._plan[step + 1][0] if step + 1 < len(self._plan) else None
+            below = self._plan[step - 1][0] if step > 0 else None
+            fusion.append(dict(done=isinstance(above, Dense), below=below if isinstance(below, Dense) else None))
+        return fusion
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -119,7 +137,10 @@ class Sequential(Module):
         if first is None:
             return None
         for step in range(len(self._plan) - 1, first - 1, -1):
-            dout = self._plan[step][0].backward(dout, need_input_grad=need_input_grad or step > first)
+            layer, fusion = self._plan[step][0], self._backward_fusion[step]
+            need = need_input_grad or step > first
+            dout = layer.backward(dout, need_input_grad=need) if fusion is None else \
+                layer._backward(dout, need_input_grad=need, **fusion)
         return dout
 
 

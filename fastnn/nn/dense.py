@@ -91,9 +91,22 @@ class Dense(Module):
         """dz = dout * act'(.); weight.grad += x^T dz, bias.grad += sum_n dz; returns
         dx = dz W^T (N, in_features), or None when ``need_input_grad=False`` (then dx is
         not computed at all)."""
+        return self._backward(dout, need_input_grad=need_input_grad)
+
+    def _backward(self, dout, *, need_input_grad: bool = True, done: bool = False, below: "Dense | None" = None):
+        """The backward, fused across layers by ``Sequential``: ``done`` means dout already is
+        d loss / d z (the layer above applied this layer's activation derivative and added its
+        bias gradient); ``below``, the Dense whose output is this layer's input, gets the same
+        done here, in the pass over dx (``functional.dense_backward``'s ``x_activation``)."""
         x, y, aux, activation, alpha = self._saved_state()
         dout = self._check_grad(dout, y)
         dx = self._input_grad(x.shape, x) if need_input_grad else None
-        return F.dense_backward(dout, x, self.weight.data, activation=activation, y=y, aux=aux, alpha=alpha,
-                                dW=self.weight.grad, db=None if self.bias is None else self.bias.grad,
-                                need_dx=need_input_grad, dx=dx)
+        fused = {}
+        if below is not None and need_input_grad:
+            _, _, below_aux, below_activation, below_alpha = below._saved_state()
+            fused = dict(x_activation=below_activation, x_aux=below_aux, x_alpha=below_alpha,
+                         x_db=None if below.bias is None else below.bias.grad)
+        return F.dense_backward(dout, x, self.weight.data, activation="identity" if done else activation, y=y,
+                                aux=aux, alpha=alpha, dW=self.weight.grad,
+                                db=None if done or self.bias is None else self.bias.grad,
+                                need_dx=need_input_grad, dx=dx, **fused)

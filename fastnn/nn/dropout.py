@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
+
 from .. import _backend as B
 from .. import functional as F
+from ..functional.dropout import _check_word
 from .init import generator
 from .module import Module
 
@@ -18,7 +23,9 @@ class Dropout(Module):
     nothing is stored, the backward regenerates it. ``counter`` starts at 0 and advances by
     one on every training forward, so each step draws a new mask and the sequence of masks is
     reproducible from ``seed`` (or from ``rng``, which draws the seed; fresh entropy when
-    neither is given). (torch.nn.Dropout)
+    neither is given). After :meth:`counter_on_device` the counter lives beside the data and a
+    kernel advances it, which a captured CUDA graph needs; the masks are the same.
+    (torch.nn.Dropout)
     """
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None, rng=None):
@@ -27,10 +34,47 @@ class Dropout(Module):
         self.seed = int(generator(rng, None).integers(2**63)) if seed is None else int(seed)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"Dropout: seed must be in [0, 2**63), got {seed!r}")
-        self.counter = 0
+        self._counter = 0
+        self._on_device = False
+        self._words = None  # uint64 [next, current] beside the data, with the counter on the device
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"
+
+    @property
+    def counter(self) -> int:
+        """The counter the next training forward uses (read back from the device when it is
+        kept there: a synchronisation)."""
+        return self._counter if self._words is None else int(self._words[0])
+
+    @counter.setter
+    def counter(self, value: int) -> None:
+        self._counter = _check_word(value, "Dropout: counter")
+        if self._words is not None:
+            self._words[0] = np.uint64(self._counter)
+
+    def counter_on_device(self, enabled: bool = True) -> "Dropout":
+        """Keep the counter in a uint64 array ``[next, current]`` on the input's device, read by
+        the dropout kernels when they run and advanced by a one-thread kernel on every training
+        forward (``functional.dropout_next_counter``), so a captured CUDA graph draws a new mask
+        on every replay. ``enabled=False`` brings it back to the host. The same counter gives
+        the same mask either way. ``fastnn.cuda.capture`` turns it on. Returns the layer."""
+        if not enabled and self._words is not None:
+            self._counter = self.counter
+            self._words = None
+        self._on_device = bool(enabled)
+        return self
+
+    def _counter_words(self, like):
+        """The device counter pair on ``like``'s device (created, or moved, with the current
+        counter)."""
+        words = self._words
+        if words is None or type(words) is not type(like) or B.device_of(words) != B.device_of(like):
+            value = self.counter
+            with like.device if B._is_cupy(like) else contextlib.nullcontext():
+                words = B.array_module(like).array([value, 0], dtype=np.uint64)
+            self._words = words
+        return words
 
     def forward(self, x, training: bool = True):
         """x * keep / (1 - p) when training (a new mask each call), else x."""
@@ -38,8 +82,13 @@ class Dropout(Module):
         if not training or self.p == 0:
             self._saved = (x, None)
             return x
-        counter = self.counter
-        self.counter += 1
+        if self._on_device:
+            words = self._counter_words(x)
+            F.dropout_next_counter(words)
+            counter = words[1:]
+        else:
+            counter = self._counter
+            self._counter += 1
         y = F.dropout_forward(x, self.p, seed=self.seed, counter=counter, out=self._output(x.shape, x))
         self._saved = (y, counter)
         return y

@@ -30,12 +30,14 @@ class Loss(Module):
         super().__init__()
         self._check_nan = bool(check_nan)
 
-    def forward(self, pred, target, *, sync: bool = True):
+    def forward(self, pred, target, *, sync: bool = True, out=None):
         """The mean loss over the batch (a float, or with ``sync=False`` a 0-d array on pred's
-        device); d loss / d pred is computed in the same pass for :meth:`backward`."""
+        device); d loss / d pred is computed in the same pass for :meth:`backward`. ``out``: a
+        0-d array of pred's dtype and device that receives the loss (no allocation: what a
+        captured CUDA graph needs)."""
         pred, target = self._check(pred, target)
         grad = self._output(pred.shape, pred)
-        loss = self.kernel(pred, target, grad_out=grad)
+        loss = self.kernel(pred, target, grad_out=grad, out=out)
         self._saved = grad
         return float(loss) if sync else loss
 

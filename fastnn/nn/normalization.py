@@ -50,9 +50,11 @@ class BatchNorm(Module):
         if training and x.shape[0] < 2:
             raise ValueError(f"{self._where()}: training needs more than one sample per feature, got an input of "
                              f"shape {tuple(x.shape)} (as PyTorch; use training=False for single samples)")
+        c = self.num_features
         y, saved = F.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                        training=training, momentum=self.momentum, eps=self.eps, relu=relu,
-                                       out=self._output(x.shape, x))
+                                       out=self._output(x.shape, x),
+                                       saved=(self._buffer("mean", (c,), x), self._buffer("invstd", (c,), x)))
         self._saved = (x, y, saved, training, relu)
         return y
 
