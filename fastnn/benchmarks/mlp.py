@@ -16,7 +16,9 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
 - ``fastnn reference``: fastnn's model under ``fastnn.use_backend("reference")`` (plain
   NumPy/CuPy code);
 - ``NumPy (cs231n-style)``: the step written out by hand in the array module, float32, as in
-  cs231n's layers (CuPy on a GPU).
+  cs231n's layers (CuPy on a GPU); the targets are measured against it. On the CPU also
+  ``NumPy (cs231n-style, float64)``: the same code on NumPy's default dtype, as cs231n's
+  assignments run it (ANCHORS' 48.1 ms NumPy figure, about twice torch's, matches this one).
 
 Precisions on the GPU: "TF32" is ``fastnn.set_matmul_precision("high")`` and torch's
 ``set_float32_matmul_precision("high")``; "bf16" is ``"medium"`` (bfloat16 GEMM inputs, float32
@@ -251,17 +253,18 @@ def torch_impl(case: Case, prob: Problem, device: str, *, graph: bool = False) -
 # The step written out by hand (cs231n's layers), in NumPy or CuPy.
 
 
-def plain_impl(case: Case, prob: Problem, device: str) -> Impl:
-    """Forward, softmax loss, backward and Adam in plain array code, float32."""
+def plain_impl(case: Case, prob: Problem, device: str, dtype=np.float32) -> Impl:
+    """Forward, softmax loss, backward and Adam in plain array code, in ``dtype`` (float32; the
+    float64 variant is cs231n's code as written, on NumPy's default dtype)."""
     xp = _xp(device)
-    params = [[xp.asarray(W).copy(), xp.asarray(b).copy()] for W, b in prob.weights]
+    params = [[xp.asarray(W, dtype=dtype).copy(), xp.asarray(b, dtype=dtype).copy()] for W, b in prob.weights]
     hidden = len(params) - 1
     if case.batchnorm:
-        params += [[xp.ones(W.shape[1], np.float32), xp.zeros(W.shape[1], np.float32)] for W, _ in prob.weights[:-1]]
-    running = [[xp.zeros(W.shape[1], np.float32), xp.ones(W.shape[1], np.float32)] for W, _ in prob.weights[:-1]]
+        params += [[xp.ones(W.shape[1], dtype), xp.zeros(W.shape[1], dtype)] for W, _ in prob.weights[:-1]]
+    running = [[xp.zeros(W.shape[1], dtype), xp.ones(W.shape[1], dtype)] for W, _ in prob.weights[:-1]]
     flat = [p for pair in params for p in pair]
     moments = [[xp.zeros_like(p), xp.zeros_like(p)] for p in flat]
-    x, labels = xp.asarray(prob.x), xp.asarray(prob.labels)
+    x, labels = xp.asarray(prob.x, dtype=dtype), xp.asarray(prob.labels)
     rows = xp.arange(case.batch)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     state = {"t": 0, "loss": None}
@@ -349,6 +352,8 @@ def competitors(case: Case, prob: Problem, device: str):
         yield TORCH_GRAPH, no_torch or (lambda: torch_impl(case, prob, device, graph=True).step)
     yield f"fastnn reference ({array})", no_xp or (lambda: fastnn_impl(case, prob, device, reference=True).step)
     yield f"{array} (cs231n-style)", no_xp or (lambda: plain_impl(case, prob, device).step)
+    if device == "cpu":
+        yield f"{array} (cs231n-style, float64)", (lambda: plain_impl(case, prob, device, np.float64).step)
 
 
 @contextlib.contextmanager
