@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 
@@ -77,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"test mse: {test['loss']:.4f}  (mae {test.get('mae', float('nan')):.4f}, "
               f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {metrics['device']})")
-    print(f"wrote {args.out}/curves.png, metrics.json, checkpoint.npz")
+    written = [path for path in metrics["files"].values() if path] + [os.path.join(args.out, "metrics.json")]
+    print("wrote " + ", ".join(written))
     return 0
 
 

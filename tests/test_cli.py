@@ -33,6 +33,7 @@ def test_train_on_digits_reaches_the_stated_accuracy(tmp_path):
     assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert metrics["samples"] == {"train": 1437, "test": 360}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out / 'curves.png'}" in result.stdout
 
 
 def test_checkpoint_of_the_main_job_loads_back(tmp_path):
