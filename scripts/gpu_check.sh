@@ -4,46 +4,50 @@
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]      (default: $OUT, else ./gpu-results)
 #
-# Writes build.log, info.txt, tests.log and the benchmark tables/JSON into OUT_DIR.
+# Writes seven files into OUT_DIR: gpu_check.log (build tail, backend report, test and
+# benchmark output), and {optim,mlp}_cuda.{json,md,png} from the benchmark suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
 out="${1:-${OUT:-gpu-results}}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
 summary=()
 
-echo "== build"
-if python3 -m pip install --no-build-isolation --no-deps -v . >"$out/build.log" 2>&1; then
-  summary+=("build: ok ($(grep -o 'CUDA kernels ON.*' "$out/build.log" | head -1))")
+echo "== build" | tee "$log"
+if python3 -m pip install --no-build-isolation --no-deps -v . >/tmp/fastnn_build.log 2>&1; then
+  summary+=("build: ok ($(grep -o 'CUDA kernels ON.*' /tmp/fastnn_build.log | head -1))")
+  grep -E "fastnn:|warning" /tmp/fastnn_build.log | tee -a "$log"
 else
-  tail -n 40 "$out/build.log"
-  summary+=("build: FAILED (see build.log)")
+  tail -n 60 /tmp/fastnn_build.log | tee -a "$log"
+  summary+=("build: FAILED (tail in gpu_check.log)")
 fi
 
-echo "== info"
-(cd /tmp && python3 -m fastnn info) | tee "$out/info.txt"
-summary+=("devices: $(grep -E '^cuda_device_names' "$out/info.txt" | sed 's/^cuda_device_names *//')")
+echo "== info" | tee -a "$log"
+(cd /tmp && python3 -m fastnn info) 2>&1 | tee -a "$log"
+summary+=("devices: $(cd /tmp && python3 -c 'import fastnn; print(fastnn.backend_info()["cuda_device_names"])' 2>&1)")
 
-echo "== GPU tests"
+echo "== GPU tests" | tee -a "$log"
 # From tests/, so that the installed package (with its extension) is imported, not the source tree.
-(cd tests && python3 -m pytest -m gpu -q -rs -p no:cacheprovider) 2>&1 | tee "$out/tests.log"
-summary+=("gpu tests: $(tail -n 1 "$out/tests.log")")
+(cd tests && python3 -m pytest -m gpu -q -rs -p no:cacheprovider) 2>&1 | tee /tmp/fastnn_tests.log | tee -a "$log"
+summary+=("gpu tests: $(tail -n 1 /tmp/fastnn_tests.log)")
 
-echo "== GPU benchmarks"
+echo "== GPU benchmarks" | tee -a "$log"
 for suite in optim mlp; do
-  if [ -f "bench/$suite.py" ]; then
-    if (cd /tmp && python3 "$OLDPWD/bench/$suite.py" --device cuda --out "$out") 2>&1 | tee "$out/bench_$suite.log"; then
-      summary+=("bench $suite: ok")
-    else
-      summary+=("bench $suite: FAILED (see bench_$suite.log)")
-    fi
+  if (cd /tmp && python3 "$repo/bench/$suite.py" --device cuda --out "$out" --no-progress) 2>&1 | tee -a "$log"; then
+    summary+=("bench $suite: ok")
+  else
+    summary+=("bench $suite: FAILED (see gpu_check.log)")
   fi
 done
 
-echo
-echo "================ summary ================"
-printf '%s\n' "${summary[@]}"
-for md in "$out"/*_cuda.md; do
-  [ -f "$md" ] && { echo; cat "$md"; }
-done
+{
+  echo
+  echo "================ summary ================"
+  printf '%s\n' "${summary[@]}"
+  for md in "$out"/*_cuda.md; do
+    [ -f "$md" ] && { echo; cat "$md"; }
+  done
+} | tee -a "$log"
