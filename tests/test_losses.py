@@ -145,6 +145,19 @@ def test_softmax_cross_entropy_nan_logit_gives_nan(xp, path, rng, dtype, classes
     assert np.isnan(float(R.softmax_cross_entropy_forward(host64(logits), host64(labels))))
 
 
+@pytest.mark.parametrize("where", ["other", "label"])
+def test_hinge_nan_score_gives_nan(xp, path, rng, where):
+    # max(0, NaN) is NaN: a NaN score, in another class or in the labelled one, must reach the loss.
+    scores = randn(xp, rng, (4, 7), np.float32)
+    labels = xp.asarray(np.array([0, 3, 6, 2]))
+    scores[1, 3 if where == "label" else 5] = np.nan
+    loss = F.hinge_forward(scores, labels)
+    assert np.isnan(float(loss))
+    assert np.isnan(float(R.hinge_forward(host64(scores), host64(labels))))
+    healthy = scores[[0, 2, 3]]
+    assert np.isfinite(float(F.hinge_forward(healthy, labels[xp.asarray([0, 2, 3])])))
+
+
 def test_labels_out_of_range_refused_on_the_host(rng):
     logits = rng.standard_normal((6, 5))
     for bad, where in [(np.array([0, 1, 7, 2, 9, 0]), "label 7 at index 2"),

@@ -126,7 +126,9 @@ void hinge_forward(const T* scores, const void* labels, bool labels64, T* loss, 
 #pragma omp simd reduction(+ : acc, count)
     for (int64_t j = 0; j < cols; ++j) {
       const T margin = sr[j] - sy + T(1);
-      const bool active = j != y && margin > T(0);
+      // !(margin <= 0) rather than margin > 0: a NaN score makes the loss NaN (as max(0, NaN)
+      // in PyTorch) instead of being silently dropped.
+      const bool active = j != y && !(margin <= T(0));
       acc += active ? margin : T(0);
       count += active ? T(1) : T(0);
       if (gr != nullptr) gr[j] = active ? inv_rows : T(0);

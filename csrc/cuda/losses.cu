@@ -154,7 +154,7 @@ struct HingeRow {
     int count = 0;
     for (int64_t j = lane; j < cols; j += 32) {
       const T margin = sr[j] - sy + T(1);
-      const bool active = j != y && margin > T(0);
+      const bool active = j != y && !(margin <= T(0));  // NaN propagates (see the CPU kernel)
       acc += active ? margin : T(0);
       count += active ? 1 : 0;
       if (gr != nullptr && j != y) gr[j] = active ? inv_rows : T(0);
