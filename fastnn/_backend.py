@@ -163,7 +163,8 @@ class CudaView:
         self.strides = interface.get("strides")
         stream = interface.get("stream")
         self.stream = 0 if stream is None else int(stream)
-        self.device_index = _C.cuda.pointer_device(self.ptr) if cuda_device_count() else 0
+        # An empty tensor may have a null pointer, which no device owns.
+        self.device_index = _C.cuda.pointer_device(self.ptr) if cuda_device_count() and self.ptr else 0
 
     @property
     def ndim(self) -> int:
@@ -333,7 +334,21 @@ def output(out: Any, like: Any, name: str = "out", shape=None):
             raise TypeError(f"{name}: allocating on a foreign GPU array needs CuPy; pass {name}= or install CuPy")
         with on_device(like):
             return array_module(like).empty(shape, dtype=like.dtype)
-    return check_float(out, name, like=("the input", like), shape=shape, writable=True)
+    out = check_float(out, name, like=("the input", like), shape=shape, writable=True)
+    if partially_overlaps(out, like):
+        raise ValueError(f"{name} overlaps the input without being the same array: pass the input itself "
+                         "(in place) or a separate array")
+    return out
+
+
+def partially_overlaps(a: Any, b: Any) -> bool:
+    """Whether two arrays share memory without being the very same elements (same start and
+    shape), which an elementwise kernel cannot handle; exact aliasing (in place) is fine."""
+    if isinstance(a, CudaView) or isinstance(b, CudaView):
+        return False
+    if pointer(a) == pointer(b) and tuple(a.shape) == tuple(b.shape):
+        return False
+    return bool(array_module(a).may_share_memory(a, b))
 
 
 def finish(out: Any, result: Any):

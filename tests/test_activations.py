@@ -219,6 +219,13 @@ def test_rejects_mismatches(xp, rng):
         F.softmax_forward(xp.ones((3, 0), np.float32))
 
 
+def test_rejects_partially_overlapping_output(xp, rng):
+    base = randn(xp, rng, (33,), np.float32)
+    with pytest.raises(ValueError, match="overlaps the input"):
+        F.relu_forward(base[:32], out=base[1:])
+    F.relu_forward(base, out=base)  # exact aliasing (in place) stays allowed
+
+
 def test_rejects_read_only_output(rng):
     x = rng.standard_normal(8).astype(np.float32)
     frozen = np.zeros(8, np.float32)
