@@ -226,6 +226,29 @@ def device_of(a: Any) -> Device:
     return device_of(as_array(a, "array"))
 
 
+def parse_device(device: Any) -> Device | None:
+    """The :class:`Device` named by ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (case and surrounding
+    spaces ignored), or None when ``device`` names none."""
+    if not isinstance(device, str):
+        return None
+    kind, _, index = device.strip().lower().partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        return None
+    return Device(kind, int(index or 0))
+
+
+def to_device(a: Any, device: Device):
+    """``a`` itself when it already lives on ``device``, else a copy there: NumPy for the CPU,
+    CuPy on that GPU. The explicit move that fastnn never makes behind the caller's back."""
+    if device_of(a) == device:
+        return a
+    if device.kind == "cpu":
+        return to_numpy(a)
+    cp = cupy_module()
+    with cp.cuda.Device(device.index):
+        return cp.array(a)
+
+
 def array_module(a: Any):
     """``numpy`` or ``cupy``, whichever owns the array (the CuPy ``get_array_module`` idiom)."""
     if _is_cupy(a):

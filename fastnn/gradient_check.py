@@ -113,7 +113,7 @@ def _as_model_input(a, like, name: str):
     if B.device_of(a) != B.device_of(like):
         if B.device_of(a) != B.CPU:
             raise ValueError(f"{name} is on {B.device_of(a)} but the model on {B.device_of(like)}")
-        a = B.cupy_module().asarray(a)
+        a = B.to_device(a, B.device_of(like))
     return a.astype(like.dtype) if np.dtype(a.dtype).kind in "fb" else a
 
 

@@ -45,14 +45,6 @@ def _as_features(X, min_ndim: int = 2):
     return a
 
 
-def _parse_device(device) -> B.Device:
-    text = str(device)
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return B.Device(kind, int(index or 0))
-
-
 class _Transformer:
     """Shared machinery: the fitted state (the float64 arrays named in ``_state``), the checks
     of ``transform`` and the state dict. Subclasses compute the state in ``_fit`` and apply it in
@@ -138,18 +130,11 @@ class _Transformer:
 
     def to(self, device):
         """Move the fitted statistics to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``). Returns self."""
-        target = _parse_device(device)
+        target = B.parse_device(device)
+        if target is None:
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         self._require_fitted("to")
-        moved = {}
-        for name in self._state:
-            value = getattr(self, name)
-            if target.kind == "cpu":
-                moved[name] = B.to_numpy(value)
-            else:
-                cupy = B.cupy_module()
-                with cupy.cuda.Device(target.index):
-                    moved[name] = cupy.asarray(value)
-        self._set_state(moved)
+        self._set_state({name: B.to_device(getattr(self, name), target) for name in self._state})
         return self
 
     @property

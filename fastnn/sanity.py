@@ -57,14 +57,14 @@ def initial_loss(model: Module, loss: Loss, X, y, tolerance: float = 0.25) -> In
     statistics in BatchNorm) with dropout off, on a copy, so the model's running statistics and
     dropout counters are untouched. Compared with the chance level (see :class:`InitialLoss`);
     ``ok`` when value / expected is within ``1 ± tolerance``."""
-    from .train import _prepare, _to_device
+    from .train import _prepare
 
     tolerance = B.check_scalar(tolerance, "tolerance", low=0.0, low_open=True)
     clone = inspection_copy(model)
     X, y = _prepare(clone, X, y, "initial_loss")
     device = B.device_of(clone.parameters()[0].data)
-    pred = clone.forward(_to_device(X, device), training=True)
-    value = loss.forward(pred, _to_device(y, device))
+    pred = clone.forward(B.to_device(X, device), training=True)
+    value = loss.forward(pred, B.to_device(y, device))
     expected = _expected(loss, pred.shape[-1] if pred.ndim > 1 else 1)
     if expected is None:
         return InitialLoss(value, None, None, None, type(loss).__name__)

@@ -121,10 +121,8 @@ def _prepare(model: Module, X, y, who: str):
 
 
 def _to_device(a, device):
-    """``a`` on ``device`` (a host batch copied to the model's GPU)."""
-    if a is None or device == B.CPU or B.device_of(a) == device:
-        return a
-    return B.cupy_module().asarray(a)
+    """``a`` on ``device`` (a host batch copied to the model's GPU); None stays None."""
+    return None if a is None else B.to_device(a, device)
 
 
 def predict_outputs(model: Module, X, batch_size: int = 256):

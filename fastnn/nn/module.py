@@ -57,19 +57,9 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _parse_device(device: Any) -> tuple[str, int] | None:
-    """("cpu", 0) or ("cuda", index) for a device name, None when ``device`` is not one."""
-    if not isinstance(device, str):
-        return None
-    kind, _, index = device.strip().lower().partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        return None
-    return kind, int(index or 0)
-
-
 def _converter(device, dtype):
     """A function moving/casting one array as ``Module.to`` asks (float arrays only are cast)."""
-    place = None if device is None else _parse_device(device)
+    place = None if device is None else B.parse_device(device)
     if device is not None and place is None:
         raise ValueError(f"Module.to: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     dt = None if dtype is None else float_dtype(dtype, "Module.to: dtype")
@@ -77,15 +67,7 @@ def _converter(device, dtype):
     def convert(a):
         if dt is not None and np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype) != dt:
             a = a.astype(dt)
-        if place is None:
-            return a
-        if place[0] == "cpu":
-            return B.to_numpy(a)
-        cp = B.cupy_module()
-        if B.device_of(a) == B.Device("cuda", place[1]):
-            return a
-        with cp.cuda.Device(place[1]):
-            return cp.array(a)
+        return a if place is None else B.to_device(a, place)
 
     return convert
 
@@ -240,7 +222,7 @@ class Module:
         also be given as the first argument. Parameter objects stay the same (optimizers built
         on them see the new arrays); what forward saved and the reused buffers are dropped.
         Returns the module. (torch.nn.Module.to)"""
-        if device is not None and dtype is None and _parse_device(device) is None:
+        if device is not None and dtype is None and B.parse_device(device) is None:
             try:
                 np.dtype(device)
             except TypeError:
