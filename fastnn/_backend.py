@@ -364,14 +364,34 @@ def output(out: Any, like: Any, name: str = "out", shape=None):
     return out
 
 
+def shares_memory(a: Any, b: Any) -> bool:
+    """Whether two validated (C-contiguous) arrays may share memory: NumPy's own test on the
+    CPU, overlapping address ranges elsewhere (CuPy and foreign GPU views alike)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    size_a, size_b = (x.size * np.dtype(x.dtype).itemsize for x in (a, b))
+    if size_a == 0 or size_b == 0:
+        return False
+    pa, pb = pointer(a), pointer(b)
+    return pa < pb + size_b and pb < pa + size_a
+
+
 def partially_overlaps(a: Any, b: Any) -> bool:
     """Whether two arrays share memory without being the very same elements (same start and
     shape), which an elementwise kernel cannot handle; exact aliasing (in place) is fine."""
-    if isinstance(a, CudaView) or isinstance(b, CudaView):
-        return False
     if pointer(a) == pointer(b) and tuple(a.shape) == tuple(b.shape):
         return False
-    return bool(array_module(a).may_share_memory(a, b))
+    return shares_memory(a, b)
+
+
+def check_disjoint(outputs, inputs) -> None:
+    """ValueError when a written array (``outputs``: (name, array) pairs) shares memory with
+    another argument (``inputs``; None entries skipped), for kernels that read their inputs
+    while writing."""
+    for out_name, out in outputs:
+        for name, other in inputs:
+            if other is not None and name != out_name and shares_memory(out, other):
+                raise ValueError(f"{out_name} shares memory with {name}: pass a separate array")
 
 
 def finish(out: Any, result: Any):
@@ -422,6 +442,35 @@ def stream_of(a: Any) -> int:
         return int(cuda.get_current_stream().ptr)
     with cuda.Device(index):  # CuPy keeps a current stream per device
         return int(cuda.get_current_stream().ptr)
+
+
+# GPU buffers the kernels need beside their arguments (workspace, a status word), kept per
+# (device, stream, role) and reused: kernels on one stream run in order, so a stream's buffer
+# for one role is never in use twice at once, and a step allocates nothing once warm.
+_stream_buffers: dict = {}
+
+
+def stream_buffer(like: Any, role: str, nbytes: int):
+    """A CuPy uint8 array of at least ``nbytes`` on ``like``'s device, reserved for ``role`` on
+    ``like``'s stream and reused by later calls (a larger request replaces it)."""
+    key = (device_of(like).index, stream_of(like), role)
+    buf = _stream_buffers.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        with on_device(like):
+            buf = _stream_buffers[key] = cupy_module().empty(nbytes, dtype=np.uint8)
+    return buf
+
+
+def workspace_pointer(like: Any, nbytes: int) -> int:
+    """The address of at least ``nbytes`` of kernel workspace on ``like``'s device and stream
+    (0 when none is needed), shared by every kernel family."""
+    return int(stream_buffer(like, "workspace", nbytes).data.ptr) if nbytes else 0
+
+
+def stream_buffers(device_index: int, stream: int) -> list:
+    """The buffers currently held for one device and stream (a captured CUDA graph keeps their
+    addresses, so it holds them too)."""
+    return [buf for (device, s, _), buf in _stream_buffers.items() if (device, s) == (device_index, stream)]
 
 
 def launch(path: str, name: str, a: Any, *args: Any) -> None:

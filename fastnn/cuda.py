@@ -206,10 +206,7 @@ class CapturedStep:
     def _scratch_in_use(self) -> list:
         """The per-stream scratch buffers the graph writes: held here so that they outlive any
         growth of the shared cache (the graph keeps their addresses)."""
-        from .functional import dense, losses
-
-        key = (self._device.id, self.stream.ptr)
-        return [buf for cache in (dense._gpu_scratch, losses._status) for k, buf in cache.items() if k == key]
+        return B.stream_buffers(self._device.id, self.stream.ptr)
 
     def __call__(self, x=None, y=None):
         with self._device, self.stream:

@@ -6,7 +6,7 @@ import pytest
 
 from fastnn import functional as F
 from fastnn import reference as R
-from util import TOL, assert_close, assert_grad_close, away_from_zero, numeric_grad, randn
+from util import assert_close, assert_grad_close, away_from_zero, numeric_grad, randn
 
 ELEMENTWISE = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"]
 SHAPES = [(7,), (5, 13), (2, 3, 4), (300, 200)]  # the last one is above the OpenMP threshold

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from .. import _backend as B
 from .. import reference as ref
-from .dense import _workspace as _scratch
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
@@ -38,7 +37,7 @@ def _saved_pair(saved, x, c: int, *, writable: bool):
 def _workspace(x, n: int, c: int) -> int:
     """The address of scratch for the CUDA kernels' per-block partial sums: the reused buffer of
     x's device and stream (so a step allocates nothing, as CUDA graph capture needs)."""
-    return _scratch(x, 8 * B._C.cuda.batchnorm_workspace_size(n, c))
+    return B.workspace_pointer(x, 8 * B._C.cuda.batchnorm_workspace_size(n, c))
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bool,

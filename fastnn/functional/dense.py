@@ -85,11 +85,10 @@ def dense_needs_aux(activation: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scratch memory, reused across calls: per thread on the CPU, per (device, stream) on the GPU
-# (kernels on one stream run in order, so one buffer per stream is never used twice at once).
+# Scratch memory on the CPU, reused across calls, per thread (the GPU's is
+# ``_backend.workspace_pointer``, per device and stream).
 
 _cpu_scratch = threading.local()
-_gpu_scratch: dict = {}
 
 
 def _scratch(like, name: str, shape):
@@ -104,45 +103,8 @@ def _scratch(like, name: str, shape):
     return buf[:size].reshape(shape)
 
 
-def _workspace(like, nbytes: int) -> int:
-    """The device pointer of at least ``nbytes`` of workspace on ``like``'s device and stream
-    (0 for none)."""
-    if nbytes == 0:
-        return 0
-    cp = B.cupy_module()
-    device = B.device_of(like).index
-    key = (device, B.stream_of(like))
-    buf = _gpu_scratch.get(key)
-    if buf is None or buf.nbytes < nbytes:
-        with cp.cuda.Device(device):
-            buf = _gpu_scratch[key] = cp.empty(nbytes, dtype=np.uint8)
-    return int(buf.data.ptr)
-
-
 # ---------------------------------------------------------------------------------------------
 # Validation.
-
-
-def _nbytes(a) -> int:
-    return a.size * np.dtype(a.dtype).itemsize
-
-
-def _overlap(a, b) -> bool:
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return bool(np.may_share_memory(a, b))
-    if _nbytes(a) == 0 or _nbytes(b) == 0:
-        return False
-    pa, pb = B.pointer(a), B.pointer(b)
-    return pa < pb + _nbytes(b) and pb < pa + _nbytes(a)
-
-
-def _check_disjoint(outputs, inputs) -> None:
-    """ValueError when a written array shares memory with another argument (the kernels read
-    their inputs while writing)."""
-    for out_name, out in outputs:
-        for name, other in inputs:
-            if other is not None and name != out_name and _overlap(out, other):
-                raise ValueError(f"{out_name} shares memory with {name}: pass a separate array")
 
 
 def _check_weights(x, W, b, x_name: str = "x"):
@@ -202,7 +164,7 @@ def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 
     else:
         aux = B.check_float(aux, "aux", like=("x", x), shape=shape, writable=True)
     y = B.output(out, x, "out", shape)
-    _check_disjoint([("out", y)] + ([("aux", aux)] if needs_aux else []),
+    B.check_disjoint([("out", y)] + ([("aux", aux)] if needs_aux else []),
                     [("x", x), ("W", W), ("b", b), ("aux", aux)])
 
     path = _native_path(x, W)
@@ -221,7 +183,7 @@ def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 
                      B.pointer(y), aux_ptr, n, out_features, alpha)
         return y
     precision = _precision_code(x)
-    workspace = _workspace(x, B._C.cuda.dense_forward_workspace(
+    workspace = B.workspace_pointer(x, B._C.cuda.dense_forward_workspace(
         n, in_features, out_features, precision, x.dtype.itemsize))
     B.launch(path, "dense_forward", x, code, B.pointer(x), B.pointer(W), _optional_ptr(b), B.pointer(y),
              _optional_ptr(aux), n, in_features, out_features, alpha, precision, workspace)
@@ -284,7 +246,7 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
     inputs = [("dy", dy), ("x", x), ("W", W), ("y" if activation not in _AUX_ACTIVATIONS else "aux", saved),
               ("x_aux", x_saved)]
     outputs = [(name, a) for name, a in (("dW", dW), ("db", db), ("dx", dx), ("x_db", x_db)) if a is not None]
-    _check_disjoint(outputs, inputs + outputs)
+    B.check_disjoint(outputs, inputs + outputs)
 
     path = _native_path(x, W)
     if path == "reference":
@@ -322,7 +284,7 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
                      in_features, x_alpha)
         return dx
     precision = _precision_code(dy)
-    workspace = _workspace(dy, B._C.cuda.dense_backward_workspace(
+    workspace = B.workspace_pointer(dy, B._C.cuda.dense_backward_workspace(
         code, n, in_features, out_features, precision, dy.dtype.itemsize))
     B.launch(path, "dense_backward", dy, code, B.pointer(dy), B.pointer(x), B.pointer(W),
              _optional_ptr(saved), B.pointer(dW), _optional_ptr(db), _optional_ptr(dx), x_code,

@@ -30,7 +30,6 @@ import numpy as np
 
 from .. import _backend as B
 from .. import reference as ref
-from .dense import _check_disjoint, _workspace
 
 # The same names as the reference, plus loss_item.
 __all__ = [*ref.losses.__all__, "loss_item"]
@@ -38,9 +37,8 @@ __all__ = [*ref.losses.__all__, "loss_item"]
 _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _LABELED = frozenset({"softmax_cross_entropy", "hinge"})
 
-# Per (device, stream): the int64 the CUDA kernels write the first bad row into, and the
-# (loss pointer, labels, C) of the latest classification loss computed there.
-_status: dict = {}
+# Per (device, stream): the (loss pointer, labels, C) of the latest classification loss computed
+# there, whose kernel wrote the first bad row into that stream's status word (``_status``).
 _pending: dict = {}
 
 
@@ -57,7 +55,7 @@ def _grad_output(grad, name: str, pred, second, names, required: bool = False):
     if grad is None:
         return B.output(None, pred) if required else None
     grad = B.check_float(grad, name, like=(names[0], pred), shape=pred.shape, writable=True)
-    _check_disjoint([(name, grad)], [(names[0], pred), (names[1], second)])
+    B.check_disjoint([(name, grad)], [(names[0], pred), (names[1], second)])
     return grad
 
 
@@ -91,15 +89,14 @@ def _check_label_range(labels, classes: int) -> None:
         raise _label_error(labels, int(xp.flatnonzero(bad)[0]), classes)
 
 
+def _status(like):
+    """The int64 word where the GPU loss kernels record the first row with a bad label (-1 for
+    none), one per device and stream."""
+    return B.stream_buffer(like, "loss status", 8).view(np.int64)
+
+
 def _status_pointer(pred) -> int:
-    cp = B.cupy_module()
-    device = B.device_of(pred).index
-    key = (device, B.stream_of(pred))
-    buf = _status.get(key)
-    if buf is None:
-        with cp.cuda.Device(device):
-            buf = _status[key] = cp.empty(1, dtype=np.int64)
-    return int(buf.data.ptr)
+    return int(_status(pred).data.ptr)
 
 
 def _scores(pred, name: str):
@@ -135,7 +132,7 @@ def _run(name: str, pred, second, grad, loss_out) -> None:
     key = (B.device_of(pred).index, B.stream_of(pred))
     if labeled:
         args.append(0 if loss_out is None else _status_pointer(pred))
-    B.launch(path, f"{name}_forward", pred, *args, _workspace(pred, B._C.cuda.loss_workspace_bytes()))
+    B.launch(path, f"{name}_forward", pred, *args, B.workspace_pointer(pred, B._C.cuda.loss_workspace_bytes()))
     if loss_out is not None and labeled:
         _pending[key] = (loss_ptr, second, pred.shape[1])
     elif loss_out is not None:
@@ -162,7 +159,7 @@ def loss_item(loss) -> float:
     pending = _pending.get(key)
     if pending is not None and pending[0] == B.pointer(loss):
         loss_ptr, labels, classes = pending
-        row = int(_status[key][0])
+        row = int(_status(loss)[0])
         if row >= 0:
             del _pending[key]
             raise _label_error(labels, row, classes)
