@@ -23,18 +23,11 @@ class CommandError(Exception):
 
 def require_gpu(command: str) -> None:
     """Raise CommandError unless a CUDA GPU can be used from Python here."""
-    from ._backend import native_available
-    from ._info import backend_info
+    from ._backend import gpu_unavailable_reason
 
-    info = backend_info()
-    if not info["cupy_installed"]:
-        raise CommandError(f"{command} --device cuda: CuPy is not installed "
-                           "(pip install \"fastnn[cuda]\", or fastnn[cuda12] for CUDA 12)")
-    if not native_available("cuda"):
-        raise CommandError(f"{command} --device cuda: this fastnn was built without its CUDA kernels "
-                           "(reinstall with the CUDA toolkit on PATH, FASTNN_CUDA=ON)")
-    if info["cuda_devices"] == 0:
-        raise CommandError(f"{command} --device cuda: no CUDA GPU is visible on this machine")
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        raise CommandError(f"{command} --device cuda: {reason}")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -141,6 +141,20 @@ def cupy_module():
     return cupy
 
 
+def gpu_unavailable_reason() -> str | None:
+    """Why GPU arrays cannot be used here, or None when they can: fastnn's CUDA kernels, a
+    visible GPU and CuPy are all needed (CuPy is imported only once the first two hold)."""
+    if not native_available("cuda"):
+        return "this fastnn was built without its CUDA kernels (reinstall with the CUDA toolkit on PATH, FASTNN_CUDA=ON)"
+    if cuda_device_count() == 0:
+        return "no CUDA GPU is visible on this machine"
+    try:
+        cupy_module()
+    except ImportError:
+        return "CuPy is not installed (pip install \"fastnn[cuda]\", or fastnn[cuda12] for CUDA 12)"
+    return None
+
+
 def _is_cupy(x: Any) -> bool:
     cp = sys.modules.get("cupy")
     return cp is not None and isinstance(x, cp.ndarray)

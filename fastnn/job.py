@@ -73,16 +73,7 @@ def resolve_device(device: str) -> str:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
     if device == "cpu":
         return "cpu"
-    missing = None
-    if not B.native_available("cuda"):
-        missing = "this fastnn was built without its CUDA kernels"
-    elif B.cuda_device_count() == 0:
-        missing = "no CUDA GPU is visible"
-    else:
-        try:
-            B.cupy_module()
-        except ImportError:
-            missing = "CuPy is not installed (pip install \"fastnn[cuda]\")"
+    missing = B.gpu_unavailable_reason()
     if missing is None:
         return "cuda"
     if device == "cuda":
