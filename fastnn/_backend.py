@@ -362,6 +362,12 @@ def on_device(a: Any):
     return cupy_module().cuda.Device(device.index)
 
 
+def empty(shape, like: Any):
+    """A new uninitialised array of ``shape`` with ``like``'s dtype, on ``like``'s device."""
+    with on_device(like):
+        return array_module(like).empty(shape, dtype=like.dtype)
+
+
 def output(out: Any, like: Any, name: str = "out", shape=None):
     """``out`` validated to match ``like`` (device, dtype, shape), or a new empty array on
     ``like``'s device."""
@@ -369,8 +375,7 @@ def output(out: Any, like: Any, name: str = "out", shape=None):
     if out is None:
         if isinstance(like, CudaView):
             raise TypeError(f"{name}: allocating on a foreign GPU array needs CuPy; pass {name}= or install CuPy")
-        with on_device(like):
-            return array_module(like).empty(shape, dtype=like.dtype)
+        return empty(shape, like)
     out = check_float(out, name, like=("the input", like), shape=shape, writable=True)
     if partially_overlaps(out, like):
         raise ValueError(f"{name} overlaps the input without being the same array: pass the input itself "

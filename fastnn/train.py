@@ -83,9 +83,7 @@ def add_penalty_grad(params, l1: float = 0.0, l2: float = 0.0) -> None:
 def _device_context(model: Module):
     """Make the model's GPU current while CuPy allocates and computes beside it."""
     params = model.parameters()
-    if params and B._is_cupy(params[0].data):
-        return params[0].data.device
-    return contextlib.nullcontext()
+    return B.on_device(params[0].data) if params else contextlib.nullcontext()
 
 
 def _model_place(model: Module, who: str):

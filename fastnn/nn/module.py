@@ -76,14 +76,6 @@ def _same_place(a, b) -> bool:
     return type(a) is type(b) and (isinstance(a, np.ndarray) or B.device_of(a) == B.device_of(b))
 
 
-def _empty(shape, like):
-    xp = B.array_module(like)
-    if xp is np:
-        return np.empty(shape, like.dtype)
-    with like.device:
-        return xp.empty(shape, like.dtype)
-
-
 class Module:
     """Base class of layers and containers.
 
@@ -362,7 +354,7 @@ class Module:
             kept = self._workspace.get(role)
             if kept is not None and kept.shape == shape and kept.dtype == like.dtype and _same_place(kept, like):
                 return kept
-        array = _empty(shape, like)
+        array = B.empty(shape, like)
         if reuse:
             self._workspace[role] = array
         return array
