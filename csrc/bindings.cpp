@@ -241,6 +241,84 @@ void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
              "when db == 0); (rows, cols).",
              py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dz"), py::arg("db"),
              py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+  cpu_m.def("set_blas", &cpu::set_blas, py::arg("sgemm"), py::arg("dgemm"), py::arg("ilp64"),
+            py::arg("set_threads"), py::arg("get_threads"),
+            "Addresses of NumPy's cblas_sgemm/cblas_dgemm and OpenBLAS's thread-count setter and "
+            "getter, for the dense chain (all 0: none).");
+  cpu_m.def("blas_available", &cpu::blas_available, "Whether set_blas gave the chain a BLAS.");
+  cpu_m.def("chain_block_rows", &cpu::chain_block_rows, py::arg("widest"), py::arg("itemsize"),
+            "Rows per block the dense chain uses when block_rows is 0.");
+  // One layer list for both chain kernels: parallel lists, pointers as ints (0: none).
+  using Ptrs = std::vector<uintptr_t>;
+  auto chain_call = [](const std::string& dtype, const char* name, auto&& call) {
+    if (dtype == "float32") {
+      call(float{});
+    } else if (dtype == "float64") {
+      call(double{});
+    } else {
+      throw py::type_error(std::string("fastnn._C ") + name +
+                           ": dtype must be 'float32' or 'float64', got '" + dtype + "'");
+    }
+  };
+  auto chain_layers = [](auto zero, const Ptrs& W, const Ptrs& b, const std::vector<int>& acts,
+                         const std::vector<double>& alphas, const Ptrs& y, const Ptrs& aux,
+                         const Ptrs& dW, const Ptrs& db, const std::vector<int64_t>& widths) {
+    using T = decltype(zero);
+    const size_t count = W.size();
+    if (b.size() != count || acts.size() != count || alphas.size() != count ||
+        y.size() != count || aux.size() != count || dW.size() != count ||
+        db.size() != count || widths.size() != count + 1) {
+      throw py::value_error("fastnn._C dense chain: the layer lists have different lengths");
+    }
+    std::vector<cpu::ChainLayer<T>> layers(count);
+    for (size_t i = 0; i < count; ++i) {
+      layers[i] = {reinterpret_cast<const T*>(W[i]), reinterpret_cast<const T*>(b[i]),
+                   Activation(acts[i]),              T(alphas[i]),
+                   reinterpret_cast<T*>(y[i]),       reinterpret_cast<T*>(aux[i]),
+                   reinterpret_cast<T*>(dW[i]),      reinterpret_cast<T*>(db[i]),
+                   widths[i],                        widths[i + 1]};
+    }
+    return layers;
+  };
+  cpu_m.def(
+      "dense_chain_forward",
+      [=](const std::string& dtype, uintptr_t x, int64_t n, const Ptrs& W, const Ptrs& b,
+          const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& y,
+          const Ptrs& aux, const std::vector<int64_t>& widths, int64_t block_rows) {
+        chain_call(dtype, "dense_chain_forward", [&](auto zero) {
+          using T = decltype(zero);
+          const Ptrs none(W.size(), 0);
+          const auto layers = chain_layers(zero, W, b, acts, alphas, y, aux, none, none, widths);
+          py::gil_scoped_release release;
+          cpu::dense_chain_forward<T>(reinterpret_cast<const T*>(x), n, layers, block_rows);
+        });
+      },
+      "Layer i: y_i = act_i(y_{i-1} W_i + b_i) (=), aux_i = the pre-activation (=) where "
+      "given; y_{-1} = x (n, widths[0]). Row blocks of block_rows (0: chain_block_rows).",
+      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("b"), py::arg("acts"),
+      py::arg("alphas"), py::arg("y"), py::arg("aux"), py::arg("widths"),
+      py::arg("block_rows"));
+  cpu_m.def(
+      "dense_chain_backward",
+      [=](const std::string& dtype, uintptr_t dy, uintptr_t x, int64_t n, const Ptrs& W,
+          const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& y,
+          const Ptrs& aux, const Ptrs& dW, const Ptrs& db, uintptr_t dx,
+          const std::vector<int64_t>& widths, int64_t block_rows) {
+        chain_call(dtype, "dense_chain_backward", [&](auto zero) {
+          using T = decltype(zero);
+          const Ptrs none(W.size(), 0);
+          const auto layers = chain_layers(zero, W, none, acts, alphas, y, aux, dW, db, widths);
+          py::gil_scoped_release release;
+          cpu::dense_chain_backward<T>(reinterpret_cast<const T*>(dy),
+                                       reinterpret_cast<const T*>(x), n, layers,
+                                       reinterpret_cast<T*>(dx), block_rows);
+        });
+      },
+      "From dy = dL/d(last y): dW_i += y_{i-1}^T dz_i, db_i += sum_rows dz_i (db_i 0: no "
+      "bias), dx = dz_0 W_0^T (=) unless dx is 0.",
+      py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("acts"),
+      py::arg("alphas"), py::arg("y"), py::arg("aux"), py::arg("dW"), py::arg("db"),
+      py::arg("dx"), py::arg("widths"), py::arg("block_rows"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("dense_forward_workspace", &cuda::dense_forward_workspace, py::arg("n"),
               py::arg("in_features"), py::arg("out_features"), py::arg("precision"),

@@ -8,8 +8,10 @@
 //   shapes    x (n, in), W (in, out), b (out), y / aux / dy / dz (n, out), dx (n, in); all
 //             row-major (C order), densely packed.
 //
-// The CPU path runs the GEMMs through NumPy's BLAS from Python; what is left for C++ are the
-// two single passes over the GEMM output, on the calling thread (why: cpu/dense.cpp):
+// The CPU path runs a single layer's GEMMs through NumPy's BLAS from Python; what is left for
+// C++ are the two single passes over the GEMM output, on the calling thread (why:
+// cpu/dense.cpp). Chains of narrow layers run whole in C++, row block by row block, each
+// thread calling NumPy's BLAS on its own rows (cpu/dense_chain.cpp):
 //
 //   bias_activation_forward   p = z + b (b may be null), aux = p when aux is given, y = act(p).
 //                             z may alias y or aux (each element is read before it is written).
@@ -51,6 +53,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "activation_math.h"
 #include "common.h"
@@ -64,6 +67,41 @@ void bias_activation_forward(Activation act, const T* z, const T* bias, T* y, T*
 template <class T>
 void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz, T* db,
                               int64_t rows, int64_t cols, T alpha);
+
+// A chain of dense layers run row block by row block (cpu/dense_chain.cpp): layer i maps
+// (n, in) to (n, out) and reads layer i-1's y. aux is given exactly when act needs the
+// pre-activation (leaky_relu, gelu, gelu_tanh); b and db may be null (no bias).
+template <class T>
+struct ChainLayer {
+  const T* W;
+  const T* b;
+  Activation act;
+  T alpha;
+  T* y;
+  T* aux;
+  T* dW;
+  T* db;
+  int64_t in, out;
+};
+
+// Forward: every layer's y (and aux) for the chain's input x (n, layers[0].in).
+template <class T>
+void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>& layers,
+                         int64_t block_rows);
+// Backward from dy = dL/d(last y): every layer's dW += x_i^T dz_i and db += sum_rows dz_i, and
+// dx = dz_0 W_0^T (=) unless dx is null.
+template <class T>
+void dense_chain_backward(const T* dy, const T* x, int64_t n,
+                          const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows);
+// Rows per block when block_rows is 0: a block of the widest layer's activations is about
+// kChainBlockBytes.
+int64_t chain_block_rows(int64_t widest, size_t itemsize);
+
+// NumPy's BLAS for the chain's GEMMs (cpu/blas.h); addresses found by fastnn/_blas.py. ilp64:
+// 64-bit integer arguments. All zero: none (the chain is then unavailable).
+void set_blas(uintptr_t sgemm, uintptr_t dgemm, bool ilp64, uintptr_t set_threads,
+              uintptr_t get_threads);
+bool blas_available();
 }  // namespace cpu
 
 namespace cuda {

@@ -6,7 +6,7 @@ import importlib.util
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _blas
 from ._version import __version__
 
 
@@ -25,7 +25,8 @@ def backend_info() -> dict:
     Keys: ``version``; ``backend`` (the selection in force, ``FASTNN_BACKEND``);
     ``native_cpu`` (compiled CPU kernels importable), ``native_error`` (why not, else None);
     ``simd`` (instruction set the CPU kernels target), ``omp_threads``; ``blas`` (NumPy's BLAS,
-    used for CPU GEMMs); ``cuda_compiled`` (CUDA kernels built in), ``cuda_runtime``,
+    used for CPU GEMMs), ``chain_blas`` (its GEMM the row-blocked dense chain calls, None when
+    that chain cannot run); ``cuda_compiled`` (CUDA kernels built in), ``cuda_runtime``,
     ``cuda_driver`` (0 without a driver), ``cuda_devices`` (visible GPUs),
     ``cuda_device_names``, ``cublaslt_version`` (None without CUDA); ``cupy_installed``.
     Nothing here imports CuPy.
@@ -39,6 +40,7 @@ def backend_info() -> dict:
         "simd": C.cpu.simd_level() if C is not None else None,
         "omp_threads": C.cpu.omp_threads() if C is not None else None,
         "blas": _numpy_blas(),
+        "chain_blas": _blas.describe(),
         "cuda_compiled": bool(C is not None and C.cuda_compiled),
         "cuda_runtime": None,
         "cuda_driver": None,

@@ -5,6 +5,8 @@
   path (native CPU for NumPy arrays, CUDA for CuPy arrays); native is skipped when the
   extension (or its CUDA part) is missing.
 - ``rng``: a seeded ``numpy.random.Generator``, different for each test.
+- ``chain_threads``: the row-blocked dense chain's conditions (native CPU kernels, NumPy's
+  OpenBLAS found, two OpenMP threads, whatever the machine's core count), or a skip.
 - the ``gpu`` marker: such tests skip cleanly without a GPU and CuPy.
 """
 
@@ -83,3 +85,15 @@ def path(request, xp):
 @pytest.fixture
 def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def chain_threads():
+    from fastnn import _blas
+
+    if not _backend.native_available("cpu") or not _blas.available():
+        pytest.skip("the dense chain needs the native CPU kernels and NumPy's OpenBLAS")
+    before = _backend._C.cpu.omp_threads()
+    _backend._C.cpu.set_omp_threads(2)
+    yield
+    _backend._C.cpu.set_omp_threads(before)

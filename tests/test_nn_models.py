@@ -61,18 +61,29 @@ def test_fused_equals_unfused(xp, path, rng, dtype):
             assert_close(a, b, err_msg=name)
 
 
-def test_skipping_the_input_gradient(rng):
+@pytest.mark.parametrize("chained", [False, True])
+def test_skipping_the_input_gradient(rng, request, monkeypatch, chained):
+    if chained:
+        request.getfixturevalue("chain_threads")
+    else:
+        monkeypatch.setattr(nn.Sequential, "_use_chains", lambda self, x: False)
     model = nn.Sequential(nn.Dropout(0.2, seed=0), nn.Dense(6, 4, dtype=np.float64, seed=1), nn.ReLU(),
                           nn.Dense(4, 3, dtype=np.float64, seed=2))
     x, dy = rng.standard_normal((5, 6)), rng.standard_normal((5, 3))
     model(x)
+    assert model._chained == chained
     model.backward(dy)
     grads = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
     calls = []
-    dense_backward = model[1]._backward  # what Sequential calls, fused with the Dense above
     model[0].backward = lambda *a, **k: calls.append("dropout")
-    model[1]._backward = lambda dout, **k: calls.append(k["need_input_grad"]) or dense_backward(dout, **k)
+    if chained:  # both Dense layers go backward as one chain
+        chain_backward = model._chain_backward
+        model._chain_backward = lambda start, end, dout, need: calls.append(need) or chain_backward(
+            start, end, dout, need)
+    else:
+        dense_backward = model[1]._backward  # what Sequential calls, fused with the Dense above
+        model[1]._backward = lambda dout, **k: calls.append(k["need_input_grad"]) or dense_backward(dout, **k)
     assert model.backward(dy, need_input_grad=False) is None
     assert calls == [False]  # the dropout before it is not run backward
     for p, grad in zip(model.parameters(), grads):

@@ -36,17 +36,30 @@ def break_backward(monkeypatch, layer_class, parameter, factor, only=None):
     """Make ``layer_class``'s backward wrong: after the real one, multiply the gradient of its
     ``parameter`` by ``factor`` (in layers for which ``only(layer)`` is true, when given).
     Patches ``_backward`` where the class has one (what ``Sequential`` calls when it fuses the
-    backward across layers), else ``backward``."""
+    backward across layers), else ``backward``, and ``Sequential``'s backward of a run of Dense
+    layers chained on the CPU, which calls neither."""
     method = "_backward" if hasattr(layer_class, "_backward") else "backward"
     original = getattr(layer_class, method)
 
+    def spoil(layer):
+        if isinstance(layer, layer_class) and (only is None or only(layer)):
+            getattr(layer, parameter).grad[...] *= factor
+
     def wrong(self, *args, **kwargs):
         dx = original(self, *args, **kwargs)
-        if only is None or only(self):
-            getattr(self, parameter).grad[...] *= factor
+        spoil(self)
+        return dx
+
+    original_chain = nn.Sequential._chain_backward
+
+    def wrong_chain(self, start, end, *args, **kwargs):
+        dx = original_chain(self, start, end, *args, **kwargs)
+        for step in range(start, end):
+            spoil(self._plan[step][0])
         return dx
 
     monkeypatch.setattr(layer_class, method, wrong)
+    monkeypatch.setattr(nn.Sequential, "_chain_backward", wrong_chain)
 
 
 def snapshot(model):

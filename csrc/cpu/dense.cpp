@@ -7,17 +7,14 @@
 // step 2.5x slower; a pass costs a few percent of the GEMMs around it.
 //
 // The bias gradient's column sums: blocks of kSumBlock rows summed in T, each block total
-// added in float64.
+// added in float64 (cpu/dense_passes.h).
 #include "dense.h"
+
+#include "cpu/dense_passes.h"
 
 #include <vector>
 
 namespace fastnn::cpu {
-namespace {
-
-constexpr int64_t kSumBlock = 64;
-
-}  // namespace
 
 template <class T>
 void bias_activation_forward(Activation act, const T* z, const T* bias, T* y, T* aux,
@@ -59,35 +56,10 @@ void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz
                               int64_t rows, int64_t cols, T alpha) {
   if (db == nullptr && dz == nullptr) return;
   std::vector<double> total(db != nullptr ? cols : 0, 0.0);
-  std::vector<T> block(db != nullptr ? cols : 0, T(0));
-  T* blk = block.data();
+  std::vector<T> block(cols, T(0));
   with_activation<T>(act, alpha, [&](auto f) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* dyr = dy + r * cols;
-      const T* sr = saved != nullptr ? saved + r * cols : dyr;
-      if (dz == nullptr) {  // identity: the column sums of dy alone
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) blk[j] += dyr[j];
-      } else if (db == nullptr) {
-        T* dzr = dz + r * cols;
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) dzr[j] = f.backward(dyr[j], sr[j]);
-      } else {
-        T* dzr = dz + r * cols;
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) {
-          const T g = f.backward(dyr[j], sr[j]);
-          dzr[j] = g;
-          blk[j] += g;
-        }
-      }
-      if (db != nullptr && ((r + 1) % kSumBlock == 0 || r + 1 == rows)) {
-        for (int64_t j = 0; j < cols; ++j) {
-          total[j] += double(blk[j]);
-          blk[j] = T(0);
-        }
-      }
-    }
+    activation_grad_rows(f, dy, saved, dz, db != nullptr ? total.data() : nullptr, block.data(),
+                         rows, cols);
   });
   for (int64_t j = 0; j < cols && db != nullptr; ++j) db[j] += T(total[j]);
 }

@@ -44,7 +44,8 @@ from .. import reference as ref
 from .activations import _activation_code
 
 __all__ = [
-    "dense_forward", "dense_backward", "dense_needs_aux",
+    "dense_forward", "dense_backward", "dense_needs_aux", "dense_chain_forward", "dense_chain_backward",
+    "CHAIN_MAX_WIDTH",
     "set_matmul_precision", "get_matmul_precision", "PRECISIONS",
 ]
 
@@ -290,4 +291,188 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
              _optional_ptr(saved), B.pointer(dW), _optional_ptr(db), _optional_ptr(dx), x_code,
              _optional_ptr(x_saved), _optional_ptr(x_db), n, in_features, out_features, alpha, x_alpha,
              precision, workspace)
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Several layers in a row.
+
+# The widest layer for which dense_chain_* picks the row-blocked CPU kernel by itself. Measured
+# on the 2-core development machine (bench/mlp.py): a 64-64-64-64-16 step at batch 16384 is
+# faster blocked; 784-512-512-10 at batch 1024 is GEMM-bound at the machine's peak either way.
+CHAIN_MAX_WIDTH = 256
+
+
+def _chain_layers(layers):
+    """[(W, b, activation, alpha)] from (W, b, activation[, alpha]) tuples."""
+    out = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (tuple, list)) or len(layer) not in (3, 4):
+            raise TypeError(f"dense chain: layer {i} must be a tuple (W, b, activation[, alpha]), got {layer!r:.80}")
+        W, b, activation = layer[:3]
+        alpha = layer[3] if len(layer) == 4 else 0.01
+        _activation_code(activation)
+        out.append((W, b, activation, B.check_scalar(alpha, f"layer {i} alpha")))
+    if not out:
+        raise ValueError("dense chain: no layers")
+    return out
+
+
+def _chain_blocked(x, widths, blocked) -> bool:
+    """Whether a chain of ``widths`` on ``x`` runs in the row-blocked CPU kernel: where it can
+    (native CPU path, NumPy's OpenBLAS found) and, with ``blocked=None``, where it pays (every
+    width at most CHAIN_MAX_WIDTH, two or more threads)."""
+    if blocked is False:
+        return False
+    from .. import _blas
+
+    can = _native_path(x, x) == "cpu" and _blas.available()
+    if blocked:
+        if not can:
+            raise ValueError("dense chain: blocked=True needs the compiled CPU kernels, a non-empty NumPy input "
+                             "and NumPy's OpenBLAS (fastnn.backend_info()['chain_blas'])")
+        return True
+    return can and max(widths) <= CHAIN_MAX_WIDTH and B._C.cpu.omp_threads() > 1
+
+
+def _check_chain(x, layers, ys, auxs, x_name="x"):
+    """The validated chain: x, [(W, b, activation, alpha)], ys, auxs (None where not needed)."""
+    x = B.check_float(x, x_name, ndim=2)
+    checked, width = [], x.shape[1]
+    for i, (W, b, activation, alpha) in enumerate(layers):
+        W = B.check_float(W, f"layer {i} W", like=(x_name, x), ndim=2)
+        if W.shape[0] != width:
+            raise ValueError(f"dense chain: layer {i} W has shape {tuple(W.shape)} but its input has {width} "
+                             f"features: W must be ({width}, out_features)")
+        if b is not None:
+            b = B.check_float(b, f"layer {i} b", like=(x_name, x), shape=(W.shape[1],))
+        checked.append((W, b, activation, alpha))
+        width = W.shape[1]
+    for name, arrays in (("ys", ys), ("auxs", auxs)):
+        if arrays is not None and len(arrays) != len(layers):
+            raise ValueError(f"dense chain: {name} has {len(arrays)} entries for {len(layers)} layers")
+    return x, checked
+
+
+def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, blocked: bool | None = None):
+    """Dense layers in a row: y_i = act_i(y_(i-1) @ W_i + b_i), y_(-1) = x (``=``).
+
+    ``layers``: a sequence of ``(W, b, activation)`` or ``(W, b, activation, alpha)`` as for
+    :func:`dense_forward`. ``ys``: the outputs (N, out_i), or None for new arrays; ``auxs``: per
+    layer, the (N, out_i) array receiving the pre-activation where :func:`dense_needs_aux`
+    (None elsewhere, or ``auxs=None`` for new ones). Returns the list of outputs ``ys``.
+
+    On the CPU a chain of narrow layers (``blocked=None``: every width at most
+    :data:`CHAIN_MAX_WIDTH`, two or more threads) runs in one compiled kernel: each thread
+    carries blocks of ``block_rows`` rows (0: about 256 KB of the widest activation) through
+    every layer while they are in its cache, calling NumPy's OpenBLAS on one thread each
+    (``csrc/cpu/dense_chain.cpp``). ``blocked=False`` runs :func:`dense_forward` layer by
+    layer; ``True`` insists on the blocked kernel. The results agree to rounding."""
+    layers = _chain_layers(layers)
+    x, layers = _check_chain(x, layers, ys, auxs)
+    n = x.shape[0]
+    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
+    out_ys, out_auxs = [], []
+    for i, (W, b, activation, alpha) in enumerate(layers):
+        shape = (n, widths[i + 1])
+        out_ys.append(B.output(None if ys is None else ys[i], x, f"ys[{i}]", shape))
+        aux = None if auxs is None else auxs[i]
+        if activation in _AUX_ACTIVATIONS:
+            aux = B.empty(shape, x) if aux is None else \
+                B.check_float(aux, f"auxs[{i}]", like=("x", x), shape=shape, writable=True)
+        out_auxs.append(aux if activation in _AUX_ACTIVATIONS else None)
+    written = [(f"ys[{i}]", y) for i, y in enumerate(out_ys)] + \
+        [(f"auxs[{i}]", a) for i, a in enumerate(out_auxs) if a is not None]
+    read = [("x", x)] + [(f"layer {i} {name}", a) for i, (W, b, _, _) in enumerate(layers)
+                         for name, a in (("W", W), ("b", b))]
+    B.check_disjoint(written, read + written)
+    block_rows = _block_rows(block_rows)
+    if not _chain_blocked(x, widths, blocked):
+        below = x
+        for (W, b, activation, alpha), y, aux in zip(layers, out_ys, out_auxs):
+            below = dense_forward(below, W, b, activation, alpha=alpha, out=y, aux=aux)
+        return out_ys
+    B.launch("cpu", "dense_chain_forward", x, B.pointer(x), n, [B.pointer(W) for W, _, _, _ in layers],
+             [_optional_ptr(b) for _, b, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
+             [alpha for _, _, _, alpha in layers], [B.pointer(y) for y in out_ys],
+             [_optional_ptr(a) for a in out_auxs], widths, block_rows)
+    return out_ys
+
+
+def _block_rows(block_rows) -> int:
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 0:
+        raise ValueError(f"dense chain: block_rows must be an integer >= 0 (0: automatic), got {block_rows!r}")
+    return int(block_rows)
+
+
+def dense_chain_backward(dy, x, layers, ys, auxs=None, *, dWs, dbs=None, need_dx: bool = True, dx=None,
+                         block_rows: int = 0, blocked: bool | None = None):
+    """Gradients of :func:`dense_chain_forward` given dy = dL/d(last y).
+
+    ``x``, ``layers``, ``ys`` and ``auxs`` as the forward had them (its outputs). For every
+    layer dW_i += y_(i-1).T @ dz_i and db_i += dz_i.sum(0) (``dWs``, ``dbs``: one per layer; a
+    None db skips it), dz_i = (dz_(i+1) @ W_(i+1).T) * act_i'(.). Returns dx = dz_0 @ W_0.T
+    (``=`` into ``dx`` or a new array), or None with ``need_dx=False``. ``block_rows`` and
+    ``blocked`` as for the forward."""
+    layers = _chain_layers(layers)
+    dy = B.check_float(dy, "dy", ndim=2)
+    x, layers = _check_chain(x, layers, ys, auxs)
+    if ys is None:
+        raise ValueError("dense_chain_backward: ys, the forward's outputs, are required")
+    n = x.shape[0]
+    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
+    if len(dWs) != len(layers) or (dbs is not None and len(dbs) != len(layers)):
+        raise ValueError(f"dense_chain_backward: dWs and dbs need one entry per layer ({len(layers)})")
+    dbs = [None] * len(layers) if dbs is None else list(dbs)
+    saved_ys, saved_auxs, grads = [], [], []
+    for i, (W, _, activation, _) in enumerate(layers):
+        shape = (n, widths[i + 1])
+        saved_ys.append(B.check_float(ys[i], f"ys[{i}]", like=("dy", dy), shape=shape))
+        aux = None
+        if activation in _AUX_ACTIVATIONS:
+            aux = _saved_for(activation, None, None if auxs is None else auxs[i], shape, dy, prefix=f"layer {i} ")
+        saved_auxs.append(aux)
+        dW = B.check_float(dWs[i], f"dWs[{i}]", like=("dy", dy), shape=W.shape, writable=True)
+        db = None if dbs[i] is None else \
+            B.check_float(dbs[i], f"dbs[{i}]", like=("dy", dy), shape=(widths[i + 1],), writable=True)
+        grads.append((dW, db))
+    if tuple(dy.shape) != (n, widths[-1]):
+        raise ValueError(f"dy: expected shape {(n, widths[-1])} (the last layer's output), got {tuple(dy.shape)}")
+    dx = B.output(dx, dy, "dx", (n, widths[0])) if need_dx else None
+    written = [(f"dWs[{i}]", dW) for i, (dW, _) in enumerate(grads)] + \
+        [(f"dbs[{i}]", db) for i, (_, db) in enumerate(grads) if db is not None] + \
+        ([("dx", dx)] if dx is not None else [])
+    read = [("dy", dy), ("x", x)] + [(f"layer {i} W", W) for i, (W, _, _, _) in enumerate(layers)] + \
+        [(f"ys[{i}]", y) for i, y in enumerate(saved_ys)] + [(f"auxs[{i}]", a) for i, a in enumerate(saved_auxs)]
+    B.check_disjoint(written, read + written)
+    block_rows = _block_rows(block_rows)
+    if not _chain_blocked(x, widths, blocked):
+        return _chain_backward_by_layer(dy, x, layers, saved_ys, saved_auxs, grads, dx)
+    B.launch("cpu", "dense_chain_backward", dy, B.pointer(dy), B.pointer(x), n,
+             [B.pointer(W) for W, _, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
+             [alpha for _, _, _, alpha in layers], [B.pointer(y) for y in saved_ys],
+             [_optional_ptr(a) for a in saved_auxs], [B.pointer(dW) for dW, _ in grads],
+             [_optional_ptr(db) for _, db in grads], _optional_ptr(dx), widths, block_rows)
+    return dx
+
+
+def _chain_backward_by_layer(dy, x, layers, ys, auxs, grads, dx):
+    """The chain's backward as :func:`dense_backward` calls, each applying the activation
+    derivative and bias gradient of the layer below to its dx (``x_activation``)."""
+    grad, done = dy, False
+    for i in range(len(layers) - 1, -1, -1):
+        W, _, activation, alpha = layers[i]
+        dW, db = grads[i]
+        fused = {}
+        if i > 0:
+            _, _, below_activation, below_alpha = layers[i - 1]
+            fused = dict(x_activation=below_activation, x_aux=auxs[i - 1], x_alpha=below_alpha,
+                         x_db=grads[i - 1][1])
+            out = B.empty(ys[i - 1].shape, dy)
+        else:
+            out = dx
+        grad = dense_backward(grad, ys[i - 1] if i > 0 else x, W, activation="identity" if done else activation,
+                              y=ys[i], aux=auxs[i], alpha=alpha, dW=dW, db=None if done else db,
+                              need_dx=out is not None, dx=out, **fused)
+        done = True
     return dx

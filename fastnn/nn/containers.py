@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from .. import _backend as B
+from .. import functional as F
 from .activations import Elementwise, ReLU
 from .dense import Dense
 from .module import Module
@@ -35,6 +36,13 @@ class Sequential(Module):
     applies the lower one's activation derivative and bias gradient to its dx in place
     (``dense_backward(x_activation=...)``), and the lower one then runs only its GEMMs.
 
+    On the CPU, when every ``Dense`` of the model is narrow (at most
+    ``functional.CHAIN_MAX_WIDTH`` features in and out), each run of consecutive ``Dense``
+    steps goes forward and backward as one row-blocked chain (``functional.dense_chain_*``),
+    every thread carrying its rows through all of the run's layers while they are in its cache.
+    All of the model's Dense layers or none: a layer left on NumPy's multi-threaded GEMM would
+    leave OpenBLAS's threads spinning on the cores the chain's threads need.
+
     ``backward(dout, need_input_grad=False)`` skips the gradient with respect to the model's
     input: layers before the first one with parameters are not run backward, and the first
     one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
@@ -58,6 +66,8 @@ class Sequential(Module):
         self.in_features, self.out_features = _widths(layers)
         self._plan, self._fused_into = self._make_plan(list(layers))
         self._backward_fusion = self._make_backward_fusion()
+        self._runs, self._chain_widths = self._make_runs()
+        self._chained = False  # whether the latest forward ran the Dense runs as chains
         trainable = [k for k, (layer, _) in enumerate(self._plan) if layer.parameters()]
         self._first_trainable = trainable[0] if trainable else None
         self._set_reuse(False, False)
@@ -100,6 +110,67 @@ class Sequential(Module):
             fusion.append(dict(done=isinstance(above, Dense), below=below if isinstance(below, Dense) else None))
         return fusion
 
+    def _make_runs(self):
+        """{first step: end step} of each run of consecutive Dense steps (empty without
+        fusion), and the widths of every Dense layer of the model."""
+        runs, step = {}, 0
+        while self.fuse and step < len(self._plan):
+            end = step
+            while end < len(self._plan) and isinstance(self._plan[end][0], Dense):
+                end += 1
+            if end > step:
+                runs[step] = end
+            step = max(end, step + 1)
+        dense = [layer for layer, _ in self._plan if isinstance(layer, Dense)]
+        return runs, [w for layer in dense for w in (layer.in_features, layer.out_features)]
+
+    def _dense_activation(self, step: int):
+        """(activation, alpha) the Dense at ``step`` applies: its own, or the fused layer's."""
+        layer, run = self._plan[step]
+        if isinstance(run, functools.partial):
+            return run.keywords["activation"], run.keywords["alpha"]
+        return layer.activation, layer.alpha
+
+    def _use_chains(self, x) -> bool:
+        if not self._runs or any(layer._check_nan for layer, _ in self._plan):
+            return False
+        try:
+            x = B.as_array(x, "input")
+        except TypeError:
+            return False
+        return B.path_of(x) == "cpu" and F.dense._chain_blocked(x, self._chain_widths, None)
+
+    def _chain_forward(self, start: int, end: int, x, training):
+        layers = [self._plan[step][0] for step in range(start, end)]
+        first = layers[0]
+        x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
+        specs, ys, auxs = [], [], []
+        for step, layer in zip(range(start, end), layers):
+            activation, alpha = self._dense_activation(step)
+            shape = (x.shape[0], layer.out_features)
+            ys.append(layer._output(shape, x))
+            auxs.append(layer._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None)
+            specs.append((layer.weight.data, None if layer.bias is None else layer.bias.data, activation, alpha))
+        F.dense_chain_forward(x, specs, ys=ys, auxs=auxs, blocked=True)
+        below = x
+        for layer, y, aux, (_, _, activation, alpha) in zip(layers, ys, auxs, specs):
+            layer._saved = (below, y, aux, activation, alpha)
+            below = y
+        return below
+
+    def _chain_backward(self, start: int, end: int, dout, need_input_grad: bool):
+        layers = [self._plan[step][0] for step in range(start, end)]
+        states = [layer._saved_state() for layer in layers]
+        x = states[0][0]
+        dout = layers[-1]._check_grad(dout, states[-1][1])
+        dx = layers[0]._input_grad(x.shape, x) if need_input_grad else None
+        return F.dense_chain_backward(
+            dout, x, [(layer.weight.data, None, state[3], state[4]) for layer, state in zip(layers, states)],
+            [state[1] for state in states], [state[2] for state in states],
+            dWs=[layer.weight.grad for layer in layers],
+            dbs=[None if layer.bias is None else layer.bias.grad for layer in layers],
+            need_dx=need_input_grad, dx=dx, blocked=True)
+
     def __len__(self) -> int:
         return len(self._modules)
 
@@ -126,8 +197,15 @@ class Sequential(Module):
 
     def forward(self, x, training: bool = True):
         """Every layer in order (fused steps as one); returns the last output."""
-        for _, run in self._plan:
-            x = run(x, training)
+        self._chained = self._use_chains(x)
+        step = 0
+        while step < len(self._plan):
+            if self._chained and step in self._runs:
+                x = self._chain_forward(step, self._runs[step], x, training)
+                step = self._runs[step]
+            else:
+                x = self._plan[step][1](x, training)
+                step += 1
         return x
 
     def backward(self, dout, *, need_input_grad: bool = True):
@@ -136,11 +214,19 @@ class Sequential(Module):
         first = 0 if need_input_grad else self._first_trainable
         if first is None:
             return None
-        for step in range(len(self._plan) - 1, first - 1, -1):
+        starts = {end - 1: start for start, end in self._runs.items()} if self._chained else {}
+        step = len(self._plan) - 1
+        while step >= first:
+            if step in starts:
+                start = starts[step]
+                dout = self._chain_backward(start, step + 1, dout, need_input_grad or start > first)
+                step = start - 1
+                continue
             layer, fusion = self._plan[step][0], self._backward_fusion[step]
             need = need_input_grad or step > first
             dout = layer.backward(dout, need_input_grad=need) if fusion is None else \
                 layer._backward(dout, need_input_grad=need, **fusion)
+            step -= 1
         return dout
 
 

@@ -1,0 +1,214 @@
+"""The row-blocked dense chain (``functional.dense_chain_*``, ``csrc/cpu/dense_chain.cpp``):
+against the float64 reference layer by layer on random inputs (float32 and float64, every
+activation, with and without biases, several row blocks per thread, a short last block, one
+and two threads), float64 finite differences through a whole chain, gradient accumulation,
+``Sequential`` running its Dense layers as chains (and not when a layer is wide), OpenBLAS's
+thread count restored, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _backend, _blas, nn
+from fastnn import functional as F
+from fastnn import reference as R
+from util import assert_close, assert_grad_close, numeric_grad
+
+ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"]
+
+
+def chain_problem(rng, widths, activations, dtype, bias=True, n=203):
+    x = rng.standard_normal((n, widths[0])).astype(dtype)
+    layers = []
+    for (a, b), activation in zip(zip(widths[:-1], widths[1:]), activations):
+        W = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype)
+        layers.append((W, rng.standard_normal(b).astype(dtype) if bias else None, activation, 0.07))
+    dy = rng.standard_normal((n, widths[-1])).astype(dtype)
+    return x, layers, dy
+
+
+def reference_chain(x, layers, dy):
+    """Outputs, dWs, dbs and dx in float64 from the reference path, layer by layer."""
+    x = x.astype(np.float64)
+    inputs, outs, zs = [x], [], []
+    for W, b, activation, alpha in layers:
+        y, z = R.dense_forward(inputs[-1], W.astype(np.float64), None if b is None else b.astype(np.float64),
+                               activation, alpha)
+        outs.append(y)
+        zs.append(z)
+        inputs.append(y)
+    grad, dWs, dbs = dy.astype(np.float64), [], []
+    for i in range(len(layers) - 1, -1, -1):
+        W, _, activation, alpha = layers[i]
+        saved = zs[i] if F.dense_needs_aux(activation) else outs[i]
+        grad, dW, db = R.dense_backward(grad, inputs[i], W.astype(np.float64), activation, saved, alpha)
+        dWs.insert(0, dW)
+        dbs.insert(0, db)
+    return outs, dWs, dbs, grad
+
+
+def run_chain(x, layers, dy, *, blocked, block_rows=0, need_dx=True, start=0.0):
+    auxs = [np.empty((x.shape[0], W.shape[1]), x.dtype) if F.dense_needs_aux(a) else None
+            for W, _, a, _ in layers]
+    ys = F.dense_chain_forward(x, layers, auxs=auxs, blocked=blocked, block_rows=block_rows)
+    dWs = [np.full_like(W, start) for W, _, _, _ in layers]
+    dbs = [None if b is None else np.full_like(b, start) for _, b, _, _ in layers]
+    dx = F.dense_chain_backward(dy, x, layers, ys, auxs, dWs=dWs, dbs=dbs, need_dx=need_dx, blocked=blocked,
+                                block_rows=block_rows)
+    return ys, dWs, dbs, dx
+
+
+def tolerance(dtype, depth):
+    if dtype == np.float64:
+        return dict(rtol=1e-10, atol=1e-10)
+    return dict(rtol=1e-4, atol=2e-5 * depth)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activations", [("relu", "relu", "identity"), ("leaky_relu", "gelu", "tanh"),
+                                         ("sigmoid", "gelu_tanh", "relu"), ("identity", "tanh", "gelu")])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("block_rows", [16, 48, 0])
+def test_blocked_chain_matches_the_reference(chain_threads, rng, dtype, activations, bias, block_rows):
+    # 203 rows: blocks of 16 or 48 leave a short last block and several blocks per thread.
+    x, layers, dy = chain_problem(rng, (13, 40, 33, 7), activations, dtype, bias)
+    ys, dWs, dbs, dx = run_chain(x, layers, dy, blocked=True, block_rows=block_rows)
+    ref_ys, ref_dWs, ref_dbs, ref_dx = reference_chain(x, layers, dy)
+    tol = tolerance(dtype, 203)
+    for i in range(3):
+        assert_close(ys[i], ref_ys[i].astype(dtype), **tol, err_msg=f"y{i}")
+        assert_close(dWs[i], ref_dWs[i].astype(dtype), **tol, err_msg=f"dW{i}")
+        if bias:
+            assert_close(dbs[i], ref_dbs[i].astype(dtype), **tol, err_msg=f"db{i}")
+    assert_close(dx, ref_dx.astype(dtype), **tol)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_blocked_and_by_layer_agree(chain_threads, rng, activation):
+    x, layers, dy = chain_problem(rng, (9, 24, 24, 5), (activation, activation, "identity"), np.float64, n=150)
+    blocked = run_chain(x, layers, dy, blocked=True, block_rows=32)
+    by_layer = run_chain(x, layers, dy, blocked=False)
+    for a, b in zip(blocked, by_layer):
+        for u, v in zip(a, b) if isinstance(a, list) else [(a, b)]:
+            if u is not None:
+                assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+def test_one_thread_and_two_threads_agree(chain_threads, rng):
+    x, layers, dy = chain_problem(rng, (20, 64, 64, 10), ("relu", "gelu", "identity"), np.float64, n=500)
+    results = []
+    for threads in (1, 2):
+        _backend._C.cpu.set_omp_threads(threads)
+        results.append(run_chain(x, layers, dy, blocked=True, block_rows=64))
+    for a, b in zip(*results):
+        for u, v in zip(a, b) if isinstance(a, list) else [(a, b)]:
+            assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_accumulate_and_need_dx(chain_threads, rng):
+    x, layers, dy = chain_problem(rng, (6, 16, 4), ("tanh", "identity"), np.float64, n=100)
+    _, fresh_dWs, fresh_dbs, _ = run_chain(x, layers, dy, blocked=True, block_rows=16)
+    _, dWs, dbs, dx = run_chain(x, layers, dy, blocked=True, block_rows=16, need_dx=False, start=0.5)
+    assert dx is None
+    for fresh, grad in zip(fresh_dWs + fresh_dbs, dWs + dbs):
+        assert_close(grad, fresh + 0.5)
+
+
+@pytest.mark.parametrize("activations", [("tanh", "gelu", "identity"), ("sigmoid", "leaky_relu", "gelu_tanh")])
+def test_finite_differences_through_the_chain(chain_threads, rng, activations):
+    # L = sum(y_last * dy): x and every W and b against centred differences, in float64.
+    x, layers, dy = chain_problem(rng, (4, 6, 5, 3), activations, np.float64, n=37)
+    _, dWs, dbs, dx = run_chain(x, layers, dy, blocked=True, block_rows=16)
+
+    def last(_):
+        return F.dense_chain_forward(x, layers, blocked=True, block_rows=16)[-1]
+
+    assert_grad_close(dx, numeric_grad(last, x, dy), rtol=1e-6, atol=1e-8)
+    for i, (W, b, _, _) in enumerate(layers):
+        assert_grad_close(dWs[i], numeric_grad(last, W, dy), rtol=1e-6, atol=1e-8)
+        assert_grad_close(dbs[i], numeric_grad(last, b, dy), rtol=1e-6, atol=1e-8)
+
+
+def test_openblas_thread_count_is_restored(chain_threads, rng):
+    found = _blas._register()
+    lib, naming = found["lib"], found["sgemm_name"].replace("cblas_sgemm", "openblas_get_num_threads")
+    before = getattr(lib, naming)()
+    x, layers, dy = chain_problem(rng, (8, 8, 8), ("relu", "identity"), np.float32, n=64)
+    run_chain(x, layers, dy, blocked=True, block_rows=16)
+    assert getattr(lib, naming)() == before
+    assert "openblas" in fastnn.backend_info()["chain_blas"].lower()
+
+
+def narrow_model(dtype=np.float64, wide=None):
+    hidden = wide or 32
+    return nn.Sequential(nn.Dense(10, hidden, dtype=dtype, seed=0), nn.ReLU(),
+                         nn.Dense(hidden, 16, dtype=dtype, seed=1), nn.GELU(approximate="tanh"),
+                         nn.BatchNorm(16, dtype=dtype), nn.Dense(16, 16, activation="leaky_relu", dtype=dtype, seed=2),
+                         nn.Dense(16, 4, dtype=dtype, seed=3))
+
+
+@pytest.mark.parametrize("need_input_grad", [True, False])
+def test_sequential_runs_its_dense_layers_as_chains(chain_threads, rng, monkeypatch, need_input_grad):
+    x, dy = rng.standard_normal((300, 10)), rng.standard_normal((300, 4))
+    results = []
+    for chained in (True, False):
+        if not chained:
+            monkeypatch.setattr(nn.Sequential, "_use_chains", lambda self, x: False)
+        model = narrow_model()
+        y = model.forward(x, training=True).copy()
+        assert model._chained == chained
+        dx = model.backward(dy, need_input_grad=need_input_grad)
+        results.append((y, None if dx is None else dx.copy(), [p.grad.copy() for p in model.parameters()]))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    if need_input_grad:
+        assert_close(dx1, dx2, rtol=1e-12, atol=1e-12)
+    else:
+        assert dx1 is None and dx2 is None
+    for a, b in zip(g1, g2):
+        assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_a_wide_layer_keeps_the_whole_model_on_numpys_gemms(chain_threads, rng):
+    model = narrow_model(wide=F.CHAIN_MAX_WIDTH + 1)
+    model.forward(rng.standard_normal((8, 10)))
+    assert not model._chained
+    model = narrow_model()
+    with fastnn.use_backend("reference"):
+        model.forward(rng.standard_normal((8, 10)))
+    assert not model._chained
+    model.check_nan()
+    model.forward(rng.standard_normal((8, 10)))
+    assert not model._chained
+
+
+def test_bad_input(chain_threads, rng):
+    x, layers, dy = chain_problem(rng, (5, 6, 3), ("relu", "identity"), np.float32, n=20)
+    with pytest.raises(ValueError, match="layer 1 W has shape"):
+        F.dense_chain_forward(x, [layers[0], (np.zeros((7, 3), np.float32), None, "relu")])
+    with pytest.raises(ValueError, match="no layers"):
+        F.dense_chain_forward(x, [])
+    with pytest.raises(TypeError, match="layer 0 must be a tuple"):
+        F.dense_chain_forward(x, [layers[0][0]])
+    with pytest.raises(ValueError, match="unknown activation|activation"):
+        F.dense_chain_forward(x, [(layers[0][0], None, "swish")])
+    with pytest.raises(ValueError, match="block_rows"):
+        F.dense_chain_forward(x, layers, block_rows=-1)
+    with pytest.raises(TypeError, match="float64|dtype"):
+        F.dense_chain_forward(x.astype(np.float64), layers)
+    with pytest.raises(ValueError, match="ys has 1 entries"):
+        F.dense_chain_forward(x, layers, ys=[np.empty((20, 6), np.float32)])
+    with pytest.raises(ValueError, match=r"ys\[0\]"):
+        F.dense_chain_forward(x, layers, ys=[np.empty((20, 5), np.float32), np.empty((20, 3), np.float32)])
+    ys = F.dense_chain_forward(x, layers)
+    dWs = [np.zeros_like(W) for W, _, _, _ in layers]
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        F.dense_chain_backward(np.ascontiguousarray(dy[:, :2]), x, layers, ys, dWs=dWs)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        F.dense_chain_backward(dy, x, layers, ys, dWs=dWs[:1])
+    with pytest.raises(ValueError, match=r"dWs\[0\] shares memory with layer 0 W"):
+        F.dense_chain_backward(dy, x, layers, ys, dWs=[layers[0][0], dWs[1]])
+    with fastnn.use_backend("reference"), pytest.raises(ValueError, match="blocked=True"):
+        F.dense_chain_forward(x, layers, blocked=True)
