@@ -407,9 +407,13 @@ def check_disjoint(outputs, inputs) -> None:
     """ValueError when a written array (``outputs``: (name, array) pairs) shares memory with
     another argument (``inputs``; None entries skipped), for kernels that read their inputs
     while writing."""
+    may_share, host = np.may_share_memory, np.ndarray  # the common case, without a call per pair
     for out_name, out in outputs:
+        out_on_host = isinstance(out, host)
         for name, other in inputs:
-            if other is not None and name != out_name and shares_memory(out, other):
+            if other is None or name == out_name:
+                continue
+            if may_share(out, other) if out_on_host and isinstance(other, host) else shares_memory(out, other):
                 raise ValueError(f"{out_name} shares memory with {name}: pass a separate array")
 
 

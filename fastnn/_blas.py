@@ -32,22 +32,20 @@ _found: dict | None = None
 
 
 def _candidate_paths() -> list[str]:
-    """Shared libraries that may be NumPy's BLAS: the loaded ones whose name says BLAS first."""
+    """Shared libraries that may be NumPy's BLAS: the one bundled with NumPy's wheel first,
+    then the loaded libraries whose name says BLAS (a NumPy built against the system's)."""
+    root = os.path.dirname(os.path.dirname(np.__file__))
     paths = []
+    for folder in ("numpy.libs", os.path.join("numpy", ".dylibs")):
+        paths += sorted(glob.glob(os.path.join(root, folder, "*openblas*")))
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 path = line.rsplit(None, 1)[-1] if "/" in line else ""
-                name = os.path.basename(path).lower()
-                if "blas" in name and path not in paths:
+                if "blas" in os.path.basename(path).lower() and path not in paths:
                     paths.append(path)
     except OSError:
         pass
-    root = os.path.dirname(os.path.dirname(np.__file__))
-    for folder in ("numpy.libs", os.path.join("numpy", ".dylibs")):
-        for path in sorted(glob.glob(os.path.join(root, folder, "*blas*"))):
-            if path not in paths:
-                paths.append(path)
     return paths
 
 

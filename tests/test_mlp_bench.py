@@ -63,6 +63,7 @@ def test_quick_run_and_files(tmp_path, capsys):
         for impl in ("fastnn", "fastnn reference (NumPy)", "NumPy (cs231n-style)"):
             assert rows[impl].ms > 0 and rows[impl].tflops > 0
         assert mlp.TORCH in rows  # measured, or listed as skipped with the reason
+        assert rows[mlp.GEMM_FLOOR].ms > 0
     line = mlp.throughput(results).splitlines()[2]
     assert line.startswith("| 784-128-128-10, batch 256, fp32 | fastnn |")
 

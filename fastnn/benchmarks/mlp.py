@@ -19,6 +19,9 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
   cs231n's layers (CuPy on a GPU); the targets are measured against it. On the CPU also
   ``NumPy (cs231n-style, float64)``: the same code on NumPy's default dtype, as cs231n's
   assignments run it (ANCHORS' 48.1 ms NumPy figure, about twice torch's, matches this one).
+- on the CPU, ``GEMMs alone``: not a competitor but the floor, the step's float32 GEMMs and
+  nothing else on NumPy's BLAS. Where it is more than half the NumPy step, a 2x speed-up over
+  NumPy on the same BLAS cannot be had.
 
 Precisions on the GPU: "TF32" is ``fastnn.set_matmul_precision("high")`` and torch's
 ``set_float32_matmul_precision("high")``; "bf16" is ``"medium"`` (bfloat16 GEMM inputs, float32
@@ -47,6 +50,7 @@ from . import _harness as H
 SUITE = "mlp"
 
 FASTNN, FASTNN_GRAPH = "fastnn", "fastnn, CUDA graph"
+GEMM_FLOOR = "GEMMs alone (NumPy fp32, the floor)"
 TORCH, TORCH_GRAPH = "torch eager", "torch, CUDA graph"
 PRECISION_LABELS = {"highest": "fp32", "high": "TF32", "medium": "bf16"}
 LR = 1e-3
@@ -332,6 +336,27 @@ def plain_impl(case: Case, prob: Problem, device: str, dtype=np.float32) -> Impl
     return Impl(train, lambda: float(state["loss"]))
 
 
+def gemm_floor_impl(case: Case, prob: Problem) -> Impl:
+    """Only the step's GEMMs, as NumPy float32 ``matmul``s into preallocated arrays: forward
+    x @ W per layer, backward x.T @ dz and dz @ W.T (no dx for the first layer). Every
+    competitor computes these; their time is the floor of a step on NumPy's BLAS."""
+    sizes, n = case.sizes, case.batch
+    Ws = [W.copy() for W, _ in prob.weights]
+    acts = [prob.x.copy()] + [np.ones((n, width), np.float32) for width in sizes[1:]]
+    grads = [np.ones((n, width), np.float32) for width in sizes]
+    dWs = [np.empty_like(W) for W in Ws]
+
+    def gemms():
+        for i, W in enumerate(Ws):
+            np.matmul(acts[i], W, out=acts[i + 1])
+        for i in reversed(range(len(Ws))):
+            np.matmul(acts[i].T, grads[i + 1], out=dWs[i])
+            if i > 0:
+                np.matmul(grads[i + 1], Ws[i].T, out=grads[i])
+
+    return Impl(gemms, lambda: float("nan"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Running a suite.
 
@@ -354,6 +379,7 @@ def competitors(case: Case, prob: Problem, device: str):
     yield f"{array} (cs231n-style)", no_xp or (lambda: plain_impl(case, prob, device).step)
     if device == "cpu":
         yield f"{array} (cs231n-style, float64)", (lambda: plain_impl(case, prob, device, np.float64).step)
+        yield GEMM_FLOOR, lambda: gemm_floor_impl(case, prob).step
 
 
 @contextlib.contextmanager

@@ -14,6 +14,10 @@ cpu         ``numpy.matmul`` (NumPy's BLAS, multi-threaded) writes x @ W straigh
             column sums into db; then dW += x.T @ dz (a GEMM into scratch, then one add)
             and dx = dz @ W.T, both BLAS. The passes run on the calling thread, so
             they never compete with the BLAS threads (see ``csrc/cpu/dense.cpp``).
+cpu chain   :func:`dense_chain_forward` / :func:`dense_chain_backward` (several layers,
+            narrow): one C++ kernel; each OpenMP thread carries its row blocks through
+            every layer while they are in its cache, calling NumPy's OpenBLAS on one
+            thread (``csrc/cpu/dense_chain.cpp``, ``fastnn/_blas.py``).
 cuda        cuBLASLt with the bias and activation in the GEMM's epilogue where one
             exists (BIAS, RELU_BIAS, GELU_AUX_BIAS for gelu_tanh), a fused pass
             otherwise; dW accumulates in the GEMM (beta = 1); db from the BGRADA
