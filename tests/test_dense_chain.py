@@ -212,3 +212,35 @@ def test_bad_input(chain_threads, rng):
         F.dense_chain_backward(dy, x, layers, ys, dWs=[layers[0][0], dWs[1]])
     with fastnn.use_backend("reference"), pytest.raises(ValueError, match="blocked=True"):
         F.dense_chain_forward(x, layers, blocked=True)
+
+
+def test_a_smaller_team_than_asked_still_covers_every_row(chain_threads, tmp_path):
+    # OMP_THREAD_LIMIT=1 gives a one-thread team to a region asking for two: the blocks must be
+    # shared over the threads that exist, not over the number asked for.
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+from fastnn import _backend, functional as F
+_backend._C.cpu.set_omp_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((300, 8))
+layers = [(rng.standard_normal((8, 12)), rng.standard_normal(12), "relu"), (rng.standard_normal((12, 3)), None, "identity")]
+dy = rng.standard_normal((300, 3))
+out = []
+for blocked in (True, False):
+    ys = F.dense_chain_forward(x, layers, blocked=blocked, block_rows=16)
+    dWs = [np.zeros_like(W) for W, _, _ in layers]
+    dbs = [np.zeros(12), None]
+    dx = F.dense_chain_backward(dy, x, layers, ys, dWs=dWs, dbs=dbs, blocked=blocked, block_rows=16)
+    out.append([ys[0], ys[1], dWs[0], dWs[1], dbs[0], dx])
+for a, b in zip(*out):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+print("ok")
+"""
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -37,6 +37,16 @@ int thread_index() {
 #endif
 }
 
+// The size of the running team, which may be smaller than asked for (a nested region,
+// OMP_THREAD_LIMIT, OMP_DYNAMIC): the work is shared over the threads that exist.
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Thread t's share [begin, end) of `count` items split over `threads`.
 std::pair<int64_t, int64_t> share(int64_t count, int64_t t, int64_t threads) {
   return {count * t / threads, count * (t + 1) / threads};
@@ -76,12 +86,13 @@ void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>
                          int64_t block_rows) {
   if (block_rows == 0) block_rows = chain_block_rows(widest_of(layers), sizeof(T));
   check_chain(layers, n, block_rows);
+  block_rows = std::min(block_rows, n);
   const int64_t blocks = (n + block_rows - 1) / block_rows;
   const int threads = int(std::min<int64_t>(max_threads(), blocks));
   SingleThreadedBlas single;
 #pragma omp parallel num_threads(threads)
   {
-    const auto [first, last] = share(blocks, thread_index(), threads);
+    const auto [first, last] = share(blocks, thread_index(), team_size());
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * block_rows;
       const int64_t rows = std::min(block_rows, n - r0);
@@ -108,6 +119,7 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
   const int64_t wide = widest_of(layers);
   if (block_rows == 0) block_rows = chain_block_rows(wide, sizeof(T));
   check_chain(layers, n, block_rows);
+  block_rows = std::min(block_rows, n);
   const int64_t count = int64_t(layers.size());
   const int64_t blocks = (n + block_rows - 1) / block_rows;
   const int threads = int(std::min<int64_t>(max_threads(), blocks));
@@ -126,11 +138,12 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_index();
+    const int team = team_size();  // <= threads, the partial sums allocated
     T* buffers[2] = {scratch.data() + t * (2 * block_rows * wide + wide), nullptr};
     buffers[1] = buffers[0] + block_rows * wide;
     T* sums = buffers[1] + block_rows * wide;
     double* db_total = db_part.data() + t * b_at[count];
-    const auto [first, last] = share(blocks, t, threads);
+    const auto [first, last] = share(blocks, t, team);
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * block_rows;
       const int64_t rows = std::min(block_rows, n - r0);
@@ -167,11 +180,11 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
     }
 #pragma omp barrier
     // Add the other threads' dW into dW, each thread over its share of every layer's elements.
-    for (int64_t i = 0; i < count && threads > 1; ++i) {
+    for (int64_t i = 0; i < count && team > 1; ++i) {
       const int64_t size = w_at[i + 1] - w_at[i];
-      const auto [begin, end] = share(size, t, threads);
+      const auto [begin, end] = share(size, t, team);
       T* dW = layers[i].dW;
-      for (int64_t s = 1; s < threads; ++s) {
+      for (int64_t s = 1; s < team; ++s) {
         const T* part = dW_part.data() + (s - 1) * w_at[count] + w_at[i];
 #pragma omp simd
         for (int64_t e = begin; e < end; ++e) dW[e] += part[e];
@@ -182,7 +195,7 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
         if (layers[i].db == nullptr) continue;
         for (int64_t j = 0; j < layers[i].out; ++j) {
           double total = 0.0;
-          for (int s = 0; s < threads; ++s) total += db_part[s * b_at[count] + b_at[i] + j];
+          for (int s = 0; s < team; ++s) total += db_part[s * b_at[count] + b_at[i] + j];
           layers[i].db[j] += T(total);
         }
       }
