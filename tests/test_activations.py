@@ -4,6 +4,7 @@ every path this machine can run; float64 finite-difference checks of every backw
 import numpy as np
 import pytest
 
+from fastnn import _backend
 from fastnn import functional as F
 from fastnn import reference as R
 from util import assert_close, assert_grad_close, away_from_zero, numeric_grad, randn
@@ -256,3 +257,27 @@ def test_rejects_mixed_devices_on_gpu(rng):
         F.relu_backward(cupy.ones(4, np.float32), np.ones(4, np.float32))
     with pytest.raises(ValueError, match="never copies between devices"):
         F.relu_forward(cupy.ones(4, np.float32), out=np.empty(4, np.float32))
+
+
+def test_exact_gelu_float32_accuracy_on_the_cpu():
+    # The CPU's float32 erfc is a vectorized polynomial (csrc/activation_math.h), not libm's:
+    # over a dense grid, against float64 math.erfc. Beyond |x| ~ 4 the float32 rounding of
+    # x / sqrt(2) itself moves erfc by about x^2 2^-24 relatively, whatever computes it.
+    if not _backend.native_available("cpu"):
+        pytest.skip("no native CPU kernels")
+    import math
+
+    x = np.linspace(-12, 12, 240_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    erfc = np.vectorize(math.erfc)
+    cdf = 0.5 * erfc(-x64 / math.sqrt(2))
+    ref = x64 * cdf
+    y = F.activation_forward(x, "gelu").astype(np.float64)
+    rel = np.abs(y - ref) / np.maximum(np.abs(ref), 1e-30)
+    assert rel[np.abs(x64) <= 4].max() < 2e-6
+    assert rel[np.abs(ref) > 1e-30].max() < 3e-5
+    far = np.array([-1e4, -50, -14, 14, 50, 1e4], np.float32)
+    np.testing.assert_array_equal(F.activation_forward(far, "gelu"), [0, 0, 0, 14, 50, 1e4])
+    grad = F.activation_backward(np.ones_like(x), x, "gelu").astype(np.float64)
+    grad_ref = cdf + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(grad, grad_ref, rtol=2e-6, atol=1e-6)
