@@ -121,9 +121,10 @@ def test_finite_differences_through_the_chain(chain_threads, rng, activations):
     # L = sum(y_last * dy): x and every W and b against centred differences, in float64.
     x, layers, dy = chain_problem(rng, (4, 6, 5, 3), activations, np.float64, n=37)
     _, dWs, dbs, dx = run_chain(x, layers, dy, blocked=True, block_rows=16)
+    auxs = [np.empty((37, W.shape[1])) for W, _, _, _ in layers]
 
     def last(_):
-        return F.dense_chain_forward(x, layers, blocked=True, block_rows=16)[-1]
+        return F.dense_chain_forward(x, layers, auxs=auxs, blocked=True, block_rows=16)[-1]
 
     assert_grad_close(dx, numeric_grad(last, x, dy), rtol=1e-6, atol=1e-8)
     for i, (W, b, _, _) in enumerate(layers):
@@ -194,6 +195,8 @@ def test_bad_input(chain_threads, rng):
         F.dense_chain_forward(x, [layers[0][0]])
     with pytest.raises(ValueError, match="unknown activation|activation"):
         F.dense_chain_forward(x, [(layers[0][0], None, "swish")])
+    with pytest.raises(ValueError, match=r"layer 1's activation 'gelu' needs auxs\[1\]"):
+        F.dense_chain_forward(x, [layers[0], (layers[1][0], None, "gelu")])
     with pytest.raises(ValueError, match="block_rows"):
         F.dense_chain_forward(x, layers, block_rows=-1)
     with pytest.raises(TypeError, match="float64|dtype"):
@@ -244,3 +247,18 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_chain_on_every_device_matches_the_reference(xp, rng):
+    # Where the blocked kernel does not run (a GPU, one thread), the chain is dense_forward and
+    # dense_backward layer by layer, each fused with the layer below.
+    x, layers, dy = chain_problem(rng, (9, 24, 24, 5), ("relu", "gelu", "identity"), np.float64, n=150)
+    ref_ys, ref_dWs, ref_dbs, ref_dx = reference_chain(x, layers, dy)
+    on = [(xp.asarray(W), xp.asarray(b), a, alpha) for W, b, a, alpha in layers]
+    auxs = [None, xp.empty((150, 24)), None]
+    ys = F.dense_chain_forward(xp.asarray(x), on, auxs=auxs)
+    dWs = [xp.zeros_like(W) for W, _, _, _ in on]
+    dbs = [xp.zeros_like(b) for _, b, _, _ in on]
+    dx = F.dense_chain_backward(xp.asarray(dy), xp.asarray(x), on, ys, auxs, dWs=dWs, dbs=dbs)
+    for got, want in zip(ys + dWs + dbs + [dx], ref_ys + ref_dWs + ref_dbs + [ref_dx]):
+        assert_close(got, want, rtol=1e-10, atol=1e-10)

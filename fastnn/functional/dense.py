@@ -364,7 +364,8 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
     ``layers``: a sequence of ``(W, b, activation)`` or ``(W, b, activation, alpha)`` as for
     :func:`dense_forward`. ``ys``: the outputs (N, out_i), or None for new arrays; ``auxs``: per
     layer, the (N, out_i) array receiving the pre-activation where :func:`dense_needs_aux`
-    (None elsewhere, or ``auxs=None`` for new ones). Returns the list of outputs ``ys``.
+    (required there, ignored elsewhere; ``auxs=None`` when no layer needs one). Returns the
+    list of outputs ``ys``.
 
     On the CPU a chain of narrow layers (``blocked=None``: every width at most
     :data:`CHAIN_MAX_WIDTH`, two or more threads) runs in one compiled kernel: each thread
@@ -382,8 +383,10 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
         out_ys.append(B.output(None if ys is None else ys[i], x, f"ys[{i}]", shape))
         aux = None if auxs is None else auxs[i]
         if activation in _AUX_ACTIVATIONS:
-            aux = B.empty(shape, x) if aux is None else \
-                B.check_float(aux, f"auxs[{i}]", like=("x", x), shape=shape, writable=True)
+            if aux is None:
+                raise ValueError(f"dense_chain_forward: layer {i}'s activation {activation!r} needs auxs[{i}], an "
+                                 f"{shape} array for the pre-activation its backward reads (see dense_needs_aux)")
+            aux = B.check_float(aux, f"auxs[{i}]", like=("x", x), shape=shape, writable=True)
         out_auxs.append(aux if activation in _AUX_ACTIVATIONS else None)
     written = [(f"ys[{i}]", y) for i, y in enumerate(out_ys)] + \
         [(f"auxs[{i}]", a) for i, a in enumerate(out_auxs) if a is not None]
