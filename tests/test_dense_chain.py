@@ -183,6 +183,11 @@ def test_a_wide_layer_keeps_the_whole_model_on_numpys_gemms(chain_threads, rng):
     model.check_nan()
     model.forward(rng.standard_normal((8, 10)))
     assert not model._chained
+    with_residual = nn.Sequential(nn.Dense(10, 16, dtype=np.float64), nn.ReLU(),
+                                  nn.Residual(nn.Sequential(nn.Dense(16, 8, dtype=np.float64)), projection_init="xavier"))
+    with_residual.forward(rng.standard_normal((8, 10)))
+    assert not with_residual._chained
+    assert with_residual[2].block._chained  # the nested Sequential holds only its own Dense
 
 
 def test_bad_input(chain_threads, rng):

@@ -41,7 +41,9 @@ class Sequential(Module):
     steps goes forward and backward as one row-blocked chain (``functional.dense_chain_*``),
     every thread carrying its rows through all of the run's layers while they are in its cache.
     All of the model's Dense layers or none: a layer left on NumPy's multi-threaded GEMM would
-    leave OpenBLAS's threads spinning on the cores the chain's threads need.
+    leave OpenBLAS's threads spinning on the cores the chain's threads need. So a model with a
+    Dense inside a nested module (a ``Residual``) runs layer by layer; a nested ``Sequential``
+    decides for its own layers.
 
     ``backward(dout, need_input_grad=False)`` skips the gradient with respect to the model's
     input: layers before the first one with parameters are not run backward, and the first
@@ -111,18 +113,20 @@ class Sequential(Module):
         return fusion
 
     def _make_runs(self):
-        """{first step: end step} of each run of consecutive Dense steps (empty without
-        fusion), and the widths of every Dense layer of the model."""
+        """{first step: end step} of each run of consecutive Dense steps, and the widths of
+        every Dense layer of the model. No runs without fusion, or when a Dense sits inside a
+        nested module (a Residual's block or projection), which would run on NumPy's GEMMs."""
+        direct = [layer for layer, _ in self._plan if isinstance(layer, Dense)]
+        nested = [m for m in self.modules() if isinstance(m, Dense) and all(m is not d for d in direct)]
         runs, step = {}, 0
-        while self.fuse and step < len(self._plan):
+        while self.fuse and not nested and step < len(self._plan):
             end = step
             while end < len(self._plan) and isinstance(self._plan[end][0], Dense):
                 end += 1
             if end > step:
                 runs[step] = end
             step = max(end, step + 1)
-        dense = [layer for layer, _ in self._plan if isinstance(layer, Dense)]
-        return runs, [w for layer in dense for w in (layer.in_features, layer.out_features)]
+        return runs, [w for layer in direct for w in (layer.in_features, layer.out_features)]
 
     def _dense_activation(self, step: int):
         """(activation, alpha) the Dense at ``step`` applies: its own, or the fused layer's."""
