@@ -319,6 +319,32 @@ void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
       py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("acts"),
       py::arg("alphas"), py::arg("y"), py::arg("aux"), py::arg("dW"), py::arg("db"),
       py::arg("dx"), py::arg("widths"), py::arg("block_rows"));
+  cpu_m.def(
+      "dense_chain_step",
+      [=](const std::string& dtype, uintptr_t x, int64_t n, const Ptrs& W, const Ptrs& b,
+          const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& dW,
+          const Ptrs& db, const std::vector<int64_t>& widths, int loss, uintptr_t labels,
+          bool labels64, uintptr_t targets, uintptr_t loss_out, uintptr_t out, uintptr_t dx,
+          int64_t block_rows) {
+        chain_call(dtype, "dense_chain_step", [&](auto zero) {
+          using T = decltype(zero);
+          const Ptrs none(W.size(), 0);
+          const auto layers = chain_layers(zero, W, b, acts, alphas, none, none, dW, db, widths);
+          py::gil_scoped_release release;
+          cpu::dense_chain_step<T>(reinterpret_cast<const T*>(x), n, layers,
+                                   cpu::ChainLoss(loss), reinterpret_cast<const void*>(labels),
+                                   labels64, reinterpret_cast<const T*>(targets),
+                                   reinterpret_cast<T*>(loss_out), reinterpret_cast<T*>(out),
+                                   reinterpret_cast<T*>(dx), block_rows);
+        });
+      },
+      "Forward, mean loss (loss code: ChainLoss) and backward of the chain in one pass over "
+      "row blocks: loss_out (=), out = last layer's output (=) unless 0, dW/db (+=), dx (=) "
+      "unless 0.",
+      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("b"), py::arg("acts"),
+      py::arg("alphas"), py::arg("dW"), py::arg("db"), py::arg("widths"), py::arg("loss"),
+      py::arg("labels"), py::arg("labels64"), py::arg("targets"), py::arg("loss_out"),
+      py::arg("out"), py::arg("dx"), py::arg("block_rows"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("dense_forward_workspace", &cuda::dense_forward_workspace, py::arg("n"),
               py::arg("in_features"), py::arg("out_features"), py::arg("precision"),

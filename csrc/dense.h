@@ -93,6 +93,18 @@ void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>
 template <class T>
 void dense_chain_backward(const T* dy, const T* x, int64_t n,
                           const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows);
+// The loss a fused step ends in (numbering shared with fastnn/functional/dense.py).
+enum class ChainLoss : int { softmax_cross_entropy = 0, hinge = 1, bce_with_logits = 2, mse = 3, l1 = 4 };
+// Forward, mean loss and backward in one pass over the rows: each block goes up through the
+// layers, through the loss and back down while it is in cache; no activation is stored
+// (the layers' y and aux are not used). labels (n,) int32/int64 for the class losses (trusted:
+// checked by the caller), targets (n, last out) for the others; loss: one element (=); out:
+// the last layer's output (n, last out) (=), or null; dW, db (+=) and dx (=, unless null) as
+// in dense_chain_backward.
+template <class T>
+void dense_chain_step(const T* x, int64_t n, const std::vector<ChainLayer<T>>& layers,
+                      ChainLoss loss, const void* labels, bool labels64, const T* targets,
+                      T* loss_out, T* out, T* dx, int64_t block_rows);
 // Rows per block when block_rows is 0: a block of the widest layer's activations is about
 // kChainBlockBytes.
 int64_t chain_block_rows(int64_t widest, size_t itemsize);

@@ -267,3 +267,99 @@ def test_chain_on_every_device_matches_the_reference(xp, rng):
     dx = F.dense_chain_backward(xp.asarray(dy), xp.asarray(x), on, ys, auxs, dWs=dWs, dbs=dbs)
     for got, want in zip(ys + dWs + dbs + [dx], ref_ys + ref_dWs + ref_dbs + [ref_dx]):
         assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def step_problem(rng, loss, dtype, n=203):
+    x, layers, _ = chain_problem(rng, (7, 20, 16, 5), ("gelu", "relu", "identity"), dtype, n=n)
+    if loss in ("softmax_cross_entropy", "hinge"):
+        target = rng.integers(0, 5, n).astype(np.int32 if dtype == np.float32 else np.int64)
+    else:
+        target = rng.random((n, 5)).astype(dtype)
+    return x, layers, target
+
+
+@pytest.mark.parametrize("loss", sorted(F.CHAIN_LOSSES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_step_matches_forward_loss_backward(chain_threads, rng, loss, dtype):
+    x, layers, target = step_problem(rng, loss, dtype)
+    results = []
+    for blocked in (True, False):
+        dWs = [np.full_like(W, 0.25) for W, _, _, _ in layers]
+        dbs = [np.full_like(b, 0.25) for _, b, _, _ in layers]
+        out = np.empty((x.shape[0], 5), dtype)
+        value, dx = F.dense_chain_step(x, layers, loss, target, dWs=dWs, dbs=dbs, out=out, need_dx=True,
+                                       blocked=blocked, block_rows=32)
+        results.append([np.asarray(value)] + dWs + dbs + [out, dx])
+    # blocked=False is dense_chain_forward, the functional loss and dense_chain_backward; check
+    # it once more against the reference, by the loss's own reference functions.
+    ref_ys, _, _, _ = reference_chain(x, layers, np.zeros((x.shape[0], 5)))
+    ref_loss = getattr(R, f"{loss}_forward")(ref_ys[-1], target)
+    assert_close(results[1][0], np.asarray(ref_loss, dtype), **tolerance(dtype, 20))
+    for got, want in zip(*results):
+        assert_close(got, want, **tolerance(dtype, 203))
+
+
+def test_fused_step_bad_input(chain_threads, rng):
+    x, layers, labels = step_problem(rng, "softmax_cross_entropy", np.float32, n=40)
+    dWs = [np.zeros_like(W) for W, _, _, _ in layers]
+    with pytest.raises(ValueError, match="loss must be one of"):
+        F.dense_chain_step(x, layers, "cross_entropy", labels, dWs=dWs)
+    bad = labels.copy()
+    bad[7] = 5
+    with pytest.raises(ValueError, match="label 5 at index 7 is out of range"):
+        F.dense_chain_step(x, layers, "softmax_cross_entropy", bad, dWs=dWs)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        F.dense_chain_step(x, layers, "hinge", labels.astype(np.float32), dWs=dWs)
+    with pytest.raises(ValueError, match="target: expected shape"):
+        F.dense_chain_step(x, layers, "mse", np.zeros((40, 4), np.float32), dWs=dWs)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        F.dense_chain_step(x, layers, "mse", np.zeros((40, 5), np.float32), dWs=dWs[:2])
+    assert not any(d.any() for d in dWs)  # nothing was written by the refused calls
+
+
+@pytest.mark.parametrize("loss_class", [nn.SoftmaxCrossEntropy, nn.MSE])
+def test_sequential_fused_step(chain_threads, rng, loss_class):
+    x = rng.standard_normal((300, 10))
+    target = rng.integers(0, 4, 300) if loss_class.labels else rng.standard_normal((300, 4))
+
+    def model():
+        return nn.Sequential(nn.Dense(10, 32, dtype=np.float64, seed=0), nn.ReLU(),
+                             nn.Dense(32, 16, activation="tanh", dtype=np.float64, seed=1),
+                             nn.Dense(16, 4, dtype=np.float64, seed=2))
+
+    plain, fused, loss = model(), model(), loss_class()
+    expected = loss.forward(plain.forward(x), target)
+    plain.backward(loss.backward(), need_input_grad=False)
+    value = fused.fused_step(x, target, loss)
+    assert isinstance(value, float) and value == pytest.approx(expected, rel=1e-12)
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        assert_close(a.grad, b.grad, rtol=1e-11, atol=1e-12)
+    with pytest.raises(RuntimeError, match="needs a forward first"):
+        fused.backward(np.zeros((300, 4)))
+    with pytest.raises(RuntimeError, match="needs a forward first"):
+        loss.backward()
+
+
+def test_sequential_fused_step_falls_back_where_it_cannot_fuse(chain_threads, rng, monkeypatch):
+    x, labels = rng.standard_normal((64, 10)), rng.integers(0, 4, 64)
+    calls = []
+    monkeypatch.setattr(F, "dense_chain_step", lambda *a, **k: calls.append(1))
+    with_bn = nn.Sequential(nn.Dense(10, 8, dtype=np.float64, seed=0), nn.BatchNorm(8, dtype=np.float64),
+                            nn.ReLU(), nn.Dense(8, 4, dtype=np.float64, seed=1))
+    reference = nn.Sequential(nn.Dense(10, 8, dtype=np.float64, seed=0), nn.BatchNorm(8, dtype=np.float64),
+                              nn.ReLU(), nn.Dense(8, 4, dtype=np.float64, seed=1))
+    loss = nn.SoftmaxCrossEntropy()
+    value = with_bn.fused_step(x, labels, loss)
+    expected = loss.forward(reference.forward(x), labels)
+    reference.backward(loss.backward(), need_input_grad=False)
+    assert calls == [] and value == pytest.approx(expected, rel=1e-12)
+    for a, b in zip(with_bn.parameters(), reference.parameters()):
+        assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="must be a fastnn.nn loss"):
+        with_bn.fused_step(x, labels, lambda p, t: 0.0)
+    bad = labels.copy()
+    bad[3] = 9
+    chain = nn.Sequential(nn.Dense(10, 4, dtype=np.float64, seed=0))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="label 9 at index 3"):
+        chain.fused_step(x, bad, nn.SoftmaxCrossEntropy())

@@ -26,7 +26,8 @@ def test_competitors_train_the_same_network(batchnorm):
     prob = mlp.problem(case, seed=3)
     expected = _losses(mlp.plain_impl(case, prob, "cpu"))
     assert expected[-1] < expected[0]  # it learns
-    for impl in (mlp.fastnn_impl(case, prob, "cpu"), mlp.fastnn_impl(case, prob, "cpu", reference=True)):
+    for impl in (mlp.fastnn_impl(case, prob, "cpu"), mlp.fastnn_impl(case, prob, "cpu", reference=True),
+                 mlp.fastnn_impl(case, prob, "cpu", fused=True)):
         np.testing.assert_allclose(_losses(impl), expected, rtol=2e-5)
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)

@@ -22,6 +22,7 @@
 #include "cpu/dense_passes.h"
 #include "cpu/parallel.h"
 #include "dense.h"
+#include "losses.h"
 
 namespace fastnn::cpu {
 namespace {
@@ -113,6 +114,105 @@ void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>
   }
 }
 
+namespace {
+
+// Per-thread partial sums of the parameter gradients: each layer's dW (threads 1.. only;
+// thread 0 accumulates straight into dW) and db (float64, every thread), at fixed offsets.
+template <class T>
+struct Partials {
+  std::vector<int64_t> w_at, b_at;
+  std::vector<T> dW;
+  std::vector<double> db;
+
+  Partials(const std::vector<ChainLayer<T>>& layers, int threads)
+      : w_at(layers.size() + 1, 0), b_at(layers.size() + 1, 0) {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      w_at[i + 1] = w_at[i] + layers[i].in * layers[i].out;
+      b_at[i + 1] = b_at[i] + layers[i].out;
+    }
+    dW.resize(size_t(threads - 1) * w_at.back());
+    db.assign(size_t(threads) * b_at.back(), 0.0);
+  }
+  T* dW_of(const std::vector<ChainLayer<T>>& layers, int t, size_t i) {
+    return t == 0 ? layers[i].dW : dW.data() + (t - 1) * w_at.back() + w_at[i];
+  }
+  double* db_of(int t) { return db.data() + t * b_at.back(); }
+
+  // After a barrier, on every thread of the team: the other threads' dW added into dW (each
+  // thread over its share of every layer's elements), then, on thread 0, every thread's db.
+  void reduce(const std::vector<ChainLayer<T>>& layers, int t, int team) {
+    for (size_t i = 0; i < layers.size() && team > 1; ++i) {
+      const auto [begin, end] = share(w_at[i + 1] - w_at[i], t, team);
+      T* out = layers[i].dW;
+      for (int s = 1; s < team; ++s) {
+        const T* part = dW.data() + (s - 1) * w_at.back() + w_at[i];
+#pragma omp simd
+        for (int64_t e = begin; e < end; ++e) out[e] += part[e];
+      }
+    }
+    if (t != 0) return;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (layers[i].db == nullptr) continue;
+      for (int64_t j = 0; j < layers[i].out; ++j) {
+        double total = 0.0;
+        for (int s = 0; s < team; ++s) total += db[s * b_at.back() + b_at[i] + j];
+        layers[i].db[j] += T(total);
+      }
+    }
+  }
+};
+
+// One thread's scratch for a block's backward: two (block_rows, widest) gradient buffers and
+// a row of column sums.
+template <class T>
+struct BlockScratch {
+  T* grad[2];
+  T* sums;
+  BlockScratch(T* base, int64_t block_rows, int64_t wide)
+      : grad{base, base + block_rows * wide}, sums(base + 2 * block_rows * wide) {}
+  static int64_t size(int64_t block_rows, int64_t wide) { return 2 * block_rows * wide + wide; }
+};
+
+// The backward of one block of `rows` rows, from g = dL/d(last y) (rows, out): for each layer
+// from the top, dz (in place when g is scratch), db partial sums, dW += input^T dz, and the
+// gradient of the layer below (or dx, when not null). saved(i): what layer i's activation
+// derivative reads for these rows; input(i): layer i's input rows (x's for i = 0).
+template <class T, class Saved, class Input>
+void backward_block(const std::vector<ChainLayer<T>>& layers, const T* g, bool g_is_scratch,
+                    int64_t rows, BlockScratch<T>& scratch, Partials<T>& partials, int t,
+                    bool accumulate, Saved saved, Input input, T* dx) {
+  T* g_scratch = g_is_scratch ? const_cast<T*>(g) : nullptr;
+  double* db_total = partials.db_of(t);
+  for (int64_t i = int64_t(layers.size()) - 1; i >= 0; --i) {
+    const auto& l = layers[i];
+    double* total = l.db != nullptr ? db_total + partials.b_at[i] : nullptr;
+    const T* dz = g;
+    if (l.act == Activation::identity) {
+      activation_grad_rows(Identity<T>{}, g, static_cast<const T*>(nullptr),
+                           static_cast<T*>(nullptr), total, scratch.sums, rows, l.out);
+    } else {
+      T* out = g_scratch != nullptr ? g_scratch : scratch.grad[0];
+      const T* from = saved(i);
+      with_activation<T>(l.act, l.alpha, [&](auto f) {
+        activation_grad_rows(f, g, from, out, total, scratch.sums, rows, l.out);
+      });
+      dz = out;
+    }
+    const T beta = (t == 0 || accumulate) ? T(1) : T(0);
+    gemm<T>(true, false, l.in, l.out, rows, T(1), input(i), l.in, dz, l.out, beta,
+            partials.dW_of(layers, t, i), l.out);
+    if (i > 0) {
+      T* next = dz == scratch.grad[0] ? scratch.grad[1] : scratch.grad[0];
+      gemm<T>(false, true, rows, l.in, l.out, T(1), dz, l.out, l.W, l.out, T(0), next, l.in);
+      g = g_scratch = next;
+    } else if (dx != nullptr) {
+      gemm<T>(false, true, rows, l.in, l.out, T(1), dz, l.out, l.W, l.out, T(0), dx, l.in);
+    }
+  }
+}
+
+}  // namespace
+
 template <class T>
 void dense_chain_backward(const T* dy, const T* x, int64_t n,
                           const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows) {
@@ -120,85 +220,156 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
   if (block_rows == 0) block_rows = chain_block_rows(wide, sizeof(T));
   check_chain(layers, n, block_rows);
   block_rows = std::min(block_rows, n);
-  const int64_t count = int64_t(layers.size());
   const int64_t blocks = (n + block_rows - 1) / block_rows;
   const int threads = int(std::min<int64_t>(max_threads(), blocks));
-
-  // Offsets of each layer's dW and db in a thread's partial sums.
-  std::vector<int64_t> w_at(count + 1, 0), b_at(count + 1, 0);
-  for (int64_t i = 0; i < count; ++i) {
-    w_at[i + 1] = w_at[i] + layers[i].in * layers[i].out;
-    b_at[i + 1] = b_at[i] + layers[i].out;
-  }
-  std::vector<T> dW_part(size_t(threads - 1) * w_at[count]);  // threads 1.. (0 writes dW)
-  std::vector<double> db_part(size_t(threads) * b_at[count], 0.0);
-  std::vector<T> scratch(size_t(threads) * (2 * block_rows * wide + wide));
+  Partials<T> partials(layers, threads);
+  const int64_t per_thread = BlockScratch<T>::size(block_rows, wide);
+  std::vector<T> scratch(size_t(threads) * per_thread);
 
   SingleThreadedBlas single;
 #pragma omp parallel num_threads(threads)
   {
     const int t = thread_index();
     const int team = team_size();  // <= threads, the partial sums allocated
-    T* buffers[2] = {scratch.data() + t * (2 * block_rows * wide + wide), nullptr};
-    buffers[1] = buffers[0] + block_rows * wide;
-    T* sums = buffers[1] + block_rows * wide;
-    double* db_total = db_part.data() + t * b_at[count];
+    BlockScratch<T> mine(scratch.data() + t * per_thread, block_rows, wide);
     const auto [first, last] = share(blocks, t, team);
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * block_rows;
       const int64_t rows = std::min(block_rows, n - r0);
-      const T* g = dy + r0 * layers.back().out;  // dL/dy of layer i
-      T* g_scratch = nullptr;                    // g, when it is one of our buffers
-      for (int64_t i = count - 1; i >= 0; --i) {
-        const auto& l = layers[i];
-        double* total = l.db != nullptr ? db_total + b_at[i] : nullptr;
-        const T* dz = g;
-        if (l.act == Activation::identity) {
-          activation_grad_rows(Identity<T>{}, g, static_cast<const T*>(nullptr),
-                               static_cast<T*>(nullptr), total, sums, rows, l.out);
-        } else {
-          const T* saved = (l.aux != nullptr ? l.aux : l.y) + r0 * l.out;
-          T* out = g_scratch != nullptr ? g_scratch : buffers[0];
-          with_activation<T>(l.act, l.alpha, [&](auto f) {
-            activation_grad_rows(f, g, saved, out, total, sums, rows, l.out);
-          });
-          dz = out;
-        }
-        const T* below = (i == 0 ? x : layers[i - 1].y) + r0 * l.in;
-        T* dW = t == 0 ? l.dW : dW_part.data() + (t - 1) * w_at[count] + w_at[i];
-        const T beta = (t == 0 || blk > first) ? T(1) : T(0);
-        gemm<T>(true, false, l.in, l.out, rows, T(1), below, l.in, dz, l.out, beta, dW, l.out);
-        if (i > 0) {
-          T* next = dz == buffers[0] ? buffers[1] : buffers[0];
-          gemm<T>(false, true, rows, l.in, l.out, T(1), dz, l.out, l.W, l.out, T(0), next, l.in);
-          g = g_scratch = next;
-        } else if (dx != nullptr) {
-          gemm<T>(false, true, rows, l.in, l.out, T(1), dz, l.out, l.W, l.out, T(0),
-                  dx + r0 * l.in, l.in);
-        }
-      }
+      backward_block(
+          layers, dy + r0 * layers.back().out, false, rows, mine, partials, t, blk > first,
+          [&](int64_t i) {
+            const auto& l = layers[i];
+            return (l.aux != nullptr ? l.aux : l.y) + r0 * l.out;
+          },
+          [&](int64_t i) { return (i == 0 ? x : layers[i - 1].y) + r0 * layers[i].in; },
+          dx != nullptr ? dx + r0 * layers.front().in : nullptr);
     }
 #pragma omp barrier
-    // Add the other threads' dW into dW, each thread over its share of every layer's elements.
-    for (int64_t i = 0; i < count && team > 1; ++i) {
-      const int64_t size = w_at[i + 1] - w_at[i];
-      const auto [begin, end] = share(size, t, team);
-      T* dW = layers[i].dW;
-      for (int64_t s = 1; s < team; ++s) {
-        const T* part = dW_part.data() + (s - 1) * w_at[count] + w_at[i];
-#pragma omp simd
-        for (int64_t e = begin; e < end; ++e) dW[e] += part[e];
-      }
-    }
-    if (t == 0) {
-      for (int64_t i = 0; i < count; ++i) {
-        if (layers[i].db == nullptr) continue;
-        for (int64_t j = 0; j < layers[i].out; ++j) {
-          double total = 0.0;
-          for (int s = 0; s < team; ++s) total += db_part[s * b_at[count] + b_at[i] + j];
-          layers[i].db[j] += T(total);
+    partials.reduce(layers, t, team);
+  }
+}
+
+namespace {
+
+bool needs_pre_activation(Activation act) {
+  return act == Activation::leaky_relu || act == Activation::gelu || act == Activation::gelu_tanh;
+}
+
+// The mean loss of rows [r0, r0 + rows) into *value and its gradient (scaled for those rows
+// alone) into grad, by the loss kernels of cpu/losses.cpp.
+template <class T>
+void block_loss(ChainLoss kind, const T* pred, const void* labels, bool labels64,
+                const T* targets, T* value, T* grad, int64_t r0, int64_t rows, int64_t cols) {
+  const void* lab = labels == nullptr
+                        ? nullptr
+                        : static_cast<const char*>(labels) + r0 * (labels64 ? 8 : 4);
+  const T* target = targets == nullptr ? nullptr : targets + r0 * cols;
+  switch (kind) {
+    case ChainLoss::softmax_cross_entropy:
+      softmax_cross_entropy_forward<T>(pred, lab, labels64, value, grad, rows, cols);
+      return;
+    case ChainLoss::hinge:
+      hinge_forward<T>(pred, lab, labels64, value, grad, rows, cols);
+      return;
+    case ChainLoss::bce_with_logits:
+      bce_with_logits_forward<T>(pred, target, value, grad, rows * cols);
+      return;
+    case ChainLoss::mse:
+      mse_forward<T>(pred, target, value, grad, rows * cols);
+      return;
+    case ChainLoss::l1:
+      l1_forward<T>(pred, target, value, grad, rows * cols);
+      return;
+  }
+}
+
+}  // namespace
+
+template <class T>
+void dense_chain_step(const T* x, int64_t n, const std::vector<ChainLayer<T>>& layers,
+                      ChainLoss loss, const void* labels, bool labels64, const T* targets,
+                      T* loss_out, T* out, T* dx, int64_t block_rows) {
+  const int64_t wide = widest_of(layers);
+  // A thread's block holds every layer's activations (and pre-activations where needed).
+  std::vector<int64_t> y_at, aux_at;
+  int64_t per_row = 0;
+  for (const auto& l : layers) {
+    y_at.push_back(per_row);
+    per_row += l.out;
+    aux_at.push_back(needs_pre_activation(l.act) ? per_row : -1);
+    per_row += needs_pre_activation(l.act) ? l.out : 0;
+  }
+  if (block_rows == 0) block_rows = chain_block_rows(per_row + 2 * wide, sizeof(T));
+  check_chain(layers, n, block_rows);
+  if (int(loss) < 0 || int(loss) > int(ChainLoss::l1)) {
+    throw std::invalid_argument("fastnn: unknown chain loss code " + std::to_string(int(loss)));
+  }
+  const bool classes = loss == ChainLoss::softmax_cross_entropy || loss == ChainLoss::hinge;
+  if (classes ? labels == nullptr : targets == nullptr) {
+    throw std::invalid_argument("fastnn: the chain's loss needs its labels or targets");
+  }
+  block_rows = std::min(block_rows, n);
+  const int64_t blocks = (n + block_rows - 1) / block_rows;
+  const int threads = int(std::min<int64_t>(max_threads(), blocks));
+  Partials<T> partials(layers, threads);
+  const int64_t per_thread = BlockScratch<T>::size(block_rows, wide) + block_rows * per_row;
+  std::vector<T> scratch(size_t(threads) * per_thread);
+  std::vector<double> loss_part(threads, 0.0);
+  const int64_t classes_out = layers.back().out;
+
+  SingleThreadedBlas single;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = thread_index();
+    const int team = team_size();
+    T* base = scratch.data() + t * per_thread;
+    BlockScratch<T> mine(base, block_rows, wide);
+    T* acts = base + BlockScratch<T>::size(block_rows, wide);
+    auto y_of = [&](int64_t i) { return acts + y_at[i] * block_rows; };
+    auto aux_of = [&](int64_t i) { return aux_at[i] < 0 ? nullptr : acts + aux_at[i] * block_rows; };
+    const auto [first, last] = share(blocks, t, team);
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t r0 = blk * block_rows;
+      const int64_t rows = std::min(block_rows, n - r0);
+      const T* in = x + r0 * layers.front().in;
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const auto& l = layers[i];
+        T* y = y_of(i);
+        T* aux = aux_of(i);
+        T* z = aux != nullptr ? aux : y;
+        gemm<T>(false, false, rows, l.out, l.in, T(1), in, l.in, l.W, l.out, T(0), z, l.out);
+        if (l.b != nullptr || l.act != Activation::identity) {
+          bias_activation_forward<T>(l.act, z, l.b, y, l.b != nullptr ? aux : nullptr, rows,
+                                     l.out, l.alpha);
         }
+        in = y;
       }
+      const T* top = y_of(int64_t(layers.size()) - 1);
+      if (out != nullptr) {
+        std::copy(top, top + rows * classes_out, out + r0 * classes_out);
+      }
+      T value = T(0);
+      T* grad = mine.grad[0];
+      block_loss(loss, top, labels, labels64, targets, &value, grad, r0, rows, classes_out);
+      const T scale = T(double(rows) / double(n));  // the block's mean -> the batch's
+#pragma omp simd
+      for (int64_t e = 0; e < rows * classes_out; ++e) grad[e] *= scale;
+      loss_part[t] += double(value) * double(rows);
+      backward_block(
+          layers, grad, true, rows, mine, partials, t, blk > first,
+          [&](int64_t i) -> const T* { return aux_of(i) != nullptr ? aux_of(i) : y_of(i); },
+          [&](int64_t i) -> const T* {
+            return i == 0 ? x + r0 * layers.front().in : y_of(i - 1);
+          },
+          dx != nullptr ? dx + r0 * layers.front().in : nullptr);
+    }
+#pragma omp barrier
+    partials.reduce(layers, t, team);
+    if (t == 0) {
+      double total = 0.0;
+      for (int s = 0; s < team; ++s) total += loss_part[s];
+      *loss_out = T(total / double(n));
     }
   }
 }
@@ -207,7 +378,9 @@ void dense_chain_backward(const T* dy, const T* x, int64_t n,
   template void dense_chain_forward<T>(const T*, int64_t, const std::vector<ChainLayer<T>>&,    \
                                        int64_t);                                                \
   template void dense_chain_backward<T>(const T*, const T*, int64_t,                           \
-                                        const std::vector<ChainLayer<T>>&, T*, int64_t);
+                                        const std::vector<ChainLayer<T>>&, T*, int64_t);       \
+  template void dense_chain_step<T>(const T*, int64_t, const std::vector<ChainLayer<T>>&,       \
+                                    ChainLoss, const void*, bool, const T*, T*, T*, T*, int64_t);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

@@ -7,7 +7,9 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
 
 - ``fastnn``: ``Sequential`` (fused epilogues), ``SoftmaxCrossEntropy``, ``optim.Adam``, with
   ``reuse_outputs`` so a step allocates nothing; on a GPU also ``fastnn, CUDA graph``: the same
-  step recorded once by :func:`fastnn.cuda.capture` and replayed;
+  step recorded once by :func:`fastnn.cuda.capture` and replayed; on the CPU also ``fastnn,
+  fused step``: forward, loss and backward as one ``Sequential.fused_step`` call (one compiled
+  pass over row blocks where the model is a chain of Dense layers) and ``optim.Adam``;
 - ``torch eager``: ``torch.nn.Sequential`` of Linear/ReLU(/BatchNorm1d), ``F.cross_entropy``,
   ``torch.optim.Adam`` fused where the device supports it (else foreach); on the CPU with
   ``torch.set_num_threads(os.cpu_count())``; on a GPU also ``torch, CUDA graph``: the whole
@@ -49,7 +51,7 @@ from . import _harness as H
 
 SUITE = "mlp"
 
-FASTNN, FASTNN_GRAPH = "fastnn", "fastnn, CUDA graph"
+FASTNN, FASTNN_GRAPH, FASTNN_FUSED = "fastnn", "fastnn, CUDA graph", "fastnn, fused step"
 GEMM_FLOOR = "GEMMs alone (NumPy fp32, the floor)"
 TORCH, TORCH_GRAPH = "torch eager", "torch, CUDA graph"
 PRECISION_LABELS = {"highest": "fp32", "high": "TF32", "medium": "bf16"}
@@ -154,8 +156,10 @@ def fastnn_model(case: Case, weights: list):
     return nn.Sequential(*layers)
 
 
-def fastnn_impl(case: Case, prob: Problem, device: str, *, graph: bool = False, reference: bool = False) -> Impl:
-    """fastnn's step: eager, recorded as a CUDA graph (``graph``), or on the reference path."""
+def fastnn_impl(case: Case, prob: Problem, device: str, *, graph: bool = False, reference: bool = False,
+                fused: bool = False) -> Impl:
+    """fastnn's step: eager, recorded as a CUDA graph (``graph``), as ``Sequential.fused_step``
+    (``fused``), or on the reference path."""
     from .. import nn, optim
 
     xp = _xp(device)
@@ -172,6 +176,15 @@ def fastnn_impl(case: Case, prob: Problem, device: str, *, graph: bool = False, 
         step = cuda.capture(model, loss_fn, opt, x, labels)
         return Impl(step, lambda: float(step.loss))
     loss = xp.empty((), np.float32)
+    if fused:
+        state = {"loss": None}
+
+        def train_fused():
+            opt.zero_grad()
+            state["loss"] = model.fused_step(x, labels, loss_fn, sync=False)
+            opt.step()
+
+        return Impl(train_fused, lambda: float(state["loss"]))
 
     def train():
         opt.zero_grad()
@@ -370,6 +383,8 @@ def competitors(case: Case, prob: Problem, device: str):
     no_native = no_xp or (None if _backend.native_available(device) else f"fastnn built without {device} kernels")
     no_torch = None if torch is not None else "torch not installed"
     yield FASTNN, no_native or (lambda: fastnn_impl(case, prob, device).step)
+    if device == "cpu":
+        yield FASTNN_FUSED, no_native or (lambda: fastnn_impl(case, prob, device, fused=True).step)
     if device != "cpu":
         yield FASTNN_GRAPH, no_native or (lambda: fastnn_impl(case, prob, device, graph=True).step)
     yield TORCH, no_torch or (lambda: torch_impl(case, prob, device).step)
@@ -439,11 +454,11 @@ def throughput(results: list[H.Result]) -> str:
 
 def targets(results: list[H.Result], device: str, quick: bool = False) -> list[str]:
     """Issue 4's targets as measured in this run: fastnn's speed-up over each named competitor
-    (on a GPU, the faster of fastnn's eager and captured steps)."""
+    (the fastest of fastnn's ways: eager, and captured on a GPU or fused on the CPU)."""
     lines = []
     for case in cases(device, quick):
         rows = {r.impl: r.ms for r in results if r.case == case.name and r.ms is not None}
-        mine = {impl: rows[impl] for impl in (FASTNN, FASTNN_GRAPH) if impl in rows}
+        mine = {impl: rows[impl] for impl in (FASTNN, FASTNN_GRAPH, FASTNN_FUSED) if impl in rows}
         for other, goal in case.targets:
             if other not in rows or not mine:
                 if any(r.case == case.name for r in results):

@@ -49,7 +49,7 @@ from .activations import _activation_code
 
 __all__ = [
     "dense_forward", "dense_backward", "dense_needs_aux", "dense_chain_forward", "dense_chain_backward",
-    "CHAIN_MAX_WIDTH",
+    "CHAIN_MAX_WIDTH", "dense_chain_step", "CHAIN_LOSSES",
     "set_matmul_precision", "get_matmul_precision", "PRECISIONS",
 ]
 
@@ -483,3 +483,81 @@ def _chain_backward_by_layer(dy, x, layers, ys, auxs, grads, dx):
                               need_dx=out is not None, dx=out, **fused)
         done = True
     return dx
+
+
+# Loss codes shared with csrc/dense.h (enum ChainLoss): the losses a fused chain step ends in.
+CHAIN_LOSSES = {"softmax_cross_entropy": 0, "hinge": 1, "bce_with_logits": 2, "mse": 3, "l1": 4}
+_CLASS_LOSSES = ("softmax_cross_entropy", "hinge")
+
+
+def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, loss_out=None,
+                     need_dx: bool = False, dx=None, block_rows: int = 0, blocked: bool | None = None):
+    """Forward, loss and backward of a chain of dense layers in one call: the layers as in
+    :func:`dense_chain_forward` on ``x``, then ``loss`` (a key of :data:`CHAIN_LOSSES`, i.e. the
+    ``functional`` loss of that name) of the last output against ``target`` (integer labels
+    (N,) for softmax_cross_entropy and hinge, an array shaped like the output otherwise), then
+    the parameter gradients as in :func:`dense_chain_backward` (``dWs``, ``dbs``: ``+=``).
+    Returns the mean loss as a 0-d array (``=`` into ``loss_out`` when given), or with
+    ``need_dx`` the pair (loss, dx), dx written (``=``) into ``dx`` or a new array. ``out``
+    receives the last layer's output (``=``) when given.
+
+    On the CPU where the chain runs blocked (see :func:`dense_chain_forward`), each row block
+    goes up through the layers, through the loss and back down while it is in the thread's
+    cache, and no activation is stored: on a 64-wide network this is about 1.3x faster than
+    the forward, loss and backward called one after the other. Elsewhere it is those three
+    calls. The results agree to rounding."""
+    from . import losses as L
+
+    if loss not in CHAIN_LOSSES:
+        raise ValueError(f"dense_chain_step: loss must be one of {sorted(CHAIN_LOSSES)}, got {loss!r}")
+    layers = _chain_layers(layers)
+    x, layers = _check_chain(x, layers, None, None)
+    n = x.shape[0]
+    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
+    shape = (n, widths[-1])
+    if loss in _CLASS_LOSSES:
+        target = L._check_labels(target, x)
+    else:
+        target = B.check_float(target, "target", like=("x", x), shape=shape)
+    if len(dWs) != len(layers) or (dbs is not None and len(dbs) != len(layers)):
+        raise ValueError(f"dense_chain_step: dWs and dbs need one entry per layer ({len(layers)})")
+    dbs = [None] * len(layers) if dbs is None else list(dbs)
+    grads = []
+    for i, (W, _, _, _) in enumerate(layers):
+        dW = B.check_float(dWs[i], f"dWs[{i}]", like=("x", x), shape=W.shape, writable=True)
+        db = None if dbs[i] is None else \
+            B.check_float(dbs[i], f"dbs[{i}]", like=("x", x), shape=(widths[i + 1],), writable=True)
+        grads.append((dW, db))
+    if out is not None:
+        out = B.output(out, x, "out", shape)
+    value = L._loss_output(loss_out, x, "loss_out")
+    dx = B.output(dx, x, "dx", (n, widths[0])) if need_dx else None
+    written = [(f"dWs[{i}]", dW) for i, (dW, _) in enumerate(grads)] + \
+        [(f"dbs[{i}]", db) for i, (_, db) in enumerate(grads) if db is not None] + \
+        [(name, a) for name, a in (("out", out), ("dx", dx), ("loss_out", value)) if a is not None]
+    read = [("x", x), ("target", target)] + [(f"layer {i} {name}", a) for i, (W, b, _, _) in enumerate(layers)
+                                             for name, a in (("W", W), ("b", b))]
+    B.check_disjoint(written, read + written)
+    block_rows = _block_rows(block_rows)
+    if loss in _CLASS_LOSSES and B.path_of(x) != "cuda":
+        L._check_label_range(target, widths[-1])
+    if not _chain_blocked(x, widths, blocked):
+        auxs = [B.empty((n, w), x) if activation in _AUX_ACTIVATIONS else None
+                for w, (_, _, activation, _) in zip(widths[1:], layers)]
+        ys = dense_chain_forward(x, layers, auxs=auxs, blocked=False)
+        grad = B.empty(shape, x)
+        getattr(L, f"{loss}_forward")(ys[-1], target, grad_out=grad, out=value)
+        if out is not None:
+            out[...] = ys[-1]
+        return_dx = dense_chain_backward(grad, x, layers, ys, auxs, dWs=[g for g, _ in grads],
+                                         dbs=[b for _, b in grads], need_dx=need_dx, dx=dx, blocked=False)
+        return value if return_dx is None else (value, return_dx)
+    labeled = loss in _CLASS_LOSSES
+    B.launch("cpu", "dense_chain_step", x, B.pointer(x), n, [B.pointer(W) for W, _, _, _ in layers],
+             [_optional_ptr(b) for _, b, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
+             [alpha for _, _, _, alpha in layers], [B.pointer(dW) for dW, _ in grads],
+             [_optional_ptr(db) for _, db in grads], widths, CHAIN_LOSSES[loss],
+             B.pointer(target) if labeled else 0, labeled and np.dtype(target.dtype) == np.int64,
+             0 if labeled else B.pointer(target), B.pointer(value), _optional_ptr(out), _optional_ptr(dx),
+             block_rows)
+    return value if dx is None else (value, dx)

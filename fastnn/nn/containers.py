@@ -212,6 +212,47 @@ class Sequential(Module):
                 step += 1
         return x
 
+    def fused_step(self, x, target, loss, *, sync: bool = True):
+        """One training step's forward, loss and backward, as ``loss.forward(self.forward(x),
+        target)`` then ``self.backward(loss.backward(), need_input_grad=False)``: parameter
+        gradients accumulate (``+=``), and the mean loss is returned (a float, or with
+        ``sync=False`` the 0-d array).
+
+        On the CPU, a model that is one run of Dense layers (activation layers fused into them)
+        and runs as a chain (see above), with one of the five fastnn losses, does all three in
+        one compiled pass (``functional.dense_chain_step``): each row block goes up through the
+        layers, through the loss and back down while it is in cache, and no activation is
+        stored, so ``backward`` has nothing to run on afterwards (a RuntimeError, as before any
+        forward). Elsewhere it makes the three calls."""
+        from .losses import Loss
+
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Sequential.fused_step: loss must be a fastnn.nn loss, got {type(loss).__name__}")
+        name = getattr(loss.kernel, "__name__", "").removesuffix("_forward")
+        whole_run = self._runs == {0: len(self._plan)}
+        if not (whole_run and name in F.CHAIN_LOSSES and not loss._check_nan and self._use_chains(x)):
+            value = loss.forward(self.forward(x, training=True), target, sync=sync)
+            self.backward(loss.backward(), need_input_grad=False)
+            return value
+        layers = [layer for layer, _ in self._plan]
+        first = layers[0]
+        x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
+        if loss.labels:
+            target = loss._check_labels(x, target)  # x stands for pred: same rows and device
+        else:
+            target = loss._check_input(target, name="target", like=x, like_name="pred")
+        specs = [(layer.weight.data, None if layer.bias is None else layer.bias.data, *self._dense_activation(step))
+                 for step, layer in enumerate(layers)]
+        value = loss._buffer("fused loss", (), x)
+        F.dense_chain_step(x, specs, name, target, dWs=[layer.weight.grad for layer in layers],
+                           dbs=[None if layer.bias is None else layer.bias.grad for layer in layers],
+                           loss_out=value, blocked=True)
+        for layer in layers:
+            layer._saved = None
+        loss._saved = None
+        self._chained = False
+        return float(value) if sync else value
+
     def backward(self, dout, *, need_input_grad: bool = True):
         """Every layer's backward in reverse order; returns d loss / d input, or None when
         ``need_input_grad=False``. Parameter gradients accumulate (``+=``)."""
