@@ -94,7 +94,13 @@ template <class T>
 void dense_chain_backward(const T* dy, const T* x, int64_t n,
                           const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows);
 // The loss a fused step ends in (numbering shared with fastnn/functional/dense.py).
-enum class ChainLoss : int { softmax_cross_entropy = 0, hinge = 1, bce_with_logits = 2, mse = 3, l1 = 4 };
+enum class ChainLoss : int {
+  softmax_cross_entropy = 0,
+  hinge = 1,
+  bce_with_logits = 2,
+  mse = 3,
+  l1 = 4,
+};
 // Forward, mean loss and backward in one pass over the rows: each block goes up through the
 // layers, through the loss and back down while it is in cache; no activation is stored
 // (the layers' y and aux are not used). labels (n,) int32/int64 for the class losses (trusted:

@@ -183,8 +183,8 @@ def test_a_wide_layer_keeps_the_whole_model_on_numpys_gemms(chain_threads, rng):
     model.check_nan()
     model.forward(rng.standard_normal((8, 10)))
     assert not model._chained
-    with_residual = nn.Sequential(nn.Dense(10, 16, dtype=np.float64), nn.ReLU(),
-                                  nn.Residual(nn.Sequential(nn.Dense(16, 8, dtype=np.float64)), projection_init="xavier"))
+    block = nn.Sequential(nn.Dense(16, 8, dtype=np.float64))
+    with_residual = nn.Sequential(nn.Dense(10, 16, dtype=np.float64), nn.ReLU(), nn.Residual(block))
     with_residual.forward(rng.standard_normal((8, 10)))
     assert not with_residual._chained
     assert with_residual[2].block._chained  # the nested Sequential holds only its own Dense
@@ -235,7 +235,8 @@ from fastnn import _backend, functional as F
 _backend._C.cpu.set_omp_threads(2)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((300, 8))
-layers = [(rng.standard_normal((8, 12)), rng.standard_normal(12), "relu"), (rng.standard_normal((12, 3)), None, "identity")]
+layers = [(rng.standard_normal((8, 12)), rng.standard_normal(12), "relu"),
+          (rng.standard_normal((12, 3)), None, "identity")]
 dy = rng.standard_normal((300, 3))
 out = []
 for blocked in (True, False):

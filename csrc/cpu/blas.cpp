@@ -46,7 +46,8 @@ void set_blas(uintptr_t sgemm, uintptr_t dgemm, bool ilp64, uintptr_t set_thread
   std::lock_guard<std::mutex> lock(g_threads_mutex);
   if (g_guards != 0) throw std::runtime_error("fastnn: set_blas called while a dense chain runs");
   if ((sgemm == 0) != (dgemm == 0) || (set_threads == 0) != (get_threads == 0)) {
-    throw std::invalid_argument("fastnn: set_blas needs both GEMMs and both thread functions, or none");
+    throw std::invalid_argument(
+        "fastnn: set_blas needs both GEMMs and both thread functions, or none");
   }
   g_blas = Blas{reinterpret_cast<void*>(sgemm), reinterpret_cast<void*>(dgemm), ilp64,
                 reinterpret_cast<SetThreadsFn>(set_threads),

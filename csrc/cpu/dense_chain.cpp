@@ -75,6 +75,27 @@ int64_t widest_of(const std::vector<ChainLayer<T>>& layers) {
   return w;
 }
 
+// The forward of one block of `rows` rows from its input rows `in`: for each layer, the GEMM
+// into its pre-activation (aux) or output, then the bias-and-activation pass. y_of(i),
+// aux_of(i): where layer i's rows go (aux null when its activation reads none).
+template <class T, class Y, class Aux>
+void forward_block(const std::vector<ChainLayer<T>>& layers, const T* in, int64_t rows, Y y_of,
+                   Aux aux_of) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    T* y = y_of(i);
+    T* aux = aux_of(i);
+    T* z = aux != nullptr ? aux : y;
+    gemm<T>(false, false, rows, l.out, l.in, T(1), in, l.in, l.W, l.out, T(0), z, l.out);
+    if (l.b != nullptr || l.act != Activation::identity) {
+      // aux already holds x W; it is rewritten only when b is added.
+      bias_activation_forward<T>(l.act, z, l.b, y, l.b != nullptr ? aux : nullptr, rows, l.out,
+                                 l.alpha);
+    }
+    in = y;
+  }
+}
+
 }  // namespace
 
 int64_t chain_block_rows(int64_t widest, size_t itemsize) {
@@ -97,19 +118,12 @@ void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * block_rows;
       const int64_t rows = std::min(block_rows, n - r0);
-      const T* in = x + r0 * layers.front().in;
-      for (const auto& l : layers) {
-        T* y = l.y + r0 * l.out;
-        T* aux = l.aux != nullptr ? l.aux + r0 * l.out : nullptr;
-        T* z = aux != nullptr ? aux : y;
-        gemm<T>(false, false, rows, l.out, l.in, T(1), in, l.in, l.W, l.out, T(0), z, l.out);
-        if (l.b != nullptr || l.act != Activation::identity) {
-          // aux already holds x W; it is rewritten only when b is added.
-          bias_activation_forward<T>(l.act, z, l.b, y, l.b != nullptr ? aux : nullptr, rows,
-                                     l.out, l.alpha);
-        }
-        in = y;
-      }
+      forward_block(
+          layers, x + r0 * layers.front().in, rows,
+          [&](size_t i) { return layers[i].y + r0 * layers[i].out; },
+          [&](size_t i) {
+            return layers[i].aux == nullptr ? nullptr : layers[i].aux + r0 * layers[i].out;
+          });
     }
   }
 }
@@ -326,25 +340,13 @@ void dense_chain_step(const T* x, int64_t n, const std::vector<ChainLayer<T>>& l
     T* base = scratch.data() + t * per_thread;
     BlockScratch<T> mine(base, block_rows, wide);
     T* acts = base + BlockScratch<T>::size(block_rows, wide);
-    auto y_of = [&](int64_t i) { return acts + y_at[i] * block_rows; };
-    auto aux_of = [&](int64_t i) { return aux_at[i] < 0 ? nullptr : acts + aux_at[i] * block_rows; };
+    auto y_of = [&](size_t i) { return acts + y_at[i] * block_rows; };
+    auto aux_of = [&](size_t i) { return aux_at[i] < 0 ? nullptr : acts + aux_at[i] * block_rows; };
     const auto [first, last] = share(blocks, t, team);
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t r0 = blk * block_rows;
       const int64_t rows = std::min(block_rows, n - r0);
-      const T* in = x + r0 * layers.front().in;
-      for (size_t i = 0; i < layers.size(); ++i) {
-        const auto& l = layers[i];
-        T* y = y_of(i);
-        T* aux = aux_of(i);
-        T* z = aux != nullptr ? aux : y;
-        gemm<T>(false, false, rows, l.out, l.in, T(1), in, l.in, l.W, l.out, T(0), z, l.out);
-        if (l.b != nullptr || l.act != Activation::identity) {
-          bias_activation_forward<T>(l.act, z, l.b, y, l.b != nullptr ? aux : nullptr, rows,
-                                     l.out, l.alpha);
-        }
-        in = y;
-      }
+      forward_block(layers, x + r0 * layers.front().in, rows, y_of, aux_of);
       const T* top = y_of(int64_t(layers.size()) - 1);
       if (out != nullptr) {
         std::copy(top, top + rows * classes_out, out + r0 * classes_out);
