@@ -84,6 +84,8 @@ def _find() -> dict:
 def _register() -> dict:
     """Finds NumPy's OpenBLAS and gives it to the extension, once; {} when there is none."""
     global _found
+    if _found is not None:  # the common case, on every chain call: no lock
+        return _found
     with _lock:
         if _found is None:
             from . import _backend

@@ -340,7 +340,8 @@ def _chain_blocked(x, widths, blocked) -> bool:
 
 
 def _check_chain(x, layers, ys, auxs, x_name="x"):
-    """The validated chain: x, [(W, b, activation, alpha)], ys, auxs (None where not needed)."""
+    """The validated chain: x, [(W, b, activation, alpha)] and the widths [in, out_0, out_1,
+    ...]; ys and auxs (None where not needed) are checked for one entry per layer."""
     x = B.check_float(x, x_name, ndim=2)
     checked, width = [], x.shape[1]
     for i, (W, b, activation, alpha) in enumerate(layers):
@@ -355,7 +356,34 @@ def _check_chain(x, layers, ys, auxs, x_name="x"):
     for name, arrays in (("ys", ys), ("auxs", auxs)):
         if arrays is not None and len(arrays) != len(layers):
             raise ValueError(f"dense chain: {name} has {len(arrays)} entries for {len(layers)} layers")
-    return x, checked
+    return x, checked, [x.shape[1]] + [W.shape[1] for W, _, _, _ in checked]
+
+
+def _check_grads(dWs, dbs, layers, widths, like, where: str):
+    """[(dW, db or None)] validated against the layers, on ``like``'s (name, array) device and
+    dtype, and the (name, array) pairs they write, for check_disjoint."""
+    if len(dWs) != len(layers) or (dbs is not None and len(dbs) != len(layers)):
+        raise ValueError(f"{where}: dWs and dbs need one entry per layer ({len(layers)})")
+    grads, written = [], []
+    for i, (W, _, _, _) in enumerate(layers):
+        dW = B.check_float(dWs[i], f"dWs[{i}]", like=like, shape=W.shape, writable=True)
+        db = None if dbs is None or dbs[i] is None else \
+            B.check_float(dbs[i], f"dbs[{i}]", like=like, shape=(widths[i + 1],), writable=True)
+        grads.append((dW, db))
+        written += [(f"dWs[{i}]", dW)] + ([(f"dbs[{i}]", db)] if db is not None else [])
+    return grads, written
+
+
+def _parameters_read(layers):
+    """(name, array) pairs of the layers' weights and biases, for check_disjoint."""
+    return [(f"layer {i} {name}", a) for i, (W, b, _, _) in enumerate(layers) for name, a in (("W", W), ("b", b))]
+
+
+def _kernel_layers(layers):
+    """The per-layer lists the compiled chain kernels take: W and b pointers, activation codes
+    and slopes."""
+    return ([B.pointer(W) for W, _, _, _ in layers], [_optional_ptr(b) for _, b, _, _ in layers],
+            [_activation_code(a) for _, _, a, _ in layers], [alpha for _, _, _, alpha in layers])
 
 
 def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, blocked: bool | None = None):
@@ -373,10 +401,8 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
     every layer while they are in its cache, calling NumPy's OpenBLAS on one thread each
     (``csrc/cpu/dense_chain.cpp``). ``blocked=False`` runs :func:`dense_forward` layer by
     layer; ``True`` insists on the blocked kernel. The results agree to rounding."""
-    layers = _chain_layers(layers)
-    x, layers = _check_chain(x, layers, ys, auxs)
+    x, layers, widths = _check_chain(x, _chain_layers(layers), ys, auxs)
     n = x.shape[0]
-    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
     out_ys, out_auxs = [], []
     for i, (W, b, activation, alpha) in enumerate(layers):
         shape = (n, widths[i + 1])
@@ -390,19 +416,15 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
         out_auxs.append(aux if activation in _AUX_ACTIVATIONS else None)
     written = [(f"ys[{i}]", y) for i, y in enumerate(out_ys)] + \
         [(f"auxs[{i}]", a) for i, a in enumerate(out_auxs) if a is not None]
-    read = [("x", x)] + [(f"layer {i} {name}", a) for i, (W, b, _, _) in enumerate(layers)
-                         for name, a in (("W", W), ("b", b))]
-    B.check_disjoint(written, read + written)
+    B.check_disjoint(written, [("x", x)] + _parameters_read(layers) + written)
     block_rows = _block_rows(block_rows)
     if not _chain_blocked(x, widths, blocked):
         below = x
         for (W, b, activation, alpha), y, aux in zip(layers, out_ys, out_auxs):
             below = dense_forward(below, W, b, activation, alpha=alpha, out=y, aux=aux)
         return out_ys
-    B.launch("cpu", "dense_chain_forward", x, B.pointer(x), n, [B.pointer(W) for W, _, _, _ in layers],
-             [_optional_ptr(b) for _, b, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
-             [alpha for _, _, _, alpha in layers], [B.pointer(y) for y in out_ys],
-             [_optional_ptr(a) for a in out_auxs], widths, block_rows)
+    B.launch("cpu", "dense_chain_forward", x, B.pointer(x), n, *_kernel_layers(layers),
+             [B.pointer(y) for y in out_ys], [_optional_ptr(a) for a in out_auxs], widths, block_rows)
     return out_ys
 
 
@@ -423,41 +445,32 @@ def dense_chain_backward(dy, x, layers, ys, auxs=None, *, dWs, dbs=None, need_dx
     ``blocked`` as for the forward."""
     layers = _chain_layers(layers)
     dy = B.check_float(dy, "dy", ndim=2)
-    x, layers = _check_chain(x, layers, ys, auxs)
+    x, layers, widths = _check_chain(x, layers, ys, auxs)
     if ys is None:
         raise ValueError("dense_chain_backward: ys, the forward's outputs, are required")
     n = x.shape[0]
-    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
-    if len(dWs) != len(layers) or (dbs is not None and len(dbs) != len(layers)):
-        raise ValueError(f"dense_chain_backward: dWs and dbs need one entry per layer ({len(layers)})")
-    dbs = [None] * len(layers) if dbs is None else list(dbs)
-    saved_ys, saved_auxs, grads = [], [], []
-    for i, (W, _, activation, _) in enumerate(layers):
+    grads, written = _check_grads(dWs, dbs, layers, widths, ("dy", dy), "dense_chain_backward")
+    saved_ys, saved_auxs = [], []
+    for i, (_, _, activation, _) in enumerate(layers):
         shape = (n, widths[i + 1])
         saved_ys.append(B.check_float(ys[i], f"ys[{i}]", like=("dy", dy), shape=shape))
         aux = None
         if activation in _AUX_ACTIVATIONS:
             aux = _saved_for(activation, None, None if auxs is None else auxs[i], shape, dy, prefix=f"layer {i} ")
         saved_auxs.append(aux)
-        dW = B.check_float(dWs[i], f"dWs[{i}]", like=("dy", dy), shape=W.shape, writable=True)
-        db = None if dbs[i] is None else \
-            B.check_float(dbs[i], f"dbs[{i}]", like=("dy", dy), shape=(widths[i + 1],), writable=True)
-        grads.append((dW, db))
     if tuple(dy.shape) != (n, widths[-1]):
         raise ValueError(f"dy: expected shape {(n, widths[-1])} (the last layer's output), got {tuple(dy.shape)}")
     dx = B.output(dx, dy, "dx", (n, widths[0])) if need_dx else None
-    written = [(f"dWs[{i}]", dW) for i, (dW, _) in enumerate(grads)] + \
-        [(f"dbs[{i}]", db) for i, (_, db) in enumerate(grads) if db is not None] + \
-        ([("dx", dx)] if dx is not None else [])
+    written += [("dx", dx)] if dx is not None else []
     read = [("dy", dy), ("x", x)] + [(f"layer {i} W", W) for i, (W, _, _, _) in enumerate(layers)] + \
         [(f"ys[{i}]", y) for i, y in enumerate(saved_ys)] + [(f"auxs[{i}]", a) for i, a in enumerate(saved_auxs)]
     B.check_disjoint(written, read + written)
     block_rows = _block_rows(block_rows)
     if not _chain_blocked(x, widths, blocked):
         return _chain_backward_by_layer(dy, x, layers, saved_ys, saved_auxs, grads, dx)
-    B.launch("cpu", "dense_chain_backward", dy, B.pointer(dy), B.pointer(x), n,
-             [B.pointer(W) for W, _, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
-             [alpha for _, _, _, alpha in layers], [B.pointer(y) for y in saved_ys],
+    Ws, _, codes, alphas = _kernel_layers(layers)
+    B.launch("cpu", "dense_chain_backward", dy, B.pointer(dy), B.pointer(x), n, Ws, codes, alphas,
+             [B.pointer(y) for y in saved_ys],
              [_optional_ptr(a) for a in saved_auxs], [B.pointer(dW) for dW, _ in grads],
              [_optional_ptr(db) for _, db in grads], _optional_ptr(dx), widths, block_rows)
     return dx
@@ -510,36 +523,23 @@ def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, l
 
     if loss not in CHAIN_LOSSES:
         raise ValueError(f"dense_chain_step: loss must be one of {sorted(CHAIN_LOSSES)}, got {loss!r}")
-    layers = _chain_layers(layers)
-    x, layers = _check_chain(x, layers, None, None)
+    x, layers, widths = _check_chain(x, _chain_layers(layers), None, None)
     n = x.shape[0]
-    widths = [x.shape[1]] + [W.shape[1] for W, _, _, _ in layers]
     shape = (n, widths[-1])
-    if loss in _CLASS_LOSSES:
+    labeled = loss in _CLASS_LOSSES
+    if labeled:
         target = L._check_labels(target, x)
     else:
         target = B.check_float(target, "target", like=("x", x), shape=shape)
-    if len(dWs) != len(layers) or (dbs is not None and len(dbs) != len(layers)):
-        raise ValueError(f"dense_chain_step: dWs and dbs need one entry per layer ({len(layers)})")
-    dbs = [None] * len(layers) if dbs is None else list(dbs)
-    grads = []
-    for i, (W, _, _, _) in enumerate(layers):
-        dW = B.check_float(dWs[i], f"dWs[{i}]", like=("x", x), shape=W.shape, writable=True)
-        db = None if dbs[i] is None else \
-            B.check_float(dbs[i], f"dbs[{i}]", like=("x", x), shape=(widths[i + 1],), writable=True)
-        grads.append((dW, db))
+    grads, written = _check_grads(dWs, dbs, layers, widths, ("x", x), "dense_chain_step")
     if out is not None:
         out = B.output(out, x, "out", shape)
     value = L._loss_output(loss_out, x, "loss_out")
     dx = B.output(dx, x, "dx", (n, widths[0])) if need_dx else None
-    written = [(f"dWs[{i}]", dW) for i, (dW, _) in enumerate(grads)] + \
-        [(f"dbs[{i}]", db) for i, (_, db) in enumerate(grads) if db is not None] + \
-        [(name, a) for name, a in (("out", out), ("dx", dx), ("loss_out", value)) if a is not None]
-    read = [("x", x), ("target", target)] + [(f"layer {i} {name}", a) for i, (W, b, _, _) in enumerate(layers)
-                                             for name, a in (("W", W), ("b", b))]
-    B.check_disjoint(written, read + written)
+    written += [(name, a) for name, a in (("out", out), ("dx", dx), ("loss_out", value)) if a is not None]
+    B.check_disjoint(written, [("x", x), ("target", target)] + _parameters_read(layers) + written)
     block_rows = _block_rows(block_rows)
-    if loss in _CLASS_LOSSES and B.path_of(x) != "cuda":
+    if labeled and B.path_of(x) != "cuda":
         L._check_label_range(target, widths[-1])
     if not _chain_blocked(x, widths, blocked):
         auxs = [B.empty((n, w), x) if activation in _AUX_ACTIVATIONS else None
@@ -552,11 +552,8 @@ def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, l
         return_dx = dense_chain_backward(grad, x, layers, ys, auxs, dWs=[g for g, _ in grads],
                                          dbs=[b for _, b in grads], need_dx=need_dx, dx=dx, blocked=False)
         return value if return_dx is None else (value, return_dx)
-    labeled = loss in _CLASS_LOSSES
-    B.launch("cpu", "dense_chain_step", x, B.pointer(x), n, [B.pointer(W) for W, _, _, _ in layers],
-             [_optional_ptr(b) for _, b, _, _ in layers], [_activation_code(a) for _, _, a, _ in layers],
-             [alpha for _, _, _, alpha in layers], [B.pointer(dW) for dW, _ in grads],
-             [_optional_ptr(db) for _, db in grads], widths, CHAIN_LOSSES[loss],
+    B.launch("cpu", "dense_chain_step", x, B.pointer(x), n, *_kernel_layers(layers),
+             [B.pointer(dW) for dW, _ in grads], [_optional_ptr(db) for _, db in grads], widths, CHAIN_LOSSES[loss],
              B.pointer(target) if labeled else 0, labeled and np.dtype(target.dtype) == np.int64,
              0 if labeled else B.pointer(target), B.pointer(value), _optional_ptr(out), _optional_ptr(dx),
              block_rows)

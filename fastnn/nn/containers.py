@@ -142,19 +142,32 @@ class Sequential(Module):
             x = B.as_array(x, "input")
         except TypeError:
             return False
-        return B.path_of(x) == "cpu" and F.dense._chain_blocked(x, self._chain_widths, None)
+        return F.dense._chain_blocked(x, self._chain_widths, None)
+
+    def _chain_specs(self, start: int, end: int):
+        """(W, b, activation, alpha) of the Dense steps [start, end), as the chain kernels take them."""
+        specs = []
+        for step in range(start, end):
+            layer = self._plan[step][0]
+            bias = None if layer.bias is None else layer.bias.data
+            specs.append((layer.weight.data, bias, *self._dense_activation(step)))
+        return specs
+
+    @staticmethod
+    def _chain_grads(layers):
+        """dict(dWs=, dbs=): the gradients of ``layers``' parameters, for the chain kernels."""
+        return dict(dWs=[layer.weight.grad for layer in layers],
+                    dbs=[None if layer.bias is None else layer.bias.grad for layer in layers])
 
     def _chain_forward(self, start: int, end: int, x, training):
         layers = [self._plan[step][0] for step in range(start, end)]
         first = layers[0]
         x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
-        specs, ys, auxs = [], [], []
-        for step, layer in zip(range(start, end), layers):
-            activation, alpha = self._dense_activation(step)
+        specs, ys, auxs = self._chain_specs(start, end), [], []
+        for layer, (_, _, activation, _) in zip(layers, specs):
             shape = (x.shape[0], layer.out_features)
             ys.append(layer._output(shape, x))
             auxs.append(layer._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None)
-            specs.append((layer.weight.data, None if layer.bias is None else layer.bias.data, activation, alpha))
         F.dense_chain_forward(x, specs, ys=ys, auxs=auxs, blocked=True)
         below = x
         for layer, y, aux, (_, _, activation, alpha) in zip(layers, ys, auxs, specs):
@@ -170,9 +183,7 @@ class Sequential(Module):
         dx = layers[0]._input_grad(x.shape, x) if need_input_grad else None
         return F.dense_chain_backward(
             dout, x, [(layer.weight.data, None, state[3], state[4]) for layer, state in zip(layers, states)],
-            [state[1] for state in states], [state[2] for state in states],
-            dWs=[layer.weight.grad for layer in layers],
-            dbs=[None if layer.bias is None else layer.bias.grad for layer in layers],
+            [state[1] for state in states], [state[2] for state in states], **self._chain_grads(layers),
             need_dx=need_input_grad, dx=dx, blocked=True)
 
     def __len__(self) -> int:
@@ -241,11 +252,8 @@ class Sequential(Module):
             target = loss._check_labels(x, target)  # x stands for pred: same rows and device
         else:
             target = loss._check_input(target, name="target", like=x, like_name="pred")
-        specs = [(layer.weight.data, None if layer.bias is None else layer.bias.data, *self._dense_activation(step))
-                 for step, layer in enumerate(layers)]
         value = loss._buffer("fused loss", (), x)
-        F.dense_chain_step(x, specs, name, target, dWs=[layer.weight.grad for layer in layers],
-                           dbs=[None if layer.bias is None else layer.bias.grad for layer in layers],
+        F.dense_chain_step(x, self._chain_specs(0, len(layers)), name, target, **self._chain_grads(layers),
                            loss_out=value, blocked=True)
         for layer in layers:
             layer._saved = None
