@@ -117,7 +117,7 @@ def _cupy_and_device(model):
     params = model.parameters()
     if not params:
         raise ValueError("fastnn.cuda.capture: the model has no parameters to train")
-    places = {str(B.device_of(p.data)) if B._is_cupy(p.data) else "cpu" for p in params}
+    places = {str(B.device_of(p.data)) if B.is_cupy(p.data) else "cpu" for p in params}
     if len(places) != 1 or "cpu" in places:
         raise ValueError(f"fastnn.cuda.capture: the model's parameters must all be CuPy arrays on one GPU "
                          f"(model.to('cuda')), found them on {sorted(places)}")

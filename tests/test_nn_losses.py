@@ -113,13 +113,13 @@ BAD = [
      r"target has shape \(4, 3\), expected \(4,\): one class index per row of pred \(4, 3\)"),
     (nn.SoftmaxCrossEntropy, np.zeros((4, 3), np.float32), np.array([0, 1, 3, 0]), ValueError, r"3"),
     (nn.Hinge, np.zeros(4, np.float32), np.array([0, 1, 1, 0]), ValueError, r"pred must be 2-d"),
-    (nn.Hinge, np.zeros((4, 3), np.int64), np.array([0, 1, 1, 0]), TypeError, r"pred has dtype int64"),
+    (nn.Hinge, np.zeros((4, 3), np.int64), np.array([0, 1, 1, 0]), TypeError, r"pred: expected dtype float32 or float64, got int64"),
     (nn.MSE, np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32), ValueError,
      r"MSE\(\): target has shape \(4, 2\), pred \(4, 3\)"),
     (nn.L1, np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float64), TypeError,
-     r"L1\(\): target is float64 but pred float32"),
+     r"L1\(\): target: expected dtype float32 \(the dtype of pred\), got float64"),
     (nn.BCEWithLogits, np.zeros((4, 3), np.float32), np.zeros((4, 3), np.int64), TypeError,
-     r"BCEWithLogits\(\): target has dtype int64"),
+     r"BCEWithLogits\(\): target: expected dtype float32 or float64, got int64"),
 ]
 
 

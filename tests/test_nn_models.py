@@ -145,7 +145,7 @@ def test_to_float64_converts_parameters_buffers_and_grads(rng):
     with pytest.raises(RuntimeError, match="backward needs a forward first"):
         model.backward(np.ones((8, 5)))
     assert model(x.astype(np.float64)).dtype == np.float64
-    with pytest.raises(TypeError, match="input is float32 but the parameters float64"):
+    with pytest.raises(TypeError, match=r"input: expected dtype float64 \(the dtype of the parameters\), got float32"):
         model(x)
     assert model.to("float32").dtype == np.float32
     with pytest.raises(TypeError, match="expected float32 or float64"):

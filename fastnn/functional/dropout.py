@@ -58,9 +58,9 @@ def _check_words(a, name: str, size: int, like=None, writable: bool = False):
                          f"shape {tuple(a.shape)}")
     if like is not None and B.device_of(a) != B.device_of(like):
         raise ValueError(f"{name} is on {B.device_of(a)} but the data is on {B.device_of(like)}")
-    if not B._contiguous(a):
+    if not B.is_contiguous(a):
         raise ValueError(f"{name} must be C-contiguous")
-    if writable and not B._writable(a):
+    if writable and not B.is_writable(a):
         raise ValueError(f"{name} is read-only but fastnn writes into it")
     return a
 

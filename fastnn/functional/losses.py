@@ -34,7 +34,6 @@ from .. import reference as ref
 # The same names as the reference, plus loss_item.
 __all__ = [*ref.losses.__all__, "loss_item"]
 
-_LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _LABELED = frozenset({"softmax_cross_entropy", "hinge"})
 
 # Per (device, stream): the (loss pointer, labels, C) of the latest classification loss computed
@@ -61,19 +60,7 @@ def _grad_output(grad, name: str, pred, second, names, required: bool = False):
 
 def _check_labels(labels, scores):
     """labels: int32/int64, one per row of the (N, C) ``scores``, on its device."""
-    a = B.as_array(labels, "labels")
-    dt = np.dtype(a.dtype)
-    if dt not in _LABEL_DTYPES:
-        raise TypeError(f"labels: expected dtype int32 or int64 (class indices), got {dt}")
-    if B.device_of(a) != B.device_of(scores):
-        raise ValueError(f"labels is on {B.device_of(a)} but the scores are on {B.device_of(scores)}: fastnn "
-                         "never copies between devices; move one of them first")
-    if tuple(a.shape) != (scores.shape[0],):
-        raise ValueError(f"labels: expected shape ({scores.shape[0]},) (one label per row of the scores, shape "
-                         f"{tuple(scores.shape)}), got {tuple(a.shape)}")
-    if not B._contiguous(a):
-        raise ValueError("labels must be C-contiguous")
-    return a
+    return B.check_labels(labels, "labels", rows=scores.shape[0], like=("the scores", scores))
 
 
 def _label_error(labels, row: int, classes: int) -> ValueError:

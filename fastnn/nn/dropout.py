@@ -71,7 +71,7 @@ class Dropout(Module):
         words = self._words
         if words is None or type(words) is not type(like) or B.device_of(words) != B.device_of(like):
             value = self.counter
-            with like.device if B._is_cupy(like) else contextlib.nullcontext():
+            with like.device if B.is_cupy(like) else contextlib.nullcontext():
                 words = B.array_module(like).array([value, 0], dtype=np.uint64)
             self._words = words
         return words

@@ -21,7 +21,6 @@ when called on its own: copy what you keep.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
@@ -369,43 +368,20 @@ class Module:
 
     def _check_input(self, x, *, name: str = "input", ndim: int | None = None,
                      features: int | None = None, like=None, like_name: str = "the parameters"):
-        """``x`` as a float array for this layer: ``TypeError`` for non-arrays and non-float
-        dtypes (integers included) or a dtype other than the parameters', ``ValueError`` for
-        another device, rank or feature count. Non-contiguous inputs are copied. Checks for
-        NaN/inf when ``check_nan`` is on."""
-        try:
-            a = B.as_array(x, name)
-        except TypeError as exc:
-            raise TypeError(f"{self._where()}: {exc}") from None
-        dt = np.dtype(a.dtype)
-        if dt not in B.FLOAT_DTYPES:
-            hint = " (integer data: convert with x.astype(numpy.float32))" if dt.kind in "iub" else ""
-            raise TypeError(f"{self._where()}: {name} has dtype {dt}, expected float32 or float64{hint}")
-        if like is not None:
-            if B.device_of(a) != B.device_of(like):
-                raise ValueError(f"{self._where()}: {name} is on {B.device_of(a)} but {like_name} on "
-                                 f"{B.device_of(like)}; move one of them (model.to(...), cupy.asarray, .get())")
-            if dt != np.dtype(like.dtype):
-                raise TypeError(f"{self._where()}: {name} is {dt} but {like_name} {np.dtype(like.dtype)}; convert "
-                                "one of them (x.astype, model.to(dtype=...))")
-        if ndim is not None and a.ndim != ndim:
-            raise ValueError(f"{self._where()}: {name} must be {ndim}-d (batch, features), got shape {tuple(a.shape)}")
-        if features is not None and a.shape[-1] != features:
-            raise ValueError(f"{self._where()}: {name} has {a.shape[-1]} features, expected {features} "
-                             f"(shape {tuple(a.shape)})")
-        a = _contiguous(a)
+        """``x`` as a float array for this layer (``_backend.check_float``, messages prefixed
+        with the layer): a dtype and device of ``like`` when given, ``ndim`` and ``features``;
+        non-contiguous inputs are copied. Checks for NaN/inf when ``check_nan`` is on."""
+        a = B.check_float(x, name, like=None if like is None else (like_name, like), ndim=ndim,
+                          features=features, copy=True, where=self._where)
         if self._check_nan:
-            _check_finite(self._where(), name, a)
+            B.check_finite(a, name, self._where)
         return a
 
     def _check_grad(self, dout, like, name: str = "dout"):
         """``dout`` checked against the forward output ``like`` (dtype, device, shape);
         copied when not contiguous."""
-        try:
-            return B.check_float(_contiguous(B.as_array(dout, name)), name,
-                                 like=("the forward output", like), shape=like.shape)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{self._where()}: {exc}") from None
+        return B.check_float(dout, name, like=("the forward output", like), shape=like.shape, copy=True,
+                             where=self._where)
 
     def _saved_state(self):
         """What the most recent forward kept, or a ``RuntimeError`` when there is none."""
@@ -414,19 +390,3 @@ class Module:
                                "what forward kept)")
         return self._saved
 
-
-def _contiguous(a):
-    """``a``, or a C-contiguous copy of it (layers copy rather than refuse)."""
-    if isinstance(a, B.CudaView) or a.flags.c_contiguous:
-        return a
-    return B.array_module(a).ascontiguousarray(a)
-
-
-def _check_finite(where: str, name: str, a) -> None:
-    xp = B.array_module(a)
-    bad = ~xp.isfinite(a)
-    if bool(bad.any()):
-        index = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), a.shape))
-        value = float(a[index])
-        kind = "NaN" if math.isnan(value) else "infinity"
-        raise ValueError(f"{where}: {name} contains {kind} (first at index {index}, shape {tuple(a.shape)})")

@@ -1,0 +1,90 @@
+"""The compiled extension and the choice of path: ``fastnn._C`` if it was built, and whether ops
+run on it ("auto", "native") or on the reference implementation ("reference").
+
+``FASTNN_BACKEND=numpy`` (or ``reference``) forces the reference path for the whole process;
+:func:`set_backend` / :func:`use_backend` change the selection at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import warnings
+from typing import Iterator
+
+# After a parallel region GNU OpenMP threads spin for a while before sleeping; on a machine
+# with few cores they then take cores from the BLAS GEMM that usually follows (NumPy's
+# OpenBLAS runs its own threads). Ask them to spin briefly. The runtime reads this once, when
+# it loads with the extension below; a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+try:
+    from .. import _C
+except ImportError as _exc:  # no compiled extension: the reference path still works
+    _C = None
+    NATIVE_ERROR: str | None = f"{type(_exc).__name__}: {_exc}"
+    warnings.warn(
+        "fastnn: the compiled extension fastnn._C could not be imported "
+        f"({NATIVE_ERROR}); every op runs on the NumPy reference path. "
+        "Install with `pip install .` (or `pip install -e .` in a checkout) and a C++17 compiler to build it.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+else:
+    NATIVE_ERROR = None
+
+_BACKENDS = {"auto": "auto", "native": "native", "numpy": "reference", "reference": "reference"}
+
+
+def _parse_backend(name: str) -> str:
+    key = str(name).strip().lower()
+    if key not in _BACKENDS:
+        raise ValueError(
+            f"fastnn backend must be one of {sorted(_BACKENDS)}, got {name!r} "
+            "(from FASTNN_BACKEND or set_backend)"
+        )
+    return _BACKENDS[key]
+
+
+_mode = _parse_backend(os.environ.get("FASTNN_BACKEND", "auto") or "auto")
+
+
+def get_backend() -> str:
+    """The path selection in force: ``"auto"``, ``"native"`` or ``"reference"``."""
+    return _mode
+
+
+def set_backend(name: str) -> None:
+    """Select the path for every op: ``"auto"`` (native where built, else reference),
+    ``"native"`` (fail if the compiled kernels are missing) or ``"reference"``/``"numpy"``."""
+    global _mode
+    mode = _parse_backend(name)
+    if mode == "native" and _C is None:
+        raise RuntimeError(f"fastnn backend 'native' requested but fastnn._C is missing: {NATIVE_ERROR}")
+    _mode = mode
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager form of :func:`set_backend`; restores the previous selection."""
+    global _mode
+    previous = _mode
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _mode = previous
+
+
+def native_available(device: str = "cpu") -> bool:
+    """Whether compiled kernels exist for ``device`` ("cpu" or "cuda")."""
+    if _C is None:
+        return False
+    return True if device == "cpu" else bool(_C.cuda_compiled)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_count() -> int:
+    """GPUs the compiled CUDA kernels can see (0 without CUDA kernels, driver or device)."""
+    return _C.cuda.device_count() if native_available("cuda") else 0
