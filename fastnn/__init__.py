@@ -13,6 +13,7 @@ import importlib
 from ._backend import get_backend, set_backend, use_backend
 from ._info import backend_info
 from ._version import __version__
+from ._warnings import FastnnRuntimeWarning, FastnnWarning
 
 # Subpackages and top-level names are imported on first use, so `import fastnn` stays cheap
 # and never imports CuPy, PyTorch or matplotlib.
@@ -30,7 +31,8 @@ _LAZY_NAMES = {
     "EMA": "fastnn.ensemble",
 }
 
-__all__ = ["__version__", "backend_info", "get_backend", "set_backend", "use_backend",
+__all__ = ["__version__", "backend_info", "get_backend", "set_backend", "use_backend", "FastnnWarning",
+           "FastnnRuntimeWarning",
            *sorted(_SUBMODULES), *sorted(_LAZY_NAMES)]
 
 

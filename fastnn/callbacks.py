@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 
 from . import _backend as B
+from ._warnings import FastnnRuntimeWarning
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LRScheduler", "MomentumRamp", "NaNGuard",
            "UpdateRatioMonitor"]
@@ -327,7 +328,7 @@ class NaNGuard(Callback):
         self.epoch, self.batch, self.what = self._current_epoch, batch, what
         message = (f"NaNGuard: at epoch {self._current_epoch + 1}, batch {batch + 1} {what}; training stopped "
                    f"and {outcome}")
-        warnings.warn(message, RuntimeWarning, stacklevel=5)  # the caller of Trainer.fit
+        warnings.warn(message, FastnnRuntimeWarning, stacklevel=5)  # the caller of Trainer.fit
         self.trainer.request_stop(message)
 
 
@@ -381,4 +382,4 @@ class UpdateRatioMonitor(Callback):
             warnings.warn(f"UpdateRatioMonitor: epoch {epoch + 1}: {name} moves by {mean:.2e} of its norm per step "
                           f"(|update|/|weight|; about 1e-3 is healthy, outside [{self.low:g}, {self.high:g}] is "
                           f"{direction}): {advice} (lr={logs.get('lr', float('nan')):.3g})",
-                          RuntimeWarning, stacklevel=3)  # the caller of Trainer.fit
+                          FastnnRuntimeWarning, stacklevel=3)  # the caller of Trainer.fit

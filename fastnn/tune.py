@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._warnings import FastnnRuntimeWarning
 from .data import as_generator
 
 __all__ = ["Uniform", "LogUniform", "OneMinusLogUniform", "IntLogUniform", "Choice",
@@ -405,7 +406,7 @@ def _checked_result(result: SearchResult) -> SearchResult:
         raise RuntimeError(f"all {len(failed)} trials failed; the first: {failed[0].error}")
     if failed:
         warnings.warn(f"{len(failed)} of {len(result.trials)} trials raised and are ranked last "
-                      f"(first: {failed[0].error}); see result.table()", RuntimeWarning, stacklevel=3)
+                      f"(first: {failed[0].error}); see result.table()", FastnnRuntimeWarning, stacklevel=3)
     return result
 
 

@@ -11,7 +11,10 @@ import contextlib
 import functools
 import os
 import warnings
+from pathlib import Path
 from typing import Iterator
+
+from .._warnings import FastnnRuntimeWarning
 
 # After a parallel region GNU OpenMP threads spin for a while before sleeping; on a machine
 # with few cores they then take cores from the BLAS GEMM that usually follows (NumPy's
@@ -19,16 +22,27 @@ from typing import Iterator
 # it loads with the extension below; a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+
+def _missing_extension_advice() -> str:
+    """What to do when ``fastnn._C`` is missing: in fastnn's own source folder (a checkout, not
+    an install), the fix is an editable install of that checkout."""
+    package = Path(__file__).resolve().parents[1]
+    if (package.parent / "csrc").is_dir() and (package.parent / "pyproject.toml").is_file():
+        return (f"this fastnn is the source folder {package}, which holds no compiled extension: install the "
+                "checkout with `pip install -e .` (it then imports its own build), or run from another folder "
+                "to use an installed fastnn")
+    return "reinstall with `pip install fastnn` and a C++17 compiler to build it"
+
+
 try:
     from .. import _C
 except ImportError as _exc:  # no compiled extension: the reference path still works
     _C = None
     NATIVE_ERROR: str | None = f"{type(_exc).__name__}: {_exc}"
     warnings.warn(
-        "fastnn: the compiled extension fastnn._C could not be imported "
-        f"({NATIVE_ERROR}); every op runs on the NumPy reference path. "
-        "Install with `pip install .` (or `pip install -e .` in a checkout) and a C++17 compiler to build it.",
-        RuntimeWarning,
+        f"fastnn: the compiled extension fastnn._C could not be imported ({NATIVE_ERROR}), so every op runs on "
+        f"the NumPy reference path; {_missing_extension_advice()}.",
+        FastnnRuntimeWarning,
         stacklevel=2,
     )
 else:
