@@ -235,25 +235,6 @@ def _read(path: str) -> tuple[dict, list]:
     return manifest, arrays
 
 
-def _check_model(model, state: dict, where: str) -> None:
-    """Every mismatch between ``state`` and the model's parameters and buffers, at once."""
-    targets = model._state_arrays()
-    problems = [f"{k}: in the model but not in the checkpoint" for k in targets if k not in state]
-    problems += [f"{k}: in the checkpoint but not in the model" for k in state if k not in targets]
-    for key in (k for k in targets if k in state):
-        value, target = state[key], targets[key]
-        if not isinstance(value, np.ndarray):
-            problems.append(f"{key}: not an array in the checkpoint")
-        elif tuple(value.shape) != tuple(target.shape):
-            problems.append(f"{key}: shape {tuple(value.shape)} in the checkpoint, {tuple(target.shape)} in the model")
-        elif value.dtype != np.dtype(target.dtype):
-            problems.append(f"{key}: dtype {value.dtype} in the checkpoint, {np.dtype(target.dtype)} in the model "
-                            "(convert the model with .to(dtype=...) first)")
-    if problems:
-        raise CheckpointError(f"{where}: the checkpoint's model does not match {type(model).__name__}; nothing was "
-                              "loaded:\n  " + "\n  ".join(problems))
-
-
 def load(path, model=None, optimizer=None) -> dict:
     """Read a checkpoint written by :func:`save`: load its model state into ``model`` and its
     optimizer state into ``optimizer`` (each only when given; in place, onto the device and
@@ -278,7 +259,10 @@ def load(path, model=None, optimizer=None) -> dict:
         if given is not None and sections[key] is None:
             raise CheckpointError(f"{path} holds no {key} state (it was saved without {key}=); nothing was loaded")
     if model is not None:
-        _check_model(model, sections["model"]["state"], path)
+        problems = model.state_dict_mismatches(sections["model"]["state"], source="the checkpoint")
+        if problems:
+            raise CheckpointError(f"{path}: the checkpoint's model does not match {type(model).__name__}; nothing was "
+                                  "loaded:\n  " + "\n  ".join(problems))
     if optimizer is not None:
         saved = sections["optimizer"]["type"]
         if saved != type(optimizer).__name__:

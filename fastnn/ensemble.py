@@ -10,7 +10,8 @@ import numpy as np
 from . import _backend as B
 from .callbacks import Callback
 from .nn.module import Module
-from .train import _device_context, predict_outputs, probabilities
+from .metrics import predicted_labels, probabilities
+from .train import _device_context, predict_outputs
 
 __all__ = ["Ensemble", "EMA"]
 
@@ -53,11 +54,7 @@ class Ensemble:
     def predict(self, X, batch_size: int = 256):
         """The predicted classes, (N,) int64: the argmax of the averaged probabilities, or
         probability > 0.5 for one logit."""
-        proba = self.predict_proba(X, batch_size)
-        xp = B.array_module(proba)
-        if proba.ndim == 2 and proba.shape[1] > 1:
-            return xp.argmax(proba, axis=1)
-        return (proba.reshape(-1) > 0.5).astype(np.int64)
+        return predicted_labels(self.predict_proba(X, batch_size), threshold=0.5)
 
 
 class EMA(Callback):
@@ -147,12 +144,10 @@ class EMA(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` into the existing averages (values are copied onto their
-        device); ValueError, with nothing changed, if names or shapes do not match."""
+        device); ValueError, with nothing changed, if its names, shapes or dtypes do not match
+        the model's parameters (``Module.state_dict_mismatches``)."""
         shadow = state["shadow"]
-        problems = [f"{name}: missing" for name in self.shadow if name not in shadow]
-        problems += [f"{name}: not a parameter of the model" for name in shadow if name not in self.shadow]
-        problems += [f"{name}: shape {tuple(np.shape(shadow[name]))}, expected {tuple(s.shape)}"
-                     for name, s in self.shadow.items() if name in shadow and tuple(np.shape(shadow[name])) != s.shape]
+        problems = self._model.state_dict_mismatches(shadow, buffers=False)
         if problems:
             raise ValueError("EMA.load_state_dict: the state does not match, nothing was loaded:\n  "
                              + "\n  ".join(problems))

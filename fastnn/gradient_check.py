@@ -19,6 +19,7 @@ from .data import as_generator
 from .nn.dropout import Dropout
 from .nn.losses import Loss
 from .nn.module import Module
+from .penalties import add_penalty_grad, penalty, weight_parameters
 
 __all__ = ["gradcheck", "GradcheckReport", "ParameterCheck", "verdict"]
 
@@ -127,7 +128,7 @@ def gradcheck(model: Module, loss: Loss, x, y, eps: float = 1e-5, *, max_entries
     rel = |analytic - numeric| / max(|analytic|, |numeric|, tiny). Parameters with at most
     ``max_entries`` entries are checked entirely, larger ones at ``max_entries`` positions drawn
     without replacement from ``seed``. ``l1``/``l2`` add the trainer's weight penalty
-    (``fastnn.train.penalty``) to L.
+    (``fastnn.penalties.penalty``) to L.
 
     ``tiny`` is the smallest gradient the differences resolve: rounding L to float64 moves
     numeric by about ulp(L) / eps, so where both |analytic| and |numeric| are at most
@@ -139,8 +140,6 @@ def gradcheck(model: Module, loss: Loss, x, y, eps: float = 1e-5, *, max_entries
     Returns a :class:`GradcheckReport`: ``max_rel_error``, per-parameter ``errors``, the
     ``verdict`` ("good" < 1e-7 <= "usually fine" < 1e-4 <= "suspicious" < 1e-2 <= "wrong").
     """
-    from .train import add_penalty_grad, penalty, weight_parameters
-
     if not isinstance(loss, Loss):
         raise TypeError(f"loss must be a fastnn.nn loss, got {type(loss).__name__}")
     eps = B.check_scalar(eps, "eps", low=0.0, low_open=True)

@@ -1,4 +1,6 @@
-"""Evaluation metrics: accuracy, top-k accuracy, the confusion matrix, MSE and MAE.
+"""Evaluation metrics: accuracy, top-k accuracy, the confusion matrix, MSE and MAE, both as
+functions that return a float and as sums over batches kept on the device (what
+:class:`fastnn.train.Trainer` accumulates over an epoch).
 
 Arguments come in scikit-learn's order, ``(y_true, y_pred)``. Class predictions may be given as
 labels (N,) or as scores (N, C) (logits or probabilities: the predicted class is the argmax);
@@ -6,15 +8,28 @@ binary scores (N,) or (N, 1) need a ``threshold`` (0.5 for probabilities, 0.0 fo
 logit is never silently read as a probability. True labels may be integer labels (N,), one-hot
 or probability rows (N, C), or integral floats. Shapes that do not line up raise ``ValueError``
 naming both shapes; nothing is broadcast. NumPy or CuPy arrays; scalars come back as floats.
+
+On the device, ``batch_metric("accuracy", threshold=0.0)`` is a :class:`BatchMetric` whose
+``batch_sum(y_true, y_pred)`` is the sum of the per-sample values over a batch, a 0-d array on
+the batch's device (no host synchronisation: the targets are checked once, whole, by
+:func:`check_targets`), and :class:`MetricSums` adds those up over an epoch and reads the means
+in one device-to-host transfer. A batch's sum / N is the host function's value on that batch:
+both run the same code for the labels, the top-k test and the errors.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+import sys
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from . import _backend as B
 
-__all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "mse", "mae", "check_labels", "METRICS"]
+__all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "mse", "mae", "check_labels", "predicted_labels",
+           "probabilities", "METRICS", "BatchMetric", "batch_metric", "MetricSums"]
 
 
 def check_labels(y, name: str = "y", num_classes: int | None = None):
@@ -52,27 +67,32 @@ def _pair(y_true, y_pred):
     return y_true, y_pred
 
 
-def _true_labels(y_true):
-    """Class labels (N,) from integer labels, integral floats, or one-hot/probability rows."""
-    xp = B.array_module(y_true)
+def _true_labels(y_true, check: bool = True):
+    """Class labels (N,) from integer labels, integral floats, or one-hot/probability rows.
+    ``check=False`` skips the shape and dtype checks and the integrality test (a host
+    synchronisation): for batches of targets that :func:`check_targets` checked whole."""
     if y_true.ndim == 2 and y_true.shape[1] > 1:
-        return xp.argmax(y_true, axis=1)
-    if y_true.ndim == 2:
-        y_true = y_true[:, 0]
-    if y_true.ndim != 1:
-        raise ValueError(f"y_true must be labels (N,) or rows of class scores (N, C), got shape {tuple(y_true.shape)}")
-    kind = np.dtype(y_true.dtype).kind
-    if kind == "f":
-        if not bool(xp.all(y_true == xp.floor(y_true))):
-            raise ValueError("y_true holds non-integral floats; class labels must be whole numbers")
-        return y_true.astype(xp.int64)
-    if kind not in "iub":
-        raise TypeError(f"y_true: expected class labels or scores, got dtype {np.dtype(y_true.dtype)}")
-    return y_true.astype(xp.int64)
+        return B.array_module(y_true).argmax(y_true, axis=1)
+    if check:
+        xp = B.array_module(y_true)
+        column = y_true[:, 0] if y_true.ndim == 2 else y_true
+        if column.ndim != 1:
+            raise ValueError("y_true must be labels (N,) or rows of class scores (N, C), got shape "
+                             f"{tuple(y_true.shape)}")
+        kind = np.dtype(column.dtype).kind
+        if kind == "f":
+            if not bool(xp.all(column == xp.floor(column))):
+                raise ValueError("y_true holds non-integral floats; class labels must be whole numbers")
+        elif kind not in "iub":
+            raise TypeError(f"y_true: expected class labels or scores, got dtype {np.dtype(column.dtype)}")
+    return y_true.reshape(-1).astype(np.int64, copy=False)
 
 
-def _predicted_labels(y_pred, threshold):
-    """Predicted classes (N,) from labels (N,), scores (N, C) or thresholded binary scores."""
+def predicted_labels(y_pred, threshold: float | None = None):
+    """Predicted classes (N,) on ``y_pred``'s device: integer labels (N,) as they are, the
+    argmax of scores (N, C), or for binary scores (N,)/(N, 1) class 1 where score > ``threshold``
+    (no default: 0.5 for probabilities, 0.0 for logits; ``ValueError`` without one)."""
+    y_pred = B.as_array(y_pred, "y_pred")
     xp = B.array_module(y_pred)
     kind = np.dtype(y_pred.dtype).kind
     if y_pred.ndim == 2 and y_pred.shape[1] > 1:
@@ -89,9 +109,23 @@ def _predicted_labels(y_pred, threshold):
     return (scores > B.check_scalar(threshold, "threshold")).astype(xp.int64)
 
 
+def probabilities(logits):
+    """Class probabilities from logits: softmax along the last axis for (N, C) with C > 1, the
+    sigmoid for one logit per sample ((N,) or (N, 1)). Same shape, on the logits' device."""
+    logits = B.as_array(logits, "logits")
+    xp = B.array_module(logits)
+    if logits.ndim == 2 and logits.shape[1] > 1:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+    if logits.ndim in (1, 2):
+        return 1 / (1 + xp.exp(-logits))
+    raise ValueError(f"logits must be (N, C) or (N,)/(N, 1), got shape {tuple(logits.shape)}")
+
+
 def _labels_pair(y_true, y_pred, threshold=None):
     y_true, y_pred = _pair(y_true, y_pred)
-    true, predicted = _true_labels(y_true), _predicted_labels(y_pred, threshold)
+    true, predicted = _true_labels(y_true), predicted_labels(y_pred, threshold)
     if true.shape != predicted.shape:
         raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} do not describe the "
                          f"same samples ({true.shape[0]} vs {predicted.shape[0]} labels)")
@@ -127,10 +161,14 @@ def top_k_accuracy(y_true, scores, k: int = 5) -> float:
     if true.shape[0] != scores.shape[0] or true.shape[0] == 0:
         raise ValueError(f"y_true {tuple(y_true.shape)} and scores {tuple(scores.shape)} must describe the "
                          "same, non-empty set of samples")
+    return float(_top_k_hits(true, scores, k).mean())
+
+
+def _top_k_hits(true, scores, k: int):
+    """(N,) bool: whether fewer than k classes score strictly higher than the true one."""
     xp = B.array_module(scores)
     true_score = scores[xp.arange(scores.shape[0]), true]
-    higher = (scores > true_score[:, None]).sum(axis=1)
-    return float((higher < k).mean())
+    return (scores > true_score[:, None]).sum(axis=1) < k
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None, threshold: float | None = None):
@@ -164,17 +202,131 @@ def _regression_pair(y_true, y_pred):
 def mse(y_true, y_pred) -> float:
     """Mean squared error over all elements: mean((y_pred - y_true)^2). Same shapes required.
     (torch.nn.functional.mse_loss; sklearn mean_squared_error)"""
-    y_true, y_pred = _regression_pair(y_true, y_pred)
-    diff = y_pred.astype(np.float64) - y_true.astype(np.float64)
-    return float((diff * diff).mean())
+    return float(_errors(*_regression_pair(y_true, y_pred), power=2).mean())
 
 
 def mae(y_true, y_pred) -> float:
     """Mean absolute error over all elements: mean(|y_pred - y_true|). Same shapes required.
     (torch.nn.functional.l1_loss; sklearn mean_absolute_error)"""
-    y_true, y_pred = _regression_pair(y_true, y_pred)
-    return float(abs(y_pred.astype(np.float64) - y_true.astype(np.float64)).mean())
+    return float(_errors(*_regression_pair(y_true, y_pred), power=1).mean())
+
+
+def _errors(y_true, y_pred, power: int):
+    """(y_pred - y_true)^2 (power 2) or |y_pred - y_true| (power 1) per element, in float64."""
+    diff = y_pred.astype(np.float64) - y_true.astype(np.float64)
+    return diff * diff if power == 2 else abs(diff)
 
 
 METRICS = {"accuracy": accuracy, "top_k_accuracy": top_k_accuracy, "mse": mse, "mae": mae}
 """Metrics by name, for ``metrics=["accuracy", ...]`` lists: each takes ``(y_true, y_pred)``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums over batches, on the device.
+
+
+class BatchMetric(NamedTuple):
+    """A metric summed over batches: ``batch_sum(y_true, y_pred)`` is the sum of its per-sample
+    values over the batch, a 0-d array on the batch's device for the named metrics (a float
+    for user functions, which run on the host). ``needs_labels``: the targets must be class
+    labels, which :func:`check_targets` checks once before the batches."""
+
+    name: str
+    batch_sum: Callable
+    needs_labels: bool = False
+
+
+def _correct_sum(y_true, y_pred, threshold):
+    """The number of samples classified correctly: N * accuracy."""
+    return (predicted_labels(y_pred, threshold) == _true_labels(y_true, check=False)).sum()
+
+
+def _top_k_sum(y_true, scores, k: int):
+    """The number of samples whose true class is among the k highest scores: N * top-k accuracy."""
+    if scores.ndim != 2 or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"top_{k}_accuracy needs scores (N, C) with at least {k} classes, got shape "
+                         f"{tuple(scores.shape)}")
+    return _top_k_hits(_true_labels(y_true, check=False), scores, k).sum()
+
+
+def _error_sum(y_true, y_pred, power: int):
+    """The sum over samples of each sample's mean error (squared for power 2, absolute for 1):
+    N * mse or N * mae when every sample has the same size."""
+    if tuple(y_pred.shape) != tuple(y_true.shape):
+        raise ValueError(f"{'mse' if power == 2 else 'mae'}: targets {tuple(y_true.shape)} and outputs "
+                         f"{tuple(y_pred.shape)} must have the same shape")
+    return _errors(y_true, y_pred, power).reshape(y_pred.shape[0], -1).mean(axis=1).sum()
+
+
+def _user_metric(name: str, fn: Callable) -> BatchMetric:
+    def batch_sum(y_true, y_pred):
+        return float(fn(y_true, y_pred)) * y_pred.shape[0]
+    return BatchMetric(name, batch_sum)
+
+
+def batch_metric(spec, threshold: float | None = None) -> BatchMetric:
+    """The :class:`BatchMetric` for ``spec``: a name of :data:`METRICS` ("top_3_accuracy" picks
+    k; "top_k_accuracy" is k = 5), a ``(name, fn)`` pair, or a function
+    ``fn(y_true, y_pred) -> float`` (named by its ``__name__``; its batch sum is N * fn).
+    ``threshold``: above it, binary scores ((N,) or (N, 1)) count as class 1 for "accuracy"
+    (0.0 for logits, 0.5 for probabilities), as in :func:`accuracy`."""
+    if isinstance(spec, str):
+        top = re.fullmatch(r"top_([1-9]\d*|k)_accuracy", spec)
+        if spec == "accuracy":
+            return BatchMetric(spec, functools.partial(_correct_sum, threshold=threshold), needs_labels=True)
+        if top:
+            k = 5 if top.group(1) == "k" else int(top.group(1))
+            return BatchMetric(spec, functools.partial(_top_k_sum, k=k), needs_labels=True)
+        if spec in ("mse", "mae"):
+            return BatchMetric(spec, functools.partial(_error_sum, power=2 if spec == "mse" else 1))
+        raise ValueError(f"unknown metric {spec!r}: use one of {sorted(METRICS)}, 'top_<k>_accuracy', a function "
+                         "fn(y_true, y_pred) or a (name, fn) pair")
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
+        return _user_metric(*spec)
+    if callable(spec):
+        return _user_metric(getattr(spec, "__name__", type(spec).__name__), spec)
+    raise TypeError(f"a metric must be a name, a function or a (name, function) pair, got {type(spec).__name__}")
+
+
+def check_targets(metrics, y, who: str) -> None:
+    """Check, once and on the whole of ``y``, that it holds class labels when one of the
+    :class:`BatchMetric` ``metrics`` needs them (their batch sums then skip the check); the
+    error names ``who`` and those metrics."""
+    labelled = [m.name for m in metrics if m.needs_labels]
+    if not labelled:
+        return
+    try:
+        _true_labels(y)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{who}: the metrics {labelled} need class labels: {exc} (for regression, pass "
+                        "metrics=['mse'] or metrics=[])") from None
+
+
+class MetricSums:
+    """Running sums of per-sample values over an epoch, kept on the device: ``add(name,
+    value)`` adds a batch's sum (as float64), ``count`` is the number of samples (the caller
+    adds each batch's size), ``sums`` maps each name to its total."""
+
+    def __init__(self):
+        self.sums: dict[str, Any] = {}
+        self.count = 0
+
+    def add(self, name: str, value) -> None:
+        if hasattr(value, "astype"):
+            value = value.astype(np.float64)
+        self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        """Sum / count for every name, read from the device in one transfer."""
+        return {name: total / self.count for name, total in host_floats(self.sums).items()}
+
+
+def host_floats(values: dict) -> dict[str, float]:
+    """Python floats from a dict of 0-d arrays (and floats), with one device-to-host transfer."""
+    on_device = [name for name, v in values.items() if B._is_cupy(v)]
+    out = {name: float(v) for name, v in values.items() if name not in on_device}
+    if on_device:
+        cp = sys.modules["cupy"]
+        fetched = cp.stack([cp.asarray(values[name], dtype=cp.float64) for name in on_device]).get()
+        out.update(zip(on_device, map(float, fetched)))
+    return {name: out[name] for name in values}

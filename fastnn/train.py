@@ -12,15 +12,16 @@ progress bar; ``History``: what it recorded, epoch by epoch.
 The data stays on the model's device: with the model on a GPU, NumPy data is moved there one
 batch at a time (``cupy.asarray``); GPU data with a model on the CPU is refused (``ValueError``),
 never copied back silently. X is converted once to the model's dtype (float targets too; integer
-labels are kept). On the GPU the loss and the metrics are summed on the device and read once
-per epoch (and when the progress bar refreshes, at most twice a second), not once per batch.
+labels are kept). On the GPU the loss and the metrics are summed on the device
+(:class:`fastnn.metrics.MetricSums`) and read once per epoch (and when the progress bar
+refreshes, at most twice a second), not once per batch. The metrics are
+:mod:`fastnn.metrics`'s, the L1/L2 penalty :mod:`fastnn.penalties`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import re
 import sys
 import time
 from typing import Any, Callable
@@ -29,51 +30,16 @@ import numpy as np
 
 from . import _backend as B
 from . import data as D
-from . import metrics as M
 from .callbacks import Callback, UpdateRatioMonitor
+from .metrics import MetricSums, batch_metric, check_targets, host_floats, probabilities
 from .nn.dropout import Dropout
 from .nn.losses import BCEWithLogits, Loss
 from .nn.module import Module
+from .penalties import add_penalty_grad, penalty, weight_parameters
 
+# The penalty functions and probabilities lived here first: still importable from fastnn.train.
 __all__ = ["Trainer", "History", "weight_parameters", "penalty", "add_penalty_grad", "probabilities",
            "predict_outputs"]
-
-
-# ---------------------------------------------------------------------------------------------
-# L1 / L2 penalties on the weights.
-
-
-def weight_parameters(model: Module) -> list:
-    """(name, Parameter) for the weights that L1/L2 penalise: the parameters with two or more
-    dimensions (Dense weights), not biases, BatchNorm's gamma/beta or PReLU slopes."""
-    return [(name, p) for name, p in model.named_parameters() if p.data.ndim >= 2]
-
-
-def penalty(params, l1: float = 0.0, l2: float = 0.0):
-    """The penalty l1 * sum |W| + (l2 / 2) * sum W^2 over the arrays W of ``params``
-    (Parameters), as a 0-d array on their device (0.0 when both are zero). Its gradient,
-    l1 * sign(W) + l2 * W, is what :func:`add_penalty_grad` adds; so ``l2`` is the same number
-    as SGD's ``weight_decay``."""
-    total = 0.0
-    for p in params:
-        w = p.data
-        xp = B.array_module(w)
-        if l1:
-            total = total + l1 * xp.abs(w).sum()
-        if l2:
-            flat = w.reshape(-1)
-            total = total + (l2 / 2) * xp.vdot(flat, flat)
-    return total
-
-
-def add_penalty_grad(params, l1: float = 0.0, l2: float = 0.0) -> None:
-    """grad += l1 * sign(W) + l2 * W for every Parameter of ``params`` (in place; sign(0) = 0)."""
-    for p in params:
-        xp = B.array_module(p.data)
-        if l1:
-            p.grad += l1 * xp.sign(p.data)
-        if l2:
-            p.grad += l2 * p.data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,123 +118,6 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def probabilities(logits):
-    """Class probabilities from logits: softmax along the last axis for (N, C) with C > 1, the
-    sigmoid for one logit per sample ((N,) or (N, 1)). Same shape, on the logits' device."""
-    logits = B.as_array(logits, "logits")
-    xp = B.array_module(logits)
-    if logits.ndim == 2 and logits.shape[1] > 1:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        return e / e.sum(axis=1, keepdims=True)
-    if logits.ndim in (1, 2):
-        return 1 / (1 + xp.exp(-logits))
-    raise ValueError(f"logits must be (N, C) or (N,)/(N, 1), got shape {tuple(logits.shape)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics summed on the device over an epoch.
-
-
-class _Metric:
-    """A metric summed over batches: ``batch(pred, y)`` returns the sum of its per-sample values
-    over the batch (a 0-d device array where possible; a float for user functions)."""
-
-    def __init__(self, name: str, batch: Callable, needs_labels: bool = False):
-        self.name, self.batch, self.needs_labels = name, batch, needs_labels
-
-
-def _labels(y):
-    """Class labels (N,) from labels, one-hot rows or 0/1 targets, without a host sync (the
-    targets were validated once, by ``metrics._true_labels``)."""
-    if y.ndim == 2 and y.shape[1] > 1:
-        return B.array_module(y).argmax(y, axis=1)
-    return y.reshape(-1).astype(np.int64, copy=False)
-
-
-def _accuracy_sum(threshold: float):
-    def count(pred, y):
-        return (M._predicted_labels(pred, threshold) == _labels(y)).sum()
-    return count
-
-
-def _top_k_sum(k: int):
-    def count(pred, y):
-        if pred.ndim != 2 or not 1 <= k <= pred.shape[1]:
-            raise ValueError(f"top_{k}_accuracy needs scores (N, C) with at least {k} classes, got shape "
-                             f"{tuple(pred.shape)}")
-        xp = B.array_module(pred)
-        labels = _labels(y)
-        true_score = pred[xp.arange(pred.shape[0]), labels]
-        return ((pred > true_score[:, None]).sum(axis=1) < k).sum()
-    return count
-
-
-def _error_sum(power: int):
-    def total(pred, y):
-        if tuple(pred.shape) != tuple(y.shape):
-            raise ValueError(f"{'mse' if power == 2 else 'mae'}: targets {tuple(y.shape)} and outputs "
-                             f"{tuple(pred.shape)} must have the same shape")
-        diff = pred.astype(np.float64) - y.astype(np.float64)
-        per_sample = (diff * diff if power == 2 else abs(diff)).reshape(pred.shape[0], -1).mean(axis=1)
-        return per_sample.sum()
-    return total
-
-
-def _user_metric(name: str, fn: Callable):
-    def total(pred, y):
-        return float(fn(y, pred)) * pred.shape[0]
-    return _Metric(name, total)
-
-
-def _metric(spec, threshold: float) -> _Metric:
-    """A metric from a name of ``fastnn.metrics.METRICS`` (``"top_3_accuracy"`` picks k), a
-    ``(name, fn)`` pair, or a function ``fn(y_true, y_pred) -> float``."""
-    if isinstance(spec, str):
-        k = re.fullmatch(r"top_([1-9]\d*|k)_accuracy", spec)
-        if spec == "accuracy":
-            return _Metric(spec, _accuracy_sum(threshold), needs_labels=True)
-        if k:
-            return _Metric(spec, _top_k_sum(5 if k.group(1) == "k" else int(k.group(1))), needs_labels=True)
-        if spec in ("mse", "mae"):
-            return _Metric(spec, _error_sum(2 if spec == "mse" else 1))
-        raise ValueError(f"unknown metric {spec!r}: use one of {sorted(M.METRICS)}, 'top_<k>_accuracy', a function "
-                         "fn(y_true, y_pred) or a (name, fn) pair")
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
-        return _user_metric(*spec)
-    if callable(spec):
-        return _user_metric(getattr(spec, "__name__", type(spec).__name__), spec)
-    raise TypeError(f"a metric must be a name, a function or a (name, function) pair, got {type(spec).__name__}")
-
-
-class _Sums:
-    """Running sums of per-sample values over an epoch, kept on the device."""
-
-    def __init__(self):
-        self.sums: dict[str, Any] = {}
-        self.count = 0
-
-    def add(self, name: str, value) -> None:
-        if hasattr(value, "astype"):
-            value = value.astype(np.float64)
-        self.sums[name] = self.sums.get(name, 0.0) + value
-
-    def means(self) -> dict[str, float]:
-        """Sum / samples, read from the device in one transfer."""
-        return {name: total / self.count for name, total in _host_floats(self.sums).items()}
-
-
-def _host_floats(values: dict) -> dict[str, float]:
-    """Python floats from 0-d arrays (and floats), with one device-to-host transfer."""
-    on_device = [name for name, v in values.items() if B._is_cupy(v)]
-    out = {name: float(v) for name, v in values.items() if name not in on_device}
-    if on_device:
-        cp = sys.modules["cupy"]
-        fetched = cp.stack([cp.asarray(values[name], dtype=cp.float64) for name in on_device]).get()
-        out.update(zip(on_device, map(float, fetched)))
-    return {name: out[name] for name in values}
-
-
 # ---------------------------------------------------------------------------------------------
 # History.
 
@@ -333,9 +182,9 @@ class Trainer:
 
     - ``metrics``: names of ``fastnn.metrics.METRICS`` ("accuracy", "top_k_accuracy" (k = 5) or
       "top_3_accuracy", "mse", "mae"), functions ``fn(y_true, y_pred) -> float`` or
-      ``(name, fn)`` pairs. Named metrics are summed on the device; functions run per batch
-      (a host synchronisation each). Binary outputs ((N,) or (N, 1)) count as class 1 above 0
-      (logits) with ``BCEWithLogits``, above 0.5 otherwise.
+      ``(name, fn)`` pairs (see :func:`fastnn.metrics.batch_metric`). Named metrics are summed on
+      the device; functions run per batch (a host synchronisation each). Binary outputs ((N,)
+      or (N, 1)) count as class 1 above 0 (logits) with ``BCEWithLogits``, above 0.5 otherwise.
     - ``callbacks``: :class:`fastnn.callbacks.Callback` objects, called in order.
     - ``l1``, ``l2``: the penalty l1 * sum |W| + (l2 / 2) * sum W^2 over the weights W (the
       parameters with two or more dimensions: not biases, BatchNorm's gamma and beta or PReLU
@@ -374,7 +223,7 @@ class Trainer:
         elif isinstance(metrics, str) or callable(metrics):
             metrics = [metrics]
         threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
-        self.metrics = [_metric(m, threshold) for m in metrics]
+        self.metrics = [batch_metric(m, threshold) for m in metrics]
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names) or "loss" in names:
             raise ValueError(f"metric names must be unique and not 'loss', got {names}")
@@ -432,7 +281,7 @@ class Trainer:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             validation_data = _prepare(self.model, *validation_data, "fit: validation_data")
-        self._check_targets(y, "fit")
+        check_targets(self.metrics, y, "fit")
         batches = D.batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
         monitor = next((cb for cb in self.callbacks if isinstance(cb, UpdateRatioMonitor)), None)
         weights = weight_parameters(self.model)
@@ -481,7 +330,7 @@ class Trainer:
         """One pass over the batches. Returns the device sums, the update-ratio measurements
         [(step, {weight: 0-d array})] and whether every batch ran (no stop requested before the
         last one ended)."""
-        sums, measured = _Sums(), []
+        sums, measured = MetricSums(), []
         refreshed = time.perf_counter()
         last = len(batches) - 1
         params = [p for _, p in weights]
@@ -495,7 +344,7 @@ class Trainer:
             pred = self.model.forward(xb, training=True)
             value = self.loss.forward(pred, yb, sync=False)
             for m in self.metrics:
-                sums.add(m.name, m.batch(pred, yb))
+                sums.add(m.name, m.batch_sum(yb, pred))
             self.model.zero_grad()
             self.model.backward(self.loss.backward(), need_input_grad=False)
             if self.l1 or self.l2:
@@ -528,13 +377,13 @@ class Trainer:
                 bar.set_postfix_str(_describe(sums.means(), rate * logs["size"]), refresh=False)
         return sums, measured, True
 
-    def _epoch_logs(self, sums: _Sums, logs: dict, measured, weights) -> tuple[dict, dict]:
+    def _epoch_logs(self, sums: MetricSums, logs: dict, measured, weights) -> tuple[dict, dict]:
         """The epoch's record (loss, metrics, lr, update ratio, penalty, what callbacks added) and
         the per-weight mean update ratios, read from the device in one transfer. Sets
         ``measured_update_ratios`` to the epoch's measurements as floats."""
         device_values = {("sum", name): total for name, total in sums.sums.items()}
         device_values.update(((i, name), r) for i, (_, rs) in enumerate(measured) for name, r in rs.items())
-        host = _host_floats(device_values)
+        host = host_floats(device_values)
         means = {name: host[("sum", name)] / sums.count for name in sums.sums}
         self.measured_update_ratios = [(step, {name: host[(i, name)] for name in rs})
                                        for i, (step, rs) in enumerate(measured)]
@@ -549,17 +398,6 @@ class Trainer:
         out.update(logs)   # what callbacks added
         return out, ratios
 
-    def _check_targets(self, y, who: str) -> None:
-        """Validate the targets once for the accuracy metrics (batches then need no host check)."""
-        labelled = [m.name for m in self.metrics if m.needs_labels]
-        if not labelled:
-            return
-        try:
-            M._true_labels(y)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{who}: the metrics {labelled} need class labels: {exc} (for regression, pass "
-                            "metrics=['mse'] or metrics=[])") from None
-
     # -- evaluate / predict ---------------------------------------------------------------
 
     def evaluate(self, X, y, batch_size: int = 256) -> dict[str, float]:
@@ -569,15 +407,15 @@ class Trainer:
         X, y = _prepare(self.model, X, y, "evaluate")
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"evaluate: X has {X.shape[0]} samples but y has {y.shape[0]}")
-        self._check_targets(y, "evaluate")
-        sums = _Sums()
+        check_targets(self.metrics, y, "evaluate")
+        sums = MetricSums()
         with _device_context(self.model):
             for start, xb in _chunks(X, batch_size):
                 xb, yb = _to_device(xb, device), _to_device(y[start:start + batch_size], device)
                 pred = self.model.forward(xb, training=False)
                 sums.add("loss", self.loss.forward(pred, yb, sync=False) * xb.shape[0])
                 for m in self.metrics:
-                    sums.add(m.name, m.batch(pred, yb))
+                    sums.add(m.name, m.batch_sum(yb, pred))
                 sums.count += xb.shape[0]
         means = sums.means()
         return {"loss": means["loss"], **{m.name: means[m.name] for m in self.metrics}}

@@ -10,8 +10,10 @@ import pytest
 import fastnn as fnn
 from fastnn import metrics, nn
 from fastnn.callbacks import Callback, LRScheduler
+from fastnn.metrics import probabilities
 from fastnn.optim.lr_scheduler import StepLR
-from fastnn.train import History, Trainer, add_penalty_grad, penalty, probabilities, weight_parameters
+from fastnn.penalties import add_penalty_grad, penalty, weight_parameters
+from fastnn.train import History, Trainer
 
 from workflow_util import assert_same_state, digits, mlp, snapshot
 

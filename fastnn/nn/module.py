@@ -267,22 +267,23 @@ class Module:
         on the module's device. (torch.nn.Module.state_dict)"""
         return {name: a.copy() for name, a in self._state_arrays().items()}
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> LoadResult:
-        """Copy ``state`` into the parameters and buffers, in place (their arrays, and so their
-        addresses, stay the same; NumPy and CuPy values are both accepted).
-
-        Every entry is checked first: with ``strict``, keys missing from ``state`` and keys
-        the module does not have; for every key, the shape and the dtype. If anything does
-        not match, a ``ValueError`` lists each mismatch and nothing is changed. Returns the
-        missing and unexpected keys (empty when strict)."""
-        targets = self._state_arrays()
-        missing = [k for k in targets if k not in state]
-        unexpected = [k for k in state if k not in targets]
+    def state_dict_mismatches(self, state: dict, strict: bool = True, *, buffers: bool = True,
+                              source: str = "the state") -> list[str]:
+        """Every way ``state`` does not fit this module, one line each; an empty list when it
+        fits. With ``strict``, the module's keys missing from ``state`` and the keys it does
+        not have; for every key in both, a value that is not an array (NumPy, CuPy or
+        array-like), another shape or another dtype. ``buffers=False`` compares with the
+        parameters alone (an EMA's averages); ``source`` is how the lines name ``state`` ("the
+        checkpoint"). What ``load_state_dict``, ``fastnn.load`` and ``EMA.load_state_dict``
+        check before they change anything."""
+        if buffers:
+            targets = self._state_arrays()
+        else:
+            targets = {name: p.data for name, p in self.named_parameters()}
         problems = []
         if strict:
-            problems += [f"{k}: missing from the state" for k in missing]
-            problems += [f"{k}: not in the model" for k in unexpected]
-        values = {}
+            problems += [f"{k}: missing from {source}" for k in targets if k not in state]
+            problems += [f"{k}: not in the model" for k in state if k not in targets]
         for key in (k for k in targets if k in state):
             try:
                 value = B.as_array(state[key], key)
@@ -291,21 +292,32 @@ class Module:
                 continue
             target = targets[key]
             if tuple(value.shape) != tuple(target.shape):
-                problems.append(f"{key}: shape {tuple(value.shape)} in the state, {tuple(target.shape)} in the model")
+                problems.append(f"{key}: shape {tuple(value.shape)} in {source}, {tuple(target.shape)} in the model")
             elif np.dtype(value.dtype) != np.dtype(target.dtype):
-                problems.append(f"{key}: dtype {np.dtype(value.dtype)} in the state, {np.dtype(target.dtype)} in the "
+                problems.append(f"{key}: dtype {np.dtype(value.dtype)} in {source}, {np.dtype(target.dtype)} in the "
                                 "model (convert the model with .to(dtype=...) or the state with .astype)")
-            values[key] = value
+        return problems
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> LoadResult:
+        """Copy ``state`` into the parameters and buffers, in place (their arrays, and so their
+        addresses, stay the same; NumPy and CuPy values are both accepted).
+
+        Every entry is checked first (:meth:`state_dict_mismatches`): with ``strict``, keys
+        missing from ``state`` and keys the module does not have; for every key, the shape and
+        the dtype. If anything does not match, a ``ValueError`` lists each mismatch and nothing
+        is changed. Returns the missing and unexpected keys (empty when strict)."""
+        problems = self.state_dict_mismatches(state, strict)
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state does not match the model, "
                              "nothing was loaded:\n  " + "\n  ".join(problems))
-        for key, value in values.items():
-            target = targets[key]
+        targets = self._state_arrays()
+        for key in (k for k in targets if k in state):
+            target, value = targets[key], B.as_array(state[key], key)
             if isinstance(target, np.ndarray):
                 target[...] = B.to_numpy(value)
             else:
                 target[...] = B.array_module(target).asarray(value)
-        return LoadResult(missing, unexpected)
+        return LoadResult([k for k in targets if k not in state], [k for k in state if k not in targets])
 
     # -- description ----------------------------------------------------------------------
 
