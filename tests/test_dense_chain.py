@@ -14,6 +14,7 @@ import fastnn
 from fastnn import _backend, _blas, nn
 from fastnn import functional as F
 from fastnn import reference as R
+from fastnn.nn import fusion
 from util import assert_close, assert_grad_close, numeric_grad
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"]
@@ -156,10 +157,10 @@ def test_sequential_runs_its_dense_layers_as_chains(chain_threads, rng, monkeypa
     results = []
     for chained in (True, False):
         if not chained:
-            monkeypatch.setattr(nn.Sequential, "_use_chains", lambda self, x: False)
+            monkeypatch.setattr(fusion.FusionPlan, "use_chains", lambda self, x: False)
         model = narrow_model()
         y = model.forward(x, training=True).copy()
-        assert model._chained == chained
+        assert model._plan.chained == chained
         dx = model.backward(dy, need_input_grad=need_input_grad)
         results.append((y, None if dx is None else dx.copy(), [p.grad.copy() for p in model.parameters()]))
     (y1, dx1, g1), (y2, dx2, g2) = results
@@ -175,19 +176,42 @@ def test_sequential_runs_its_dense_layers_as_chains(chain_threads, rng, monkeypa
 def test_a_wide_layer_keeps_the_whole_model_on_numpys_gemms(chain_threads, rng):
     model = narrow_model(wide=F.CHAIN_MAX_WIDTH + 1)
     model.forward(rng.standard_normal((8, 10)))
-    assert not model._chained
+    assert not model._plan.chained
     model = narrow_model()
     with fastnn.use_backend("reference"):
         model.forward(rng.standard_normal((8, 10)))
-    assert not model._chained
+    assert not model._plan.chained
     model.check_nan()
     model.forward(rng.standard_normal((8, 10)))
-    assert not model._chained
+    assert not model._plan.chained
     block = nn.Sequential(nn.Dense(16, 8, dtype=np.float64))
     with_residual = nn.Sequential(nn.Dense(10, 16, dtype=np.float64), nn.ReLU(), nn.Residual(block))
     with_residual.forward(rng.standard_normal((8, 10)))
-    assert not with_residual._chained
-    assert with_residual[2].block._chained  # the nested Sequential holds only its own Dense
+    assert not with_residual._plan.chained
+    assert with_residual[2].block._plan.chained  # the nested Sequential holds only its own Dense
+
+
+def test_dense_chain_blocked_decides_for_the_chains_and_sequential(chain_threads, rng):
+    x, widths = rng.standard_normal((8, 10)), [10, 32, 4]
+    wide = [10, F.CHAIN_MAX_WIDTH + 1, 4]
+    assert F.dense_chain_blocked(x, widths)
+    assert not F.dense_chain_blocked(x, wide)
+    assert F.dense_chain_blocked(x, wide, blocked=True)  # it can, though it does not pay
+    assert not F.dense_chain_blocked(x, widths, blocked=False)
+    assert not F.dense_chain_blocked(x[:0], widths)
+    _backend._C.cpu.set_omp_threads(1)
+    assert not F.dense_chain_blocked(x, widths)
+    _backend._C.cpu.set_omp_threads(2)
+    with fastnn.use_backend("reference"):
+        assert not F.dense_chain_blocked(x, widths)
+        with pytest.raises(ValueError, match="blocked=True needs the compiled CPU kernels"):
+            F.dense_chain_blocked(x, widths, blocked=True)
+    model = narrow_model()
+    assert model._plan.chain_widths == [10, 32, 32, 16, 16, 16, 16, 4]
+    for width in (None, F.CHAIN_MAX_WIDTH + 1):
+        model = narrow_model(wide=width)
+        model.forward(x)
+        assert model._plan.chained == F.dense_chain_blocked(x, model._plan.chain_widths) == (width is None)
 
 
 def test_bad_input(chain_threads, rng):
@@ -318,20 +342,23 @@ def test_fused_step_bad_input(chain_threads, rng):
     assert not any(d.any() for d in dWs)  # nothing was written by the refused calls
 
 
-@pytest.mark.parametrize("loss_class", [nn.SoftmaxCrossEntropy, nn.MSE])
-def test_sequential_fused_step(chain_threads, rng, loss_class):
+def step_model():
+    return nn.Sequential(nn.Dense(10, 32, dtype=np.float64, seed=0), nn.ReLU(),
+                         nn.Dense(32, 16, activation="tanh", dtype=np.float64, seed=1),
+                         nn.Dense(16, 4, dtype=np.float64, seed=2))
+
+
+@pytest.mark.parametrize("loss_class", [nn.SoftmaxCrossEntropy, nn.Hinge, nn.BCEWithLogits, nn.MSE, nn.L1])
+def test_sequential_fused_step(chain_threads, rng, monkeypatch, loss_class):
     x = rng.standard_normal((300, 10))
-    target = rng.integers(0, 4, 300) if loss_class.labels else rng.standard_normal((300, 4))
-
-    def model():
-        return nn.Sequential(nn.Dense(10, 32, dtype=np.float64, seed=0), nn.ReLU(),
-                             nn.Dense(32, 16, activation="tanh", dtype=np.float64, seed=1),
-                             nn.Dense(16, 4, dtype=np.float64, seed=2))
-
-    plain, fused, loss = model(), model(), loss_class()
+    target = rng.integers(0, 4, 300) if loss_class.labels else rng.random((300, 4))
+    plain, fused, loss = step_model(), step_model(), loss_class()
     expected = loss.forward(plain.forward(x), target)
     plain.backward(loss.backward(), need_input_grad=False)
+    chain_step, losses = F.dense_chain_step, []
+    monkeypatch.setattr(F, "dense_chain_step", lambda *a, **k: losses.append(a[2]) or chain_step(*a, **k))
     value = fused.fused_step(x, target, loss)
+    assert losses == [loss.name]  # one compiled pass, named by the loss's public name
     assert isinstance(value, float) and value == pytest.approx(expected, rel=1e-12)
     for a, b in zip(fused.parameters(), plain.parameters()):
         assert_close(a.grad, b.grad, rtol=1e-11, atol=1e-12)
@@ -339,6 +366,27 @@ def test_sequential_fused_step(chain_threads, rng, loss_class):
         fused.backward(np.zeros((300, 4)))
     with pytest.raises(RuntimeError, match="needs a forward first"):
         loss.backward()
+
+
+def test_a_loss_with_its_own_kernel_takes_the_three_calls(chain_threads, rng, monkeypatch):
+    def doubled_mse(pred, target, *, grad_out=None, out=None):
+        value = F.mse_forward(pred, target, grad_out=grad_out, out=out)
+        grad_out *= 2
+        value *= 2
+        return value
+
+    class DoubledMSE(nn.MSE):
+        kernel = staticmethod(doubled_mse)
+
+    x, target = rng.standard_normal((300, 10)), rng.standard_normal((300, 4))
+    plain, fused = step_model(), step_model()
+    expected = 2 * nn.MSE().forward(plain.forward(x), target)
+    calls = []
+    monkeypatch.setattr(F, "dense_chain_step", lambda *a, **k: calls.append(1))
+    loss = DoubledMSE()
+    assert fused.fused_step(x, target, loss) == pytest.approx(expected, rel=1e-12)
+    assert calls == [] and fused._plan.chained  # chained forward and backward, not the fused step
+    assert_close(loss.backward(), 4 * (plain[3]._saved.y - target) / target.size, rtol=1e-12, atol=1e-15)
 
 
 def test_sequential_fused_step_falls_back_where_it_cannot_fuse(chain_threads, rng, monkeypatch):

@@ -1,7 +1,10 @@
 """Initializers: the statistics each promises (within sampling bounds), orthogonality,
-reproducibility from seeds, Dense(init=...), and LSUV reaching unit variance."""
+reproducibility from seeds, Dense(init=...), LSUV reaching unit variance, and the modules'
+imports (``init`` needs no layer; no cycle among ``fastnn.nn``'s modules)."""
 
+import ast
 import math
+import pathlib
 import warnings
 
 import numpy as np
@@ -142,7 +145,7 @@ def dense_outputs(model, x):
     dense = [m for m in model.modules() if isinstance(m, nn.Dense)]
     variances = []
     for layer in dense:
-        z = layer._saved[0].astype(np.float64) @ layer.weight.data
+        z = layer._saved.x.astype(np.float64) @ layer.weight.data
         variances.append(float((z if layer.bias is None else z + layer.bias.data).var()))
     return variances
 
@@ -157,7 +160,7 @@ def test_lsuv_reaches_unit_variance(dtype):
         nn.Dense(16, 10, dtype=dtype))
     x = (rng.standard_normal((256, 20)) * 5).astype(dtype)
     assert any(abs(v - 1) > 0.5 for v in dense_outputs(model, x))
-    assert init.lsuv(model, x, tol=0.05, seed=3) is model
+    assert nn.lsuv(model, x, tol=0.05, seed=3) is model
     variances = dense_outputs(model, x)
     assert len(variances) == 6  # the Residual's projection included
     assert all(abs(v - 1) < 0.05 for v in variances), variances
@@ -168,6 +171,41 @@ def test_lsuv_reaches_unit_variance(dtype):
 
 def test_lsuv_refuses_models_without_dense_layers():
     with pytest.raises(ValueError, match="no Dense layer"):
-        init.lsuv(nn.Sequential(nn.ReLU()), np.ones((4, 3), np.float32))
+        nn.lsuv(nn.Sequential(nn.ReLU()), np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="tol must be > 0"):
-        init.lsuv(nn.Dense(3, 3), np.ones((4, 3), np.float32), tol=0)
+        nn.lsuv(nn.Dense(3, 3), np.ones((4, 3), np.float32), tol=0)
+
+
+def nn_imports() -> dict[str, set[str]]:
+    """{module of fastnn.nn: the fastnn.nn modules it imports, at any depth of its code}, read
+    from the sources (``__init__``, which imports them all, left out)."""
+    folder = pathlib.Path(nn.__file__).parent
+    names = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    graph = {}
+    for name in names:
+        found = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        graph[name] = found & names
+    return graph
+
+
+def test_init_needs_no_layer_and_nn_has_no_import_cycle():
+    graph = nn_imports()
+    assert graph["init"] == {"parameter"}
+    assert {"dense", "init"} <= graph["lsuv_init"] and "init" in graph["dense"]
+    assert nn.lsuv.__module__ == "fastnn.nn.lsuv_init" and not hasattr(init, "lsuv")
+    done, active = set(), []
+
+    def visit(name):
+        assert name not in active, f"import cycle: {' -> '.join(active[active.index(name):] + [name])}"
+        if name not in done:
+            active.append(name)
+            for imported in sorted(graph[name]):
+                visit(imported)
+            active.pop()
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name)

@@ -24,8 +24,8 @@ def _chain(fuse: bool, bias: bool):
 @pytest.mark.parametrize("need_input_grad", [True, False])
 def test_fused_backward_matches_unfused(xp, path, rng, bias, need_input_grad):
     fused, unfused = _chain(True, bias), _chain(False, bias)
-    assert fused._backward_fusion[0] == {"done": True, "below": None}
-    assert fused._backward_fusion[1]["below"] is fused[0]
+    assert fused._plan.backward_fusion[0] == {"done": True, "below": None}
+    assert fused._plan.backward_fusion[1]["below"] is fused[0]
     if xp is not np:
         fused.to("cuda"), unfused.to("cuda")
     x, dy = randn(xp, rng, (9, 5)), randn(xp, rng, (9, 3))
@@ -44,5 +44,5 @@ def test_only_adjacent_dense_steps_fuse():
     model = nn.Sequential(nn.Dense(4, 4, seed=0), nn.ReLU(), nn.Dense(4, 4, seed=1), nn.BatchNorm(4),
                           nn.Dense(4, 2, seed=2))
     # Steps: Dense+ReLU, Dense, BatchNorm, Dense.
-    assert model._backward_fusion == [{"done": True, "below": None}, {"done": False, "below": model[0]}, None,
+    assert model._plan.backward_fusion == [{"done": True, "below": None}, {"done": False, "below": model[0]}, None,
                                       {"done": False, "below": None}]

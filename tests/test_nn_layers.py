@@ -8,6 +8,8 @@ from fastnn import functional as F
 from fastnn import nn
 from fastnn import reference as R
 from fastnn._backend import to_numpy
+from fastnn.nn import fusion
+from fastnn.nn.dense import DenseSaved
 from util import assert_close, randn
 
 DTYPES = [np.float32, np.float64]
@@ -53,6 +55,37 @@ def test_dense_matches_reference(xp, path, rng, dtype, activation, bias):
         close(layer.bias.grad, dz.sum(axis=0), dtype)
     assert layer.backward(dy, need_input_grad=False) is None
     close(layer.weight.grad, 2 * host(x).T @ dz, dtype)  # accumulated (+=)
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_dense_keeps_its_forward_by_name(rng, request, monkeypatch, chained):
+    layer = nn.Dense(6, 5, "gelu", dtype=np.float64, seed=0)
+    x = rng.standard_normal((4, 6))
+    y = layer(x)
+    saved = layer._saved
+    assert isinstance(saved, DenseSaved) and saved._fields == ("x", "y", "aux", "activation", "alpha")
+    assert saved.x is x and saved.y is y and (saved.activation, saved.alpha) == ("gelu", 0.01)
+    assert_close(saved.aux, x @ layer.weight.data + layer.bias.data, rtol=1e-12, atol=1e-12)
+    relu = nn.Dense(6, 5, "relu", dtype=np.float64, seed=0)
+    relu(x)
+    assert relu._saved.aux is None and relu._saved.activation == "relu"  # relu's backward reads y
+
+    # In a Sequential, the activation fused into a Dense is the one it keeps, on either path.
+    if chained:
+        request.getfixturevalue("chain_threads")
+    else:
+        monkeypatch.setattr(fusion.FusionPlan, "use_chains", lambda self, x: False)
+    model = nn.Sequential(nn.Dense(6, 5, dtype=np.float64, seed=0), nn.LeakyReLU(0.2),
+                          nn.Dense(5, 3, "tanh", dtype=np.float64, seed=1))
+    y = model(x)
+    assert model._plan.chained == chained
+    first, second = model[0]._saved, model[2]._saved
+    assert (first.activation, first.alpha) == ("leaky_relu", 0.2)
+    assert (second.activation, second.aux) == ("tanh", None)
+    assert first.x is x and second.x is first.y and second.y is y
+    z = x @ model[0].weight.data + model[0].bias.data
+    assert_close(first.aux, z, rtol=1e-12, atol=1e-12)
+    assert_close(first.y, np.where(z > 0, z, 0.2 * z), rtol=1e-12, atol=1e-12)
 
 
 ELEMENTWISE = [

@@ -137,3 +137,64 @@ def test_backward_before_forward_and_nan_check():
         nn.L1(check_nan=True)(pred, np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError, match=r"target contains NaN"):
         nn.MSE(check_nan=True)(np.zeros((1, 2), np.float32), pred)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a fused training step (Sequential.fused_step) uses: the loss's name and its public hooks.
+
+
+@pytest.mark.parametrize("loss_class,formula,kernel,kind", CASES, ids=[c[0].__name__ for c in CASES])
+def test_every_loss_is_named_by_its_chain_kernel(loss_class, formula, kernel, kind):
+    assert loss_class.name in F.CHAIN_LOSSES
+    assert getattr(F, f"{loss_class.name}_forward") is kernel is loss_class.kernel
+    assert loss_class.labels == (kind == "labels")
+
+
+def test_every_chain_loss_has_a_class_and_others_have_no_name():
+    assert sorted(case[0].name for case in CASES) == sorted(F.CHAIN_LOSSES)
+    assert nn.Loss.name is None
+
+    class Doubled(nn.MSE):  # its own kernel: no fused step may compute plain MSE for it
+        kernel = staticmethod(lambda pred, target, *, grad_out=None, out=None: None)
+
+    class Renamed(nn.MSE):
+        pass
+
+    assert Doubled.name is None and Renamed.name == "mse" and nn.MSE.name == "mse"
+
+
+def test_check_target_returns_what_the_kernel_takes(rng):
+    batch = np.zeros((4, 7), np.float32)  # stands for pred: its rows, dtype and device
+    labels = nn.SoftmaxCrossEntropy().check_target(np.array([0, 2, 1, 2], np.uint8), batch)
+    assert labels.dtype == np.int64 and labels.flags.c_contiguous
+    np.testing.assert_array_equal(labels, [0, 2, 1, 2])
+    strided = np.arange(8, dtype=np.int32)[::2]
+    labels = nn.Hinge().check_target(strided, batch)
+    assert labels.dtype == np.int32 and labels.flags.c_contiguous
+    np.testing.assert_array_equal(labels, [0, 2, 4, 6])
+    values = rng.standard_normal((3, 4)).astype(np.float32).T  # not C-contiguous: copied
+    target = nn.MSE().check_target(values, batch)
+    assert target.flags.c_contiguous and target.shape == (4, 3)
+    np.testing.assert_array_equal(target, values)
+    with pytest.raises(ValueError, match=r"Hinge\(\): target has shape \(3,\), expected \(4,\)"):
+        nn.Hinge().check_target(np.array([0, 1, 2]), batch)
+    with pytest.raises(TypeError, match=r"SoftmaxCrossEntropy\(\): target must hold integer class labels"):
+        nn.SoftmaxCrossEntropy().check_target(np.zeros(4, np.float32), batch)
+    with pytest.raises(TypeError, match=r"L1\(\): target is float64 but pred float32"):
+        nn.L1().check_target(np.zeros((4, 3)), batch)
+    with pytest.raises(TypeError, match=r"BCEWithLogits\(\): target has dtype int64"):
+        nn.BCEWithLogits().check_target(np.zeros((4, 3), np.int64), batch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_out_is_one_buffer_and_fused_done_drops_the_gradient(rng, dtype):
+    loss = nn.MSE()
+    like = rng.standard_normal((5, 3)).astype(dtype)
+    out = loss.fused_out(like)
+    assert out.shape == () and out.dtype == dtype and isinstance(out, np.ndarray)
+    assert loss.fused_out(like) is out
+    loss.forward(like, np.zeros_like(like))
+    assert_close(loss.backward(), 2 * like / like.size)
+    loss.fused_done()
+    with pytest.raises(RuntimeError, match=r"MSE\(\): backward needs a forward first"):
+        loss.backward()

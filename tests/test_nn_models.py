@@ -7,6 +7,7 @@ import pytest
 
 from fastnn import nn
 from fastnn._backend import to_numpy
+from fastnn.nn import fusion
 from util import assert_close, randn
 
 DTYPES = [np.float32, np.float64]
@@ -36,11 +37,11 @@ def mlp(dtype=np.float32, *, fuse=True, seed=0):
 
 def test_sequential_fuses_what_it_can():
     model = mlp()
-    skipped = sorted(model._fused_into)
+    skipped = sorted(model._plan.fused_into)
     assert skipped == [1, 4, 6, 8, 10, 12, 14]
-    assert model._fused_into[4] == 3  # BatchNorm + ReLU
-    assert all(model._fused_into[i] == i - 1 for i in skipped)
-    assert mlp(fuse=False)._fused_into == {}
+    assert model._plan.fused_into[4] == 3  # BatchNorm + ReLU
+    assert all(model._plan.fused_into[i] == i - 1 for i in skipped)
+    assert mlp(fuse=False)._plan.fused_into == {}
     assert "runs fused into (3)" in repr(model)
 
 
@@ -66,21 +67,21 @@ def test_skipping_the_input_gradient(rng, request, monkeypatch, chained):
     if chained:
         request.getfixturevalue("chain_threads")
     else:
-        monkeypatch.setattr(nn.Sequential, "_use_chains", lambda self, x: False)
+        monkeypatch.setattr(fusion.FusionPlan, "use_chains", lambda self, x: False)
     model = nn.Sequential(nn.Dropout(0.2, seed=0), nn.Dense(6, 4, dtype=np.float64, seed=1), nn.ReLU(),
                           nn.Dense(4, 3, dtype=np.float64, seed=2))
     x, dy = rng.standard_normal((5, 6)), rng.standard_normal((5, 3))
     model(x)
-    assert model._chained == chained
+    assert model._plan.chained == chained
     model.backward(dy)
     grads = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
     calls = []
     model[0].backward = lambda *a, **k: calls.append("dropout")
     if chained:  # both Dense layers go backward as one chain
-        chain_backward = model._chain_backward
-        model._chain_backward = lambda start, end, dout, need: calls.append(need) or chain_backward(
-            start, end, dout, need)
+        run = model._plan.runs[1]
+        chain_backward = run.backward
+        run.backward = lambda dout, need: calls.append(need) or chain_backward(dout, need)
     else:
         dense_backward = model[1]._backward  # what Sequential calls, fused with the Dense above
         model[1]._backward = lambda dout, **k: calls.append(k["need_input_grad"]) or dense_backward(dout, **k)

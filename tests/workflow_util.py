@@ -9,6 +9,7 @@ import numpy as np
 import fastnn as fnn
 from fastnn import nn
 from fastnn._backend import to_numpy
+from fastnn.nn import fusion
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,8 +37,8 @@ def break_backward(monkeypatch, layer_class, parameter, factor, only=None):
     """Make ``layer_class``'s backward wrong: after the real one, multiply the gradient of its
     ``parameter`` by ``factor`` (in layers for which ``only(layer)`` is true, when given).
     Patches ``_backward`` where the class has one (what ``Sequential`` calls when it fuses the
-    backward across layers), else ``backward``, and ``Sequential``'s backward of a run of Dense
-    layers chained on the CPU, which calls neither."""
+    backward across layers), else ``backward``, and the backward of a run of Dense layers
+    chained on the CPU (``fusion.DenseRun.backward``), which calls neither."""
     method = "_backward" if hasattr(layer_class, "_backward") else "backward"
     original = getattr(layer_class, method)
 
@@ -50,16 +51,16 @@ def break_backward(monkeypatch, layer_class, parameter, factor, only=None):
         spoil(self)
         return dx
 
-    original_chain = nn.Sequential._chain_backward
+    original_chain = fusion.DenseRun.backward
 
-    def wrong_chain(self, start, end, *args, **kwargs):
-        dx = original_chain(self, start, end, *args, **kwargs)
-        for step in range(start, end):
-            spoil(self._plan[step][0])
+    def wrong_chain(self, *args, **kwargs):
+        dx = original_chain(self, *args, **kwargs)
+        for layer in self.layers:
+            spoil(layer)
         return dx
 
     monkeypatch.setattr(layer_class, method, wrong)
-    monkeypatch.setattr(nn.Sequential, "_chain_backward", wrong_chain)
+    monkeypatch.setattr(fusion.DenseRun, "backward", wrong_chain)
 
 
 def snapshot(model):

@@ -17,7 +17,8 @@ cpu         ``numpy.matmul`` (NumPy's BLAS, multi-threaded) writes x @ W straigh
 cpu chain   :func:`dense_chain_forward` / :func:`dense_chain_backward` (several layers,
             narrow): one C++ kernel; each OpenMP thread carries its row blocks through
             every layer while they are in its cache, calling NumPy's OpenBLAS on one
-            thread (``csrc/cpu/dense_chain.cpp``, ``fastnn/_blas.py``).
+            thread (``csrc/cpu/dense_chain.cpp``, ``fastnn/_blas.py``);
+            :func:`dense_chain_blocked` says when.
 cuda        cuBLASLt with the bias and activation in the GEMM's epilogue where one
             exists (BIAS, RELU_BIAS, GELU_AUX_BIAS for gelu_tanh), a fused pass
             otherwise; dW accumulates in the GEMM (beta = 1); db from the BGRADA
@@ -49,7 +50,7 @@ from .activations import _activation_code
 
 __all__ = [
     "dense_forward", "dense_backward", "dense_needs_aux", "dense_chain_forward", "dense_chain_backward",
-    "CHAIN_MAX_WIDTH", "dense_chain_step", "CHAIN_LOSSES",
+    "dense_chain_blocked", "CHAIN_MAX_WIDTH", "dense_chain_step", "CHAIN_LOSSES",
     "set_matmul_precision", "get_matmul_precision", "PRECISIONS",
 ]
 
@@ -322,10 +323,14 @@ def _chain_layers(layers):
     return out
 
 
-def _chain_blocked(x, widths, blocked) -> bool:
-    """Whether a chain of ``widths`` on ``x`` runs in the row-blocked CPU kernel: where it can
-    (native CPU path, NumPy's OpenBLAS found) and, with ``blocked=None``, where it pays (every
-    width at most CHAIN_MAX_WIDTH, two or more threads)."""
+def dense_chain_blocked(x, widths, blocked: bool | None = None) -> bool:
+    """Whether a chain of dense layers of ``widths`` [in, out_0, out_1, ...] on the batch ``x``
+    (N, in) runs in the row-blocked CPU kernel (``dense_chain_*``): never with
+    ``blocked=False``; where it can (the native CPU path, a non-empty NumPy ``x``, NumPy's
+    OpenBLAS found) and, with ``blocked=None``, where it pays (every width at most
+    :data:`CHAIN_MAX_WIDTH`, two or more OpenMP threads). ``blocked=True`` answers True where
+    it can and raises a ``ValueError`` where it cannot. Only x's path and size are read: x
+    need not be validated yet (``Sequential`` asks before its first layer has seen it)."""
     if blocked is False:
         return False
     from .. import _blas
@@ -418,7 +423,7 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
         [(f"auxs[{i}]", a) for i, a in enumerate(out_auxs) if a is not None]
     B.check_disjoint(written, [("x", x)] + _parameters_read(layers) + written)
     block_rows = _block_rows(block_rows)
-    if not _chain_blocked(x, widths, blocked):
+    if not dense_chain_blocked(x, widths, blocked):
         below = x
         for (W, b, activation, alpha), y, aux in zip(layers, out_ys, out_auxs):
             below = dense_forward(below, W, b, activation, alpha=alpha, out=y, aux=aux)
@@ -466,7 +471,7 @@ def dense_chain_backward(dy, x, layers, ys, auxs=None, *, dWs, dbs=None, need_dx
         [(f"ys[{i}]", y) for i, y in enumerate(saved_ys)] + [(f"auxs[{i}]", a) for i, a in enumerate(saved_auxs)]
     B.check_disjoint(written, read + written)
     block_rows = _block_rows(block_rows)
-    if not _chain_blocked(x, widths, blocked):
+    if not dense_chain_blocked(x, widths, blocked):
         return _chain_backward_by_layer(dy, x, layers, saved_ys, saved_auxs, grads, dx)
     Ws, _, codes, alphas = _kernel_layers(layers)
     B.launch("cpu", "dense_chain_backward", dy, B.pointer(dy), B.pointer(x), n, Ws, codes, alphas,
@@ -541,7 +546,7 @@ def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, l
     block_rows = _block_rows(block_rows)
     if labeled and B.path_of(x) != "cuda":
         L._check_label_range(target, widths[-1])
-    if not _chain_blocked(x, widths, blocked):
+    if not dense_chain_blocked(x, widths, blocked):
         auxs = [B.empty((n, w), x) if activation in _AUX_ACTIVATIONS else None
                 for w, (_, _, activation, _) in zip(widths[1:], layers)]
         ys = dense_chain_forward(x, layers, auxs=auxs, blocked=False)

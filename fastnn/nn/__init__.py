@@ -1,4 +1,5 @@
-"""Layers, losses, initializers and containers.
+"""Layers, losses, initializers (``init``, and the data-driven ``lsuv``) and containers
+(``Sequential`` plans what it runs fused with ``fusion``).
 
 Every layer has ``forward(x, training=True)`` (also ``layer(x)``) and ``backward(dout)``, which
 returns d loss / d input and accumulates the parameter gradients into ``Parameter.grad``
@@ -20,13 +21,14 @@ from .containers import Residual, Sequential
 from .dense import Dense
 from .dropout import Dropout
 from .losses import BCEWithLogits, Hinge, L1, Loss, MSE, SoftmaxCrossEntropy
+from .lsuv_init import lsuv
 from .module import LoadResult, Module
 from .normalization import BatchNorm
 from .parameter import Parameter
 from .perceptron import Perceptron
 
 __all__ = [
-    "Parameter", "Module", "LoadResult", "init",
+    "Parameter", "Module", "LoadResult", "init", "lsuv",
     "Dense", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "BatchNorm", "Dropout",
     "Residual", "Sequential",
     "Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1",

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 from .. import _backend as B
-from .. import functional as F
-from .activations import Elementwise, ReLU
 from .dense import Dense
+from .fusion import FusionPlan
+from .losses import Loss
 from .module import Module
-from .normalization import BatchNorm
 
 __all__ = ["Sequential", "Residual"]
 
@@ -48,8 +45,8 @@ class Sequential(Module):
     ``backward(dout, need_input_grad=False)`` skips the gradient with respect to the model's
     input: layers before the first one with parameters are not run backward, and the first
     one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
-    named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction; a
-    layer may appear only once.
+    named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction,
+    where what runs fused is planned (``fastnn.nn.fusion``); a layer may appear only once.
     (torch.nn.Sequential)
     """
 
@@ -66,125 +63,9 @@ class Sequential(Module):
             self.add_module(str(index), layer)
         self.fuse = bool(fuse)
         self.in_features, self.out_features = _widths(layers)
-        self._plan, self._fused_into = self._make_plan(list(layers))
-        self._backward_fusion = self._make_backward_fusion()
-        self._runs, self._chain_widths = self._make_runs()
-        self._chained = False  # whether the latest forward ran the Dense runs as chains
-        trainable = [k for k, (layer, _) in enumerate(self._plan) if layer.parameters()]
-        self._first_trainable = trainable[0] if trainable else None
+        self._plan = FusionPlan(list(layers), self.fuse)
         self._set_reuse(False, False)
         self._assign_names()
-
-    def _make_plan(self, layers):
-        """The steps forward runs, [(layer, run(x, training))], and {skipped layer index:
-        index of the layer it runs fused into}."""
-        plan, fused_into = [], {}
-        index = 0
-        while index < len(layers):
-            layer = layers[index]
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            run = layer.forward
-            if self.fuse and isinstance(layer, Dense) and layer.activation == "identity" and isinstance(
-                    following, Elementwise):
-                activation, alpha = following.fusable
-                run = functools.partial(_run_dense, layer, activation=activation, alpha=alpha)
-            elif self.fuse and isinstance(layer, BatchNorm) and type(following) is ReLU:
-                run = functools.partial(_run_batchnorm_relu, layer)
-            else:
-                following = None
-            plan.append((layer, run))
-            if following is not None:
-                fused_into[index + 1] = index
-                index += 1
-            index += 1
-        return plan, fused_into
-
-    def _make_backward_fusion(self):
-        """For each step of the plan, None (the layer's own backward) or the keyword arguments
-        of ``Dense._backward`` that fuse it with the Dense steps next to it."""
-        fusion = []
-        for step, (layer, _) in enumerate(self._plan):
-            if not (self.fuse and isinstance(layer, Dense)):
-                fusion.append(None)
-                continue
-            above = self._plan[step + 1][0] if step + 1 < len(self._plan) else None
-            below = self._plan[step - 1][0] if step > 0 else None
-            fusion.append(dict(done=isinstance(above, Dense), below=below if isinstance(below, Dense) else None))
-        return fusion
-
-    def _make_runs(self):
-        """{first step: end step} of each run of consecutive Dense steps, and the widths of
-        every Dense layer of the model. No runs without fusion, or when a Dense sits inside a
-        nested module (a Residual's block or projection), which would run on NumPy's GEMMs."""
-        direct = [layer for layer, _ in self._plan if isinstance(layer, Dense)]
-        nested = [m for m in self.modules() if isinstance(m, Dense) and all(m is not d for d in direct)]
-        runs, step = {}, 0
-        while self.fuse and not nested and step < len(self._plan):
-            end = step
-            while end < len(self._plan) and isinstance(self._plan[end][0], Dense):
-                end += 1
-            if end > step:
-                runs[step] = end
-            step = max(end, step + 1)
-        return runs, [w for layer in direct for w in (layer.in_features, layer.out_features)]
-
-    def _dense_activation(self, step: int):
-        """(activation, alpha) the Dense at ``step`` applies: its own, or the fused layer's."""
-        layer, run = self._plan[step]
-        if isinstance(run, functools.partial):
-            return run.keywords["activation"], run.keywords["alpha"]
-        return layer.activation, layer.alpha
-
-    def _use_chains(self, x) -> bool:
-        if not self._runs or any(layer._check_nan for layer, _ in self._plan):
-            return False
-        try:
-            x = B.as_array(x, "input")
-        except TypeError:
-            return False
-        return F.dense._chain_blocked(x, self._chain_widths, None)
-
-    def _chain_specs(self, start: int, end: int):
-        """(W, b, activation, alpha) of the Dense steps [start, end), as the chain kernels take them."""
-        specs = []
-        for step in range(start, end):
-            layer = self._plan[step][0]
-            bias = None if layer.bias is None else layer.bias.data
-            specs.append((layer.weight.data, bias, *self._dense_activation(step)))
-        return specs
-
-    @staticmethod
-    def _chain_grads(layers):
-        """dict(dWs=, dbs=): the gradients of ``layers``' parameters, for the chain kernels."""
-        return dict(dWs=[layer.weight.grad for layer in layers],
-                    dbs=[None if layer.bias is None else layer.bias.grad for layer in layers])
-
-    def _chain_forward(self, start: int, end: int, x, training):
-        layers = [self._plan[step][0] for step in range(start, end)]
-        first = layers[0]
-        x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
-        specs, ys, auxs = self._chain_specs(start, end), [], []
-        for layer, (_, _, activation, _) in zip(layers, specs):
-            shape = (x.shape[0], layer.out_features)
-            ys.append(layer._output(shape, x))
-            auxs.append(layer._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None)
-        F.dense_chain_forward(x, specs, ys=ys, auxs=auxs, blocked=True)
-        below = x
-        for layer, y, aux, (_, _, activation, alpha) in zip(layers, ys, auxs, specs):
-            layer._saved = (below, y, aux, activation, alpha)
-            below = y
-        return below
-
-    def _chain_backward(self, start: int, end: int, dout, need_input_grad: bool):
-        layers = [self._plan[step][0] for step in range(start, end)]
-        states = [layer._saved_state() for layer in layers]
-        x = states[0][0]
-        dout = layers[-1]._check_grad(dout, states[-1][1])
-        dx = layers[0]._input_grad(x.shape, x) if need_input_grad else None
-        return F.dense_chain_backward(
-            dout, x, [(layer.weight.data, None, state[3], state[4]) for layer, state in zip(layers, states)],
-            [state[1] for state in states], [state[2] for state in states], **self._chain_grads(layers),
-            need_dx=need_input_grad, dx=dx, blocked=True)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -201,27 +82,18 @@ class Sequential(Module):
         return list(self._modules.values())
 
     def _note(self, name: str) -> str:
-        target = self._fused_into.get(int(name))
+        target = self._plan.fused_into.get(int(name))
         return "" if target is None else f"runs fused into ({target})"
 
     def _set_reuse(self, out: bool, dx: bool) -> None:
         super()._set_reuse(out, dx)
-        last = len(self._plan) - 1
-        for step, (layer, _) in enumerate(self._plan):
-            layer._set_reuse(out if step == last else True, dx if step == 0 else True)
+        last = len(self._plan.steps) - 1
+        for index, step in enumerate(self._plan.steps):
+            step.layer._set_reuse(out if index == last else True, dx if index == 0 else True)
 
     def forward(self, x, training: bool = True):
         """Every layer in order (fused steps as one); returns the last output."""
-        self._chained = self._use_chains(x)
-        step = 0
-        while step < len(self._plan):
-            if self._chained and step in self._runs:
-                x = self._chain_forward(step, self._runs[step], x, training)
-                step = self._runs[step]
-            else:
-                x = self._plan[step][1](x, training)
-                step += 1
-        return x
+        return self._plan.forward(x, training)
 
     def fused_step(self, x, target, loss, *, sync: bool = True):
         """One training step's forward, loss and backward, as ``loss.forward(self.forward(x),
@@ -235,60 +107,19 @@ class Sequential(Module):
         layers, through the loss and back down while it is in cache, and no activation is
         stored, so ``backward`` has nothing to run on afterwards (a RuntimeError, as before any
         forward). Elsewhere it makes the three calls."""
-        from .losses import Loss
-
         if not isinstance(loss, Loss):
             raise TypeError(f"Sequential.fused_step: loss must be a fastnn.nn loss, got {type(loss).__name__}")
-        name = getattr(loss.kernel, "__name__", "").removesuffix("_forward")
-        whole_run = self._runs == {0: len(self._plan)}
-        if not (whole_run and name in F.CHAIN_LOSSES and not loss._check_nan and self._use_chains(x)):
+        if not self._plan.fuses_step(x, loss):
             value = loss.forward(self.forward(x, training=True), target, sync=sync)
             self.backward(loss.backward(), need_input_grad=False)
             return value
-        layers = [layer for layer, _ in self._plan]
-        first = layers[0]
-        x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
-        if loss.labels:
-            target = loss._check_labels(x, target)  # x stands for pred: same rows and device
-        else:
-            target = loss._check_input(target, name="target", like=x, like_name="pred")
-        value = loss._buffer("fused loss", (), x)
-        F.dense_chain_step(x, self._chain_specs(0, len(layers)), name, target, **self._chain_grads(layers),
-                           loss_out=value, blocked=True)
-        for layer in layers:
-            layer._saved = None
-        loss._saved = None
-        self._chained = False
+        value = self._plan.fused_step(x, target, loss)
         return float(value) if sync else value
 
     def backward(self, dout, *, need_input_grad: bool = True):
         """Every layer's backward in reverse order; returns d loss / d input, or None when
         ``need_input_grad=False``. Parameter gradients accumulate (``+=``)."""
-        first = 0 if need_input_grad else self._first_trainable
-        if first is None:
-            return None
-        starts = {end - 1: start for start, end in self._runs.items()} if self._chained else {}
-        step = len(self._plan) - 1
-        while step >= first:
-            if step in starts:
-                start = starts[step]
-                dout = self._chain_backward(start, step + 1, dout, need_input_grad or start > first)
-                step = start - 1
-                continue
-            layer, fusion = self._plan[step][0], self._backward_fusion[step]
-            need = need_input_grad or step > first
-            dout = layer.backward(dout, need_input_grad=need) if fusion is None else \
-                layer._backward(dout, need_input_grad=need, **fusion)
-            step -= 1
-        return dout
-
-
-def _run_dense(layer: Dense, x, training, *, activation: str, alpha: float):
-    return layer._forward(x, training, activation, alpha)
-
-
-def _run_batchnorm_relu(layer: BatchNorm, x, training):
-    return layer._forward(x, training, True)
+        return self._plan.backward(dout, need_input_grad)
 
 
 class Residual(Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 from .. import _backend as B
@@ -10,7 +12,22 @@ from . import init as initializers
 from .module import Module, float_dtype, positive_int
 from .parameter import Parameter
 
-__all__ = ["Dense"]
+__all__ = ["Dense", "DenseSaved"]
+
+
+class DenseSaved(NamedTuple):
+    """What a ``Dense`` forward keeps for its backward (``layer._saved``): the layer's input
+    ``x`` (N, in_features), its output ``y`` = act(z) (N, out_features), ``aux`` the
+    pre-activation z = x @ W + b where ``functional.dense_needs_aux(activation)`` (else None),
+    and the ``activation`` and slope ``alpha`` the forward applied: the layer's own, or those
+    of the activation layer fused into it. Written by ``Dense`` and by the chains of
+    ``fastnn.nn.fusion``; read by name."""
+
+    x: Any
+    y: Any
+    aux: Any
+    activation: str
+    alpha: float
 
 
 def activation_name(activation, where: str) -> str:
@@ -84,7 +101,7 @@ class Dense(Module):
         aux = self._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None
         bias = None if self.bias is None else self.bias.data
         y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x), aux=aux)
-        self._saved = (x, y, aux, activation, alpha)
+        self._saved = DenseSaved(x, y, aux, activation, alpha)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
@@ -98,15 +115,16 @@ class Dense(Module):
         d loss / d z (the layer above applied this layer's activation derivative and added its
         bias gradient); ``below``, the Dense whose output is this layer's input, gets the same
         done here, in the pass over dx (``functional.dense_backward``'s ``x_activation``)."""
-        x, y, aux, activation, alpha = self._saved_state()
-        dout = self._check_grad(dout, y)
+        saved = self._saved_state()
+        x = saved.x
+        dout = self._check_grad(dout, saved.y)
         dx = self._input_grad(x.shape, x) if need_input_grad else None
         fused = {}
         if below is not None and need_input_grad:
-            _, _, below_aux, below_activation, below_alpha = below._saved_state()
-            fused = dict(x_activation=below_activation, x_aux=below_aux, x_alpha=below_alpha,
+            under = below._saved_state()
+            fused = dict(x_activation=under.activation, x_aux=under.aux, x_alpha=under.alpha,
                          x_db=None if below.bias is None else below.bias.grad)
-        return F.dense_backward(dout, x, self.weight.data, activation="identity" if done else activation, y=y,
-                                aux=aux, alpha=alpha, dW=self.weight.grad,
+        return F.dense_backward(dout, x, self.weight.data, activation="identity" if done else saved.activation,
+                                y=saved.y, aux=saved.aux, alpha=saved.alpha, dW=self.weight.grad,
                                 db=None if done or self.bias is None else self.bias.grad,
                                 need_dx=need_input_grad, dx=dx, **fused)

@@ -21,10 +21,23 @@ _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 class Loss(Module):
     """Base of the losses: subclasses name their fused ``functional`` forward in ``kernel``
-    and say whether ``target`` holds integer class labels (``labels``)."""
+    and say whether ``target`` holds integer class labels (``labels``).
+
+    ``name`` is the loss's key in ``functional.CHAIN_LOSSES`` (its kernel is
+    ``functional.<name>_forward``), what a fused training step (``Sequential.fused_step``)
+    computes in place of :meth:`forward`; None for a loss no fused step knows. A subclass that
+    sets its own ``kernel`` without setting ``name`` gets None, so a fused step never stands in
+    for a kernel it does not compute. The fused step uses :meth:`check_target`,
+    :meth:`fused_out` and :meth:`fused_done`."""
 
     kernel = None
     labels = False
+    name: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kernel" in cls.__dict__ and "name" not in cls.__dict__:
+            cls.name = None
 
     def __init__(self, *, check_nan: bool = False):
         super().__init__()
@@ -44,6 +57,29 @@ class Loss(Module):
     def backward(self):
         """d loss / d pred of the most recent forward (pred's shape and dtype)."""
         return self._saved_state()
+
+    def check_target(self, target, batch):
+        """``target`` validated for a step whose prediction is not computed yet, returned as
+        the kernel takes it. ``batch`` (N, features), the model's input, stands for pred: the
+        prediction will have its rows, dtype and device. With ``labels``: integer class labels
+        of shape (N,) on batch's device, as int32 or int64 (other integer dtypes converted to
+        int64), contiguous. Else: a float array of batch's dtype on its device (a contiguous
+        copy where needed); its shape against pred is checked where pred is known (the
+        kernel). ``TypeError``/``ValueError`` naming the loss otherwise."""
+        if self.labels:
+            return self._check_labels(batch, target)
+        return self._check_input(target, name="target", like=batch, like_name="pred")
+
+    def fused_out(self, like):
+        """The 0-d array (``like``'s dtype and device) into which a fused step writes this
+        loss's mean, as :meth:`forward`'s ``out``: one buffer, kept by the loss and reused by
+        every fused step."""
+        return self._buffer("fused loss", (), like)
+
+    def fused_done(self) -> None:
+        """Record that a fused step computed this loss in place of :meth:`forward`. It keeps no
+        gradient, so :meth:`backward` raises (as before any forward) until the next forward."""
+        self._saved = None
 
     def _check(self, pred, target):
         pred = self._check_input(pred, name="pred")
@@ -84,6 +120,7 @@ class SoftmaxCrossEntropy(Loss):
     ``ValueError``). (torch.nn.CrossEntropyLoss)"""
 
     kernel = staticmethod(F.softmax_cross_entropy_forward)
+    name = "softmax_cross_entropy"
     labels = True
 
 
@@ -93,6 +130,7 @@ class BCEWithLogits(Loss):
     (torch.nn.BCEWithLogitsLoss)"""
 
     kernel = staticmethod(F.bce_with_logits_forward)
+    name = "bce_with_logits"
 
 
 class MSE(Loss):
@@ -100,6 +138,7 @@ class MSE(Loss):
     d/dpred = 2 (pred - target) / numel. (torch.nn.MSELoss)"""
 
     kernel = staticmethod(F.mse_forward)
+    name = "mse"
 
 
 class Hinge(Loss):
@@ -108,6 +147,7 @@ class Hinge(Loss):
     integer labels. (C times torch.nn.MultiMarginLoss(p=1, margin=1))"""
 
     kernel = staticmethod(F.hinge_forward)
+    name = "hinge"
     labels = True
 
 
@@ -116,3 +156,4 @@ class L1(Loss):
     d/dpred = sign(pred - target) / numel (0 where they are equal). (torch.nn.L1Loss)"""
 
     kernel = staticmethod(F.l1_forward)
+    name = "l1"
