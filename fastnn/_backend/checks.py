@@ -95,8 +95,8 @@ def check_labels(labels: Any, name: str, *, rows: int | None = None, like: tuple
         raise _fail(TypeError, where, str(exc)) from None
     dt = np.dtype(a.dtype)
     if dt not in LABEL_DTYPES and not (convert and dt.kind in "iu"):
-        raise _fail(TypeError, where, f"{name}: expected dtype int32 or int64 (class indices), got {dt} "
-                                      f"(convert with {name}.astype(numpy.int64))")
+        expected = "integer class labels, got dtype" if convert else "dtype int32 or int64 (class indices), got"
+        raise _fail(TypeError, where, f"{name}: expected {expected} {dt} (convert with {name}.astype(numpy.int64))")
     if like is not None and device_of(a) != device_of(like[1]):
         raise _fail(ValueError, where, f"{name} is on {device_of(a)} but {like[0]} is on {device_of(like[1])}: fastnn "
                                        "never copies between devices; move one of them first")

@@ -8,15 +8,11 @@ buffer after ``reuse_outputs(True)``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _backend as B
 from .. import functional as F
 from .module import Module
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1"]
-
-_LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 class Loss(Module):
@@ -92,25 +88,10 @@ class Loss(Module):
         return pred, target
 
     def _check_labels(self, pred, target):
-        where = self._where()
         if pred.ndim != 2:
-            raise ValueError(f"{where}: pred must be 2-d (batch, classes), got shape {tuple(pred.shape)}")
-        try:
-            target = B.as_array(target, "target")
-        except TypeError as exc:
-            raise TypeError(f"{where}: {exc}") from None
-        dt = np.dtype(target.dtype)
-        if dt.kind not in "iu":
-            raise TypeError(f"{where}: target must hold integer class labels, got dtype {dt} "
-                            "(convert with labels.astype(numpy.int64))")
-        if tuple(target.shape) != (pred.shape[0],):
-            raise ValueError(f"{where}: target has shape {tuple(target.shape)}, expected ({pred.shape[0]},): one "
-                             f"class index per row of pred {tuple(pred.shape)}")
-        if B.device_of(target) != B.device_of(pred):
-            raise ValueError(f"{where}: target is on {B.device_of(target)} but pred on {B.device_of(pred)}")
-        if dt not in _LABEL_DTYPES:
-            target = target.astype(np.int64)
-        return B.array_module(target).ascontiguousarray(target)
+            raise ValueError(f"{self._where()}: pred must be 2-d (batch, classes), got shape {tuple(pred.shape)}")
+        return B.check_labels(target, "target", rows=pred.shape[0], like=("pred", pred), convert=True,
+                              where=self._where)
 
 
 class SoftmaxCrossEntropy(Loss):
