@@ -18,11 +18,9 @@ using Stream = void*;
 // Below this many elements a CPU kernel runs on the calling thread. In a training step these
 // kernels (optimizer, batch norm, dropout, activations) run between NumPy's BLAS GEMMs, whose
 // worker threads keep their cores for a while after each GEMM; an OpenMP team started then
-// waits for them. On the 2-core development machine (shared, so noisy), Adam over the 670K
-// parameters of a 784-512-512-10 MLP took 1.0-2.4 ms in a training step on two threads and
-// 0.5-1.0 ms on one; batch norm, dropout and ReLU at 512K elements were 2-3x slower on two
-// threads. Above this size the work is long enough for a second thread to pay (e.g. a
-// 32M-parameter optimizer step).
+// waits for them, and on few cores a training step got slower with two threads than with one
+// (measured: docs/DECISIONS.md, "CPU threading"). Above this size the work is long enough
+// for a second thread to pay (e.g. a 32M-parameter optimizer step).
 constexpr int64_t kParallelGrain = int64_t(1) << 21;
 
 }  // namespace fastnn

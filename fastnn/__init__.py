@@ -18,7 +18,7 @@ from ._warnings import FastnnRuntimeWarning, FastnnWarning
 # Subpackages and top-level names are imported on first use, so `import fastnn` stays cheap
 # and never imports CuPy, PyTorch or matplotlib.
 _SUBMODULES = {
-    "functional", "reference", "nn", "optim", "integrations", "cuda", "data", "datasets",
+    "functional", "reference", "nn", "optim", "integrations", "cuda_graph", "data", "datasets",
     "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot",
 }
 _LAZY_NAMES = {

@@ -8,7 +8,6 @@
 # benchmark output), and {optim,mlp}_cuda.{json,md,png} from the benchmark suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 out="${1:-${OUT:-gpu-results}}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -17,7 +16,7 @@ export PYTHONUNBUFFERED=1
 summary=()
 
 echo "== build" | tee "$log"
-if python3 -m pip install --no-build-isolation --no-deps -v . >/tmp/fastnn_build.log 2>&1; then
+if python3 -m pip install --no-build-isolation --no-deps -v -e . >/tmp/fastnn_build.log 2>&1; then
   summary+=("build: ok ($(grep -o 'CUDA kernels ON.*' /tmp/fastnn_build.log | head -1))")
   grep -E "fastnn:|warning" /tmp/fastnn_build.log | tee -a "$log"
 else
@@ -26,17 +25,16 @@ else
 fi
 
 echo "== info" | tee -a "$log"
-(cd /tmp && python3 -m fastnn info) 2>&1 | tee -a "$log"
-summary+=("devices: $(cd /tmp && python3 -c 'import fastnn; print(fastnn.backend_info()["cuda_device_names"])' 2>&1)")
+python3 -m fastnn info 2>&1 | tee -a "$log"
+summary+=("devices: $(python3 -c 'import fastnn; print(fastnn.backend_info()["cuda_device_names"])' 2>&1)")
 
 echo "== GPU tests" | tee -a "$log"
-# From tests/, so that the installed package (with its extension) is imported, not the source tree.
-(cd tests && python3 -m pytest -m gpu -q -rs -p no:cacheprovider) 2>&1 | tee /tmp/fastnn_tests.log | tee -a "$log"
+python3 -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee /tmp/fastnn_tests.log | tee -a "$log"
 summary+=("gpu tests: $(tail -n 1 /tmp/fastnn_tests.log)")
 
 echo "== GPU benchmarks" | tee -a "$log"
 for suite in optim mlp; do
-  if (cd /tmp && python3 "$repo/bench/$suite.py" --device cuda --out "$out" --no-progress) 2>&1 | tee -a "$log"; then
+  if python3 "bench/$suite.py" --device cuda --out "$out" --no-progress 2>&1 | tee -a "$log"; then
     summary+=("bench $suite: ok")
   else
     summary+=("bench $suite: FAILED (see gpu_check.log)")

@@ -16,7 +16,6 @@ KEYS = {"version", "native_cpu", "simd", "omp_threads", "cuda_compiled", "cuda_d
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    # Run outside the source tree so that the installed package is the one imported.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__),
                           env={**os.environ, **env}, timeout=120)
 
@@ -88,6 +87,23 @@ def test_cli_info():
     readable = subprocess.run([sys.executable, "-m", "fastnn", "info"], capture_output=True, text=True,
                               cwd=os.path.dirname(__file__), timeout=120)
     assert readable.returncode == 0 and "native_cpu" in readable.stdout
+
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(CHECKOUT, "csrc")), reason="the tests are not in a checkout")
+@pytest.mark.parametrize("command", [["-m", "fastnn", "info", "--json"],
+                                     ["-c", "import json, fastnn; print(json.dumps(fastnn.backend_info()))"]])
+def test_the_checkout_runs_its_own_build(command):
+    # From the repository root Python puts the checkout first on sys.path (python -m pytest
+    # does too): the editable install must still give it the compiled extension.
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=CHECKOUT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["native_cpu"], "the checkout imported no compiled extension: pip install -e ."
+    where = subprocess.run([sys.executable, "-c", "import fastnn; print(fastnn.__file__)"], capture_output=True,
+                           text=True, cwd=CHECKOUT, timeout=120)
+    assert where.stdout.strip() == os.path.join(CHECKOUT, "fastnn", "__init__.py")
 
 
 def test_native_and_reference_agree_through_the_public_api(rng):

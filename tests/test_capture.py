@@ -1,4 +1,4 @@
-"""The captured training step (fastnn.cuda.capture) and what it rests on: dropout counters kept
+"""The captured training step (fastnn.cuda_graph.capture) and what it rests on: dropout counters kept
 in memory, layers and losses that write into fixed buffers, a step that allocates nothing.
 
 The GPU tests (marked gpu) compare captured replays with the same number of eager steps; the
@@ -15,7 +15,7 @@ import pytest
 
 import fastnn as fnn
 import fastnn.functional as F
-from fastnn import cuda, nn, optim
+from fastnn import cuda_graph, nn, optim
 from fastnn import reference as R
 from fastnn._backend import pointer, to_numpy
 from fastnn.optim.lr_scheduler import StepLR
@@ -160,14 +160,14 @@ def test_a_training_step_allocates_no_arrays_once_warm(rng):
     opt = optim.Adam(model.parameters(), lr=1e-3, capturable=True)
     x, y = _batch(np, rng, n=512)
     out = np.empty((), np.float32)
-    cuda._train(model, loss_fn, opt, x, y, out)
+    cuda_graph._train(model, loss_fn, opt, x, y, out)
     smallest = 512 * 5 * 4  # bytes of the smallest activation (the logits)
     tracemalloc.start()
     try:
         for _ in range(3):
             tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
-            cuda._train(model, loss_fn, opt, x, y, out)
+            cuda_graph._train(model, loss_fn, opt, x, y, out)
             assert tracemalloc.get_traced_memory()[1] - before < smallest / 2
     finally:
         tracemalloc.stop()
@@ -188,7 +188,7 @@ def test_the_captured_step_body_matches_eager_steps_on_the_cpu(rng):
     out = np.empty((), np.float32)
     for k in range(5):
         x, y = _batch(np, rng)
-        cuda._train(model, loss_fn, opt, x, y, out)
+        cuda_graph._train(model, loss_fn, opt, x, y, out)
         assert float(out) == pytest.approx(_eager_step(twin, twin_loss, twin_opt, x, y), rel=1e-5)
         if k % 2:
             sched.step()
@@ -220,34 +220,34 @@ def test_capture_checks_its_arguments(rng):
     model, loss_fn, opt = _parts(rng)
     x, y = _batch(np, rng)
     with pytest.raises(TypeError, match="model must be"):
-        cuda.capture(lambda v: v, loss_fn, opt, x, y)
+        cuda_graph.capture(lambda v: v, loss_fn, opt, x, y)
     with pytest.raises(TypeError, match="loss must be"):
-        cuda.capture(model, nn.ReLU(), opt, x, y)
+        cuda_graph.capture(model, nn.ReLU(), opt, x, y)
     with pytest.raises(TypeError, match="optimizer must be"):
-        cuda.capture(model, loss_fn, object(), x, y)
+        cuda_graph.capture(model, loss_fn, object(), x, y)
     with pytest.raises(ValueError, match="capturable=True"):
-        cuda.capture(model, loss_fn, optim.Adam(model.parameters()), x, y)
+        cuda_graph.capture(model, loss_fn, optim.Adam(model.parameters()), x, y)
     for warmup in (0, 1.0, True):
         with pytest.raises(ValueError, match="warmup"):
-            cuda.capture(model, loss_fn, opt, x, y, warmup=warmup)
+            cuda_graph.capture(model, loss_fn, opt, x, y, warmup=warmup)
 
 
 def test_capture_says_when_cupy_is_missing(rng, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy now raises ImportError
     model, loss_fn, opt = _parts(rng)
     with pytest.raises(RuntimeError, match="needs CuPy"):
-        cuda.capture(model, loss_fn, opt, *_batch(np, rng))
+        cuda_graph.capture(model, loss_fn, opt, *_batch(np, rng))
 
 
 @pytest.mark.skipif(GPU, reason="checks the message on a machine without a GPU")
 def test_capture_refuses_without_a_gpu(rng):
     model, loss_fn, opt = _parts(rng)
     with pytest.raises(RuntimeError, match="CuPy|GPU|CUDA"):
-        cuda.capture(model, loss_fn, opt, *_batch(np, rng))
+        cuda_graph.capture(model, loss_fn, opt, *_batch(np, rng))
 
 
 def test_fnn_cuda_is_the_module():
-    assert fnn.cuda.capture is cuda.capture
+    assert fnn.cuda_graph.capture is cuda_graph.capture
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_fnn_cuda_is_the_module():
 def test_capture_refuses_a_model_on_the_cpu(rng):
     model, loss_fn, opt = _parts(rng)
     with pytest.raises(ValueError, match="model.to"):
-        cuda.capture(model, loss_fn, opt, *_batch(np, rng))
+        cuda_graph.capture(model, loss_fn, opt, *_batch(np, rng))
 
 
 @pytest.mark.gpu
@@ -272,7 +272,7 @@ def test_captured_replays_match_eager_steps(rng, dtype):
     twin_opt = optim.Adam(twin.parameters(), lr=1e-2)
     sched, twin_sched = StepLR(opt, step_size=1, gamma=0.5), StepLR(twin_opt, step_size=1, gamma=0.5)
     x0, y0 = _batch(cupy, rng, dtype=dtype)
-    step = cuda.capture(model, loss_fn, opt, x0, y0, warmup=2)
+    step = cuda_graph.capture(model, loss_fn, opt, x0, y0, warmup=2)
     for _ in range(2):
         _eager_step(twin, twin_loss, twin_opt, x0, y0)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
@@ -303,7 +303,7 @@ def test_captured_step_replays_on_its_buffers_and_checks_shapes(rng):
     loss_fn = nn.SoftmaxCrossEntropy()
     opt = optim.Adam(model.parameters(), capturable=True)
     x, y = _batch(cupy, rng)
-    step = cuda.capture(model, loss_fn, opt, x, y.astype(cupy.int16))
+    step = cuda_graph.capture(model, loss_fn, opt, x, y.astype(cupy.int16))
     assert step.y.dtype == np.int64  # labels the loss can read without converting each step
     before = model[0].weight.data.copy()
     step()
@@ -317,7 +317,7 @@ def test_captured_step_reports_labels_out_of_range(rng):
     import cupy
 
     model = _model(6).to("cuda")
-    step = cuda.capture(model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), capturable=True),
+    step = cuda_graph.capture(model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), capturable=True),
                         *_batch(cupy, rng))
     x, y = _batch(cupy, rng)
     y[3] = 5

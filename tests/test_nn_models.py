@@ -115,7 +115,7 @@ def test_parameter_and_module_names():
                      "4.weight", "4.bias"]
     assert [p.name for p in model.parameters()] == names
     assert [name for name, _ in model.named_buffers()] == ["4.running_mean", "4.running_var"]
-    assert inner[0].path == "3.block.0"
+    assert inner[0].qualname == "3.block.0"
     assert model.parameter_count() == 6 + 3 + 1 + 12 + 1 + 6
     assert nn.Dense(2, 2).weight.name == "weight"
 

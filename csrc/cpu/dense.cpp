@@ -3,8 +3,8 @@
 // Each pass reads the GEMM output once, row by row, with a SIMD loop along the row. They run on
 // the calling thread on purpose: they sit between GEMMs that OpenBLAS runs on its own thread
 // pool, and an OpenMP team started here keeps spinning after the region (GOMP_SPINCOUNT),
-// taking a core from the GEMM that follows. On 2 cores that made a 784-512-512-10 training
-// step 2.5x slower; a pass costs a few percent of the GEMMs around it.
+// taking a core from the GEMM that follows (measured: docs/DECISIONS.md, "CPU threading"); a
+// pass costs a few percent of the GEMMs around it.
 //
 // The bias gradient's column sums: blocks of kSumBlock rows summed in T, each block total
 // added in float64 (cpu/dense_passes.h).

@@ -7,7 +7,7 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
 
 - ``fastnn``: ``Sequential`` (fused epilogues), ``SoftmaxCrossEntropy``, ``optim.Adam``, with
   ``reuse_outputs`` so a step allocates nothing; on a GPU also ``fastnn, CUDA graph``: the same
-  step recorded once by :func:`fastnn.cuda.capture` and replayed; on the CPU also ``fastnn,
+  step recorded once by :func:`fastnn.cuda_graph.capture` and replayed; on the CPU also ``fastnn,
   fused step``: forward, loss and backward as one ``Sequential.fused_step`` call (one compiled
   pass over row blocks where the model is a chain of Dense layers) and ``optim.Adam``;
 - ``torch eager``: ``torch.nn.Sequential`` of Linear/ReLU(/BatchNorm1d), ``F.cross_entropy``,
@@ -171,9 +171,9 @@ def fastnn_impl(case: Case, prob: Problem, device: str, *, graph: bool = False, 
     opt = optim.Adam(model.parameters(), lr=LR, capturable=graph)
     x, labels = xp.asarray(prob.x), xp.asarray(prob.labels)
     if graph:
-        from .. import cuda
+        from .. import cuda_graph
 
-        step = cuda.capture(model, loss_fn, opt, x, labels)
+        step = cuda_graph.capture(model, loss_fn, opt, x, labels)
         return Impl(step, lambda: float(step.loss))
     loss = xp.empty((), np.float32)
     if fused:

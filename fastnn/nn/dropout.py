@@ -58,7 +58,7 @@ class Dropout(Module):
         the dropout kernels when they run and advanced by a one-thread kernel on every training
         forward (``functional.dropout_next_counter``), so a captured CUDA graph draws a new mask
         on every replay. ``enabled=False`` brings it back to the host. The same counter gives
-        the same mask either way. ``fastnn.cuda.capture`` turns it on. Returns the layer."""
+        the same mask either way. ``fastnn.cuda_graph.capture`` turns it on. Returns the layer."""
         if not enabled and self._words is not None:
             self._counter = self.counter
             self._words = None

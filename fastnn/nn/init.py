@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from .. import _backend as B
+from .._warnings import FastnnWarning
 from ..data import as_generator
 from .parameter import Parameter
 
@@ -80,7 +81,7 @@ def zeros(array):
     if target.ndim >= 2:
         warnings.warn("init.zeros on a weight matrix: every unit gets the same gradient and the units stay "
                       "identical (the symmetry is never broken); use it for biases, and a random initializer for "
-                      "weights", UserWarning,
+                      "weights", FastnnWarning,
                       stacklevel=2)
     target.fill(0)
     return array

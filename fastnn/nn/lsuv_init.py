@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import functional as F
+from .._warnings import FastnnRuntimeWarning
 from .dense import Dense
 from .init import generator, orthogonal
 
@@ -51,7 +52,7 @@ def lsuv(model, batch, *, tol: float = 0.1, max_iter: int = 10, rng=None, seed=N
                 break
             if not variance > 1e-12:
                 warnings.warn(f"lsuv: {layer._where()} gives a constant output on the batch; left unscaled",
-                              RuntimeWarning, stacklevel=2)
+                              FastnnRuntimeWarning, stacklevel=2)
                 break
             layer.weight.data *= layer.weight.data.dtype.type(1.0 / math.sqrt(variance))
     return model

@@ -99,7 +99,7 @@ class Module:
         self._reuse_out = False
         self._reuse_dx = False
         self._check_nan = False
-        self.path = ""
+        self.qualname = ""  # the dotted name from the outermost container ("2.0"), set by it
 
     def __setattr__(self, name: str, value: Any) -> None:
         parameters = self.__dict__.get("_parameters")
@@ -145,7 +145,7 @@ class Module:
     # -- structure ------------------------------------------------------------------------
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
-        """(path, module) for this module and every descendant, in registration order."""
+        """(qualified name, module) for this module and every descendant, in registration order."""
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
@@ -182,9 +182,9 @@ class Module:
         return sum(p.size for p in self.parameters())
 
     def _assign_names(self) -> None:
-        """Name every parameter and module by its path from here (containers call this)."""
+        """Name every parameter and module by its dotted name from here (``qualname``) (containers call this)."""
         for prefix, module in self.named_modules():
-            module.path = prefix
+            module.qualname = prefix
             for name, p in module._parameters.items():
                 p.name = f"{prefix}.{name}" if prefix else name
 
@@ -356,7 +356,7 @@ class Module:
     def _where(self) -> str:
         """How error messages name this layer: ``(2) Dense(784, 256)``."""
         label = f"{type(self).__name__}({self.extra_repr()})"
-        return f"({self.path}) {label}" if self.path else label
+        return f"({self.qualname}) {label}" if self.qualname else label
 
     def _buffer(self, role: str, shape: tuple, like, reuse: bool = True):
         """An uninitialised array of ``shape`` with ``like``'s dtype and device: the one kept

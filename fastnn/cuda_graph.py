@@ -1,8 +1,8 @@
 """A whole training step recorded once as a CUDA graph and replayed: :func:`capture`.
 
 A training step of a small or medium network launches dozens of kernels, and at these sizes
-the CPU launching them, not the GPU, sets the pace (PyTorch's eager bf16 step of a
-784-2048-2048-10 MLP takes 1.80 ms, the same step replayed as a graph 0.82 ms). CuPy's stream
+the CPU launching them, not the GPU, sets the pace (PyTorch's own step runs about twice as
+fast replayed as a graph as it does eager: the figures are in the README). CuPy's stream
 capture records every kernel, copy and memset issued on a stream into a graph that one call
 replays; fastnn's kernels launch on CuPy's current stream, so a fastnn step records whole::
 
@@ -11,7 +11,7 @@ replays; fastnn's kernels launch on CuPy's current stream, so a fastnn step reco
     loss_fn = fnn.nn.SoftmaxCrossEntropy()
     opt = fnn.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
     sched = fnn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    step = fnn.cuda.capture(model, loss_fn, opt, x_example, y_example)   # trains once on them
+    step = fnn.cuda_graph.capture(model, loss_fn, opt, x_example, y_example)   # trains once on them
     for epoch in range(epochs):
         for x, y in batches:            # same shapes as the examples; NumPy or CuPy arrays
             loss = step(x, y)           # a 0-d CuPy array, overwritten by the next step
@@ -80,18 +80,18 @@ def _check_arguments(model, loss, optimizer, warmup):
     from .optim.optimizer import Optimizer
 
     if not isinstance(model, Module) or isinstance(model, Loss):
-        raise TypeError(f"fastnn.cuda.capture: model must be a fastnn.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"fastnn.cuda_graph.capture: model must be a fastnn.nn.Module, got {type(model).__name__}")
     if not isinstance(loss, Loss):
-        raise TypeError(f"fastnn.cuda.capture: loss must be a fastnn.nn loss (SoftmaxCrossEntropy, MSE, ...), "
+        raise TypeError(f"fastnn.cuda_graph.capture: loss must be a fastnn.nn loss (SoftmaxCrossEntropy, MSE, ...), "
                         f"got {type(loss).__name__}")
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"fastnn.cuda.capture: optimizer must be a fastnn.optim optimizer, got "
+        raise TypeError(f"fastnn.cuda_graph.capture: optimizer must be a fastnn.optim optimizer, got "
                         f"{type(optimizer).__name__}")
     if not optimizer.capturable:
-        raise ValueError("fastnn.cuda.capture: the optimizer must be created with capturable=True (its step count "
+        raise ValueError("fastnn.cuda_graph.capture: the optimizer must be created with capturable=True (its step count "
                          "and lr then live on the device, so that replays keep counting and schedules take effect)")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"fastnn.cuda.capture: warmup must be an integer >= 1 (the eager steps that create "
+        raise ValueError(f"fastnn.cuda_graph.capture: warmup must be an integer >= 1 (the eager steps that create "
                          f"every buffer before the capture), got {warmup!r}")
     return [m for m in model.modules() if isinstance(m, Dropout)]
 
@@ -101,25 +101,25 @@ def _cupy_and_device(model):
     try:
         import cupy
     except ImportError as exc:
-        raise RuntimeError(f"fastnn.cuda.capture needs CuPy (pip install \"fastnn[cuda]\"): {exc}") from None
+        raise RuntimeError(f"fastnn.cuda_graph.capture needs CuPy (pip install \"fastnn[cuda]\"): {exc}") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, or CuPy built for another CUDA version
-        raise RuntimeError(f"fastnn.cuda.capture needs a CUDA GPU; CuPy cannot see one: {exc}") from None
+        raise RuntimeError(f"fastnn.cuda_graph.capture needs a CUDA GPU; CuPy cannot see one: {exc}") from None
     if count == 0:
-        raise RuntimeError("fastnn.cuda.capture needs a CUDA GPU; CuPy sees none")
+        raise RuntimeError("fastnn.cuda_graph.capture needs a CUDA GPU; CuPy sees none")
     if not B.native_available("cuda"):
-        raise RuntimeError("fastnn.cuda.capture needs fastnn's CUDA kernels, and this build has none "
+        raise RuntimeError("fastnn.cuda_graph.capture needs fastnn's CUDA kernels, and this build has none "
                            f"({B.NATIVE_ERROR or 'the extension was built without CUDA'})")
     if B.get_backend() == "reference":
-        raise RuntimeError("fastnn.cuda.capture: the reference backend is selected; its ops allocate and "
+        raise RuntimeError("fastnn.cuda_graph.capture: the reference backend is selected; its ops allocate and "
                            "synchronise, which a CUDA graph cannot record (use the 'auto' backend)")
     params = model.parameters()
     if not params:
-        raise ValueError("fastnn.cuda.capture: the model has no parameters to train")
+        raise ValueError("fastnn.cuda_graph.capture: the model has no parameters to train")
     places = {str(B.device_of(p.data)) if B.is_cupy(p.data) else "cpu" for p in params}
     if len(places) != 1 or "cpu" in places:
-        raise ValueError(f"fastnn.cuda.capture: the model's parameters must all be CuPy arrays on one GPU "
+        raise ValueError(f"fastnn.cuda_graph.capture: the model's parameters must all be CuPy arrays on one GPU "
                          f"(model.to('cuda')), found them on {sorted(places)}")
     return cupy, B.device_of(params[0].data).index
 
