@@ -157,3 +157,13 @@ def test_gpu_outputs_and_streams_follow_the_array_device(rng):
         expected = np.maximum(cupy.asnumpy(x), 0)
         np.testing.assert_array_equal(cupy.asnumpy(outputs[0]), expected)
         assert np.isfinite(float(outputs[4]))
+
+
+def test_pandas_objects_are_arrays():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}, dtype=np.float32)
+    a = _backend.as_array(frame, "X")
+    assert isinstance(a, np.ndarray) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, [[1.0, 3.0], [2.0, 4.0]])
+    np.testing.assert_array_equal(_backend.as_array(frame["b"], "y"), [3.0, 4.0])
+    np.testing.assert_array_equal(F.relu_forward(frame - 2.5), [[0.0, 0.5], [0.0, 1.5]])

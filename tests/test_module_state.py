@@ -22,8 +22,8 @@ def spoiled(state):
     lines = {"shape": "0.weight: shape (16, 12) in the state, (64, 32) in the model",
              "dtype": "4.bias: dtype float64 in the state, float32 in the model (convert the model with "
                       ".to(dtype=...) or the state with .astype)",
-             "array": "1.running_mean must be an array (numpy.ndarray, cupy.ndarray, or an object with __dlpack__, "
-                      "__cuda_array_interface__ or __array_interface__), got list",
+             "array": "1.running_mean must be an array (numpy.ndarray, cupy.ndarray, a pandas DataFrame or Series, or "
+                      "an object with __dlpack__, __cuda_array_interface__ or __array_interface__), got list",
              "missing": "1.running_var: missing from the state",
              "unexpected": "9.weight: not in the model"}
     return bad, lines

@@ -103,9 +103,15 @@ class CudaView:
         return all(e == 1 or s == x for e, s, x in zip(self.shape, self.strides, reversed(expected)))
 
 
+def _is_pandas(x: Any) -> bool:
+    """A pandas DataFrame, Series or Index (without importing pandas)."""
+    return type(x).__module__.partition(".")[0] == "pandas" and hasattr(x, "to_numpy")
+
+
 def as_array(x: Any, name: str):
     """View ``x`` as a NumPy or CuPy array without copying (a :class:`CudaView` for foreign GPU
-    arrays when CuPy is missing). Raises ``TypeError`` for anything that is not an array."""
+    arrays when CuPy is missing). pandas objects become row-major NumPy arrays (a copy for a
+    DataFrame, whose memory holds its columns). Raises ``TypeError`` for anything that is not an array."""
     if isinstance(x, (np.ndarray, CudaView)) or is_cupy(x):
         return x
     try:
@@ -125,11 +131,15 @@ def as_array(x: Any, name: str):
                             "(fastnn runs on the CPU and on CUDA GPUs)")
         if hasattr(x, "__array_interface__"):
             return np.asarray(x)
+        if _is_pandas(x):
+            # A frame's columns are its rows in memory: a row-major copy, as data enters fastnn
+            # (a Series is a view). pandas objects are inputs, never updated in place.
+            return np.ascontiguousarray(x.to_numpy())
     except (RuntimeError, BufferError) as exc:  # e.g. a torch tensor that requires grad
         raise TypeError(f"{name}: cannot view {type(x).__name__} as an array without a copy: {exc}") from None
     raise TypeError(
-        f"{name} must be an array (numpy.ndarray, cupy.ndarray, or an object with __dlpack__, "
-        f"__cuda_array_interface__ or __array_interface__), got {type(x).__name__}"
+        f"{name} must be an array (numpy.ndarray, cupy.ndarray, a pandas DataFrame or Series, or an object "
+        f"with __dlpack__, __cuda_array_interface__ or __array_interface__), got {type(x).__name__}"
     )
 
 
