@@ -30,7 +30,8 @@
 
 namespace fastnn {
 
-// Numbering shared with fastnn/functional/activations.py (ACTIVATIONS).
+// Exported as fastnn._C.Activation (csrc/bindings.cpp, which lists every value), where
+// fastnn/functional/activations.py reads the codes.
 enum class Activation : int {
   identity = 0,
   relu = 1,

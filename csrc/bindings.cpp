@@ -102,6 +102,27 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
 #endif
 }
 
+// ---- codes ---------------------------------------------------------------------------------
+// The enums whose values Python passes as ints. fastnn/functional reads the codes from here
+// (its name lists must match: tests/test_codes.py), so the numbering is written only in C++.
+
+void bind_codes(py::module_& m) {
+  py::enum_<Activation>(m, "Activation", "Activation codes (csrc/activation_math.h).")
+      .value("identity", Activation::identity)
+      .value("relu", Activation::relu)
+      .value("leaky_relu", Activation::leaky_relu)
+      .value("sigmoid", Activation::sigmoid)
+      .value("tanh", Activation::tanh)
+      .value("gelu", Activation::gelu)
+      .value("gelu_tanh", Activation::gelu_tanh);
+  py::enum_<cpu::ChainLoss>(m, "ChainLoss", "The losses a fused chain step ends in (dense.h).")
+      .value("softmax_cross_entropy", cpu::ChainLoss::softmax_cross_entropy)
+      .value("hinge", cpu::ChainLoss::hinge)
+      .value("bce_with_logits", cpu::ChainLoss::bce_with_logits)
+      .value("mse", cpu::ChainLoss::mse)
+      .value("l1", cpu::ChainLoss::l1);
+}
+
 // ---- activations ---------------------------------------------------------------------------
 
 void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
@@ -483,6 +504,7 @@ PYBIND11_MODULE(_C, m) {
   cuda_m = &cuda_sub;
 #endif
   bind_runtime(m, cpu_m, cuda_m);
+  bind_codes(m);
   bind_activations(cpu_m, cuda_m);
   bind_batchnorm(cpu_m, cuda_m);
   bind_dropout(cpu_m, cuda_m);
