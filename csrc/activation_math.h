@@ -30,7 +30,8 @@
 
 namespace fastnn {
 
-// Numbering shared with fastnn/functional/activations.py (ACTIVATIONS).
+// Exported as fastnn._C.Activation (csrc/bindings.cpp, which lists every value), where
+// fastnn/functional/activations.py reads the codes.
 enum class Activation : int {
   identity = 0,
   relu = 1,
@@ -48,7 +49,7 @@ enum class Activation : int {
 // than a denormal; NaN propagates.
 // lo: a small correction added to x after the reduction (erfc passes the rounding error of its
 // argument in it).
-inline float exp_f32_host(float x, float lo = 0.0f) {
+FASTNN_INLINE float exp_f32_host(float x, float lo = 0.0f) {
   x = x < -87.0f ? -87.0f : (x > 89.0f ? 89.0f : x);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
@@ -68,7 +69,7 @@ inline float exp_f32_host(float x, float lo = 0.0f) {
 
 // tanh for float32: the Cephes odd polynomial for |x| < 0.625 (no cancellation near 0), and
 // (1 - e^-2|x|) / (1 + e^-2|x|) with the sign of x elsewhere.
-inline float tanh_f32_host(float x) {
+FASTNN_INLINE float tanh_f32_host(float x) {
   const float a = std::fabs(x);
   const float z = x * x;
   const float small =
@@ -86,7 +87,7 @@ inline float tanh_f32_host(float x) {
 // error of the result. Measured against float64 erfc: within 6.4 ulp (3.8e-7) on [-12, 12];
 // 0 beyond z = 9.5, where erfc is below float32's smallest normal. Vectorizes, unlike erfcf
 // (the speed-up is in docs/DECISIONS.md).
-inline float erfc_f32_host(float x) {
+FASTNN_INLINE float erfc_f32_host(float x) {
   const float z = std::fabs(x);
   const float t = 1.0f / (1.0f + 0.5f * z);
   float p = 0.17087277f;

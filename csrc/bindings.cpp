@@ -102,6 +102,27 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
 #endif
 }
 
+// ---- codes ---------------------------------------------------------------------------------
+// The enums whose values Python passes as ints. fastnn/functional reads the codes from here
+// (its name lists must match: tests/test_codes.py), so the numbering is written only in C++.
+
+void bind_codes(py::module_& m) {
+  py::enum_<Activation>(m, "Activation", "Activation codes (csrc/activation_math.h).")
+      .value("identity", Activation::identity)
+      .value("relu", Activation::relu)
+      .value("leaky_relu", Activation::leaky_relu)
+      .value("sigmoid", Activation::sigmoid)
+      .value("tanh", Activation::tanh)
+      .value("gelu", Activation::gelu)
+      .value("gelu_tanh", Activation::gelu_tanh);
+  py::enum_<cpu::ChainLoss>(m, "ChainLoss", "The losses a fused chain step ends in (dense.h).")
+      .value("softmax_cross_entropy", cpu::ChainLoss::softmax_cross_entropy)
+      .value("hinge", cpu::ChainLoss::hinge)
+      .value("bce_with_logits", cpu::ChainLoss::bce_with_logits)
+      .value("mse", cpu::ChainLoss::mse)
+      .value("l1", cpu::ChainLoss::l1);
+}
+
 // ---- activations ---------------------------------------------------------------------------
 
 void bind_activations(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
@@ -418,58 +439,46 @@ void bind_losses(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 }
 
 // ---- optim ---------------------------------------------------------------------------------
-// Each rule updates every tensor of `sizes` in one call: `tensors` lists the parameters'
-// addresses, then the gradients', then each state list's (optim.h); `scalars` is 0, or the
-// address of the float64 [lr, step] array that capturable mode reads (and whose step it
-// counts) instead of `lr` and `step`.
+// One entry point per device for every rule (csrc/optim.h): `tensors` lists the parameters'
+// addresses, then the gradients', then each state list's; `hyper` holds the rule's
+// hyperparameters in the order fastnn._C.optim_rules[rule] names them; `scalars` is 0, or the
+// address of the float64 [lr, step] array that capturable mode reads (and whose step it counts)
+// instead of the lr and step in `hyper`.
 
-void bind_optim(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
-#define FASTNN_OPTIM_ARGS_SGD                                                                   \
-  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), \
-      py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("first_step"),  \
-      py::arg("scalars")
-#define FASTNN_OPTIM_ARGS_ADAGRAD                                                               \
-  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("lr_decay"),                     \
-      py::arg("weight_decay"), py::arg("eps"), py::arg("step"), py::arg("maximize"),            \
-      py::arg("scalars")
-#define FASTNN_OPTIM_ARGS_RMSPROP                                                               \
-  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("alpha"), py::arg("eps"),        \
-      py::arg("weight_decay"), py::arg("momentum"), py::arg("centered"), py::arg("maximize"),   \
-      py::arg("scalars")
-#define FASTNN_OPTIM_ARGS_ADAM                                                                  \
-  py::arg("tensors"), py::arg("sizes"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),      \
-      py::arg("eps"), py::arg("weight_decay"), py::arg("step"), py::arg("amsgrad"),             \
-      py::arg("decoupled"), py::arg("maximize"), py::arg("scalars")
-#define FASTNN_OPTIM_ARGS_RPROP                                                                 \
-  py::arg("tensors"), py::arg("sizes"), py::arg("etaminus"), py::arg("etaplus"),                \
-      py::arg("step_size_min"), py::arg("step_size_max"), py::arg("maximize"), py::arg("scalars")
-  FASTNN_DEF(cpu_m, cpu, sgd, "SGD (momentum, Nesterov, weight decay) on lists (p, g[, buf]).",
-             FASTNN_OPTIM_ARGS_SGD);
-  FASTNN_DEF(cpu_m, cpu, adagrad, "Adagrad on lists (p, g, sum).", FASTNN_OPTIM_ARGS_ADAGRAD);
-  FASTNN_DEF(cpu_m, cpu, rmsprop,
-             "RMSprop on lists (p, g, square_avg[, momentum_buffer][, grad_avg]).",
-             FASTNN_OPTIM_ARGS_RMSPROP);
-  FASTNN_DEF(cpu_m, cpu, adam, "Adam / AdamW on lists (p, g, exp_avg, exp_avg_sq[, max]).",
-             FASTNN_OPTIM_ARGS_ADAM);
-  FASTNN_DEF(cpu_m, cpu, rprop, "Rprop on lists (p, g, prev, step_size).",
-             FASTNN_OPTIM_ARGS_RPROP);
+void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
+  py::dict rules;
+  for_each_entry(OptimRules{}, [&](auto entry) {
+    using Rule = decltype(entry);
+    py::list args;
+    for (const char* name : Rule::kArgs) args.append(name);
+    rules[Rule::kName] = py::tuple(args);
+  });
+  m.attr("optim_rules") = rules;
+  cpu_m.def(
+      "optim_step",
+      [](const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
+         const TensorSizes& sizes, const Hyperparameters& hyper, uintptr_t scalars) {
+        cpu::optim_step(dtype, rule, tensors, sizes, hyper, reinterpret_cast<double*>(scalars));
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "One step of optimizer `rule` (a key of optim_rules; formulas in csrc/optim.h) over every "
+      "tensor of `sizes`, one parallel SIMD pass: parameters and state (=).",
+      py::arg("dtype"), py::arg("rule"), py::arg("tensors"), py::arg("sizes"), py::arg("hyper"),
+      py::arg("scalars"));
 #ifdef FASTNN_WITH_CUDA
-  FASTNN_DEF(*cuda_m, cuda, sgd, "SGD on `stream`, multi-tensor launches.", FASTNN_OPTIM_ARGS_SGD,
-             py::arg("stream"));
-  FASTNN_DEF(*cuda_m, cuda, adagrad, "Adagrad on `stream`, multi-tensor launches.",
-             FASTNN_OPTIM_ARGS_ADAGRAD, py::arg("stream"));
-  FASTNN_DEF(*cuda_m, cuda, rmsprop, "RMSprop on `stream`, multi-tensor launches.",
-             FASTNN_OPTIM_ARGS_RMSPROP, py::arg("stream"));
-  FASTNN_DEF(*cuda_m, cuda, adam, "Adam / AdamW on `stream`, multi-tensor launches.",
-             FASTNN_OPTIM_ARGS_ADAM, py::arg("stream"));
-  FASTNN_DEF(*cuda_m, cuda, rprop, "Rprop on `stream`, multi-tensor launches.",
-             FASTNN_OPTIM_ARGS_RPROP, py::arg("stream"));
+  cuda_m->def(
+      "optim_step",
+      [](const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
+         const TensorSizes& sizes, const Hyperparameters& hyper, uintptr_t scalars,
+         uintptr_t stream) {
+        cuda::optim_step(dtype, rule, tensors, sizes, hyper, reinterpret_cast<double*>(scalars),
+                         reinterpret_cast<Stream>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "One step of optimizer `rule` on `stream`, multi-tensor launches: parameters and state (=).",
+      py::arg("dtype"), py::arg("rule"), py::arg("tensors"), py::arg("sizes"), py::arg("hyper"),
+      py::arg("scalars"), py::arg("stream"));
 #endif
-#undef FASTNN_OPTIM_ARGS_SGD
-#undef FASTNN_OPTIM_ARGS_ADAGRAD
-#undef FASTNN_OPTIM_ARGS_RMSPROP
-#undef FASTNN_OPTIM_ARGS_ADAM
-#undef FASTNN_OPTIM_ARGS_RPROP
 }
 
 }  // namespace
@@ -483,10 +492,11 @@ PYBIND11_MODULE(_C, m) {
   cuda_m = &cuda_sub;
 #endif
   bind_runtime(m, cpu_m, cuda_m);
+  bind_codes(m);
   bind_activations(cpu_m, cuda_m);
   bind_batchnorm(cpu_m, cuda_m);
   bind_dropout(cpu_m, cuda_m);
   bind_dense(cpu_m, cuda_m);
   bind_losses(cpu_m, cuda_m);
-  bind_optim(cpu_m, cuda_m);
+  bind_optim(m, cpu_m, cuda_m);
 }

@@ -3,10 +3,19 @@
 
 #include <cstdint>
 
+// Per-element math called from SIMD loops (and CUDA kernels) is always inlined: a call left in
+// a loop stops it vectorizing, and with link-time optimization GCC's inlining budget
+// (inline-unit-growth) is shared by the whole module, so code added anywhere else could
+// otherwise leave such calls (it did, in the float32 activation loops).
+#if defined(_MSC_VER)
+#define FASTNN_INLINE __forceinline
+#else
+#define FASTNN_INLINE inline __attribute__((always_inline))
+#endif
 #if defined(__CUDACC__)
 #define FASTNN_HD __host__ __device__ __forceinline__
 #else
-#define FASTNN_HD inline
+#define FASTNN_HD FASTNN_INLINE
 #endif
 
 namespace fastnn {

@@ -93,7 +93,8 @@ void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>
 template <class T>
 void dense_chain_backward(const T* dy, const T* x, int64_t n,
                           const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows);
-// The loss a fused step ends in (numbering shared with fastnn/functional/dense.py).
+// The loss a fused step ends in (exported as fastnn._C.ChainLoss, read by
+// fastnn/functional/dense.py).
 enum class ChainLoss : int {
   softmax_cross_entropy = 0,
   hinge = 1,

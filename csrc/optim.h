@@ -20,18 +20,32 @@
 //            p -= sign(g') size;  prev = g'
 // (±g: -g when maximizing.) Everything here is "=": parameters and state are overwritten.
 //
-// Tensor lists: `tensors` holds the raw addresses list by list (all parameters, then all
-// gradients, then each state list in the order of the rule's Op in optim_math.h); `sizes`
-// holds each tensor's element count, so tensors.size() == lists * sizes.size(). All tensors
-// of a call have the dtype T and live on one device.
+// One entry point per device, optim_step(dtype, rule, tensors, sizes, hyper, scalars[, stream]):
+//   dtype    the parameters' dtype, an entry of OptimDtypes below ("float32", "float64").
+//   rule     an entry of OptimRules below ("sgd", "adagrad", "rmsprop", "adam", "rprop").
+//   tensors  the raw addresses list by list: all parameters, then all gradients, then each state
+//            list in the order of the rule's Op in optim_math.h. All tensors of a call have the
+//            dtype and live on one device.
+//   sizes    each tensor's element count, so tensors.size() == lists * sizes.size().
+//   hyper    the rule's hyperparameters as doubles (flags 0 or 1), in the order its entry's kArgs
+//            names them: the order of RULES[rule].kernel_args in fastnn/optim/functional.py
+//            (the binding exports kArgs as fastnn._C.optim_rules; tests/test_optim.py checks
+//            that the two agree). A count that differs from kArgs' is an invalid_argument.
+//   scalars  null, or capturable mode's [lr, step] (below).
 //
 // lr and step: `step` counts updates from 1 (this call's update included). When `scalars` is
 // not null (capturable mode) it points to two float64 values [lr, step] in the tensors' memory
-// space: the call first adds 1 to scalars[1], then reads lr and step from there, so lr and
-// step arguments are ignored and a captured CUDA graph stays correct when replayed.
+// space: the call first adds 1 to scalars[1], then reads lr and step from there, so the lr and
+// step in `hyper` are ignored and a captured CUDA graph stays correct when replayed.
+//
+// Adding a rule touches its Hyper and Op (optim_math.h), its entry in OptimRules here, and on
+// the Python side its reference, its class and its RULES entry; the entry points, their device
+// loops and the binding stay as they are. Adding a dtype combination (e.g. bfloat16 parameters,
+// or bfloat16 / int8 state) is one more entry in OptimDtypes, given Ops that take its types.
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -44,8 +58,10 @@ namespace fastnn {
 
 using TensorPointers = std::vector<uintptr_t>;
 using TensorSizes = std::vector<int64_t>;
+using Hyperparameters = std::vector<double>;
 
-// The one check C++ makes: the tables are as long as the rule needs (Python validates the rest).
+// The one check C++ makes on the tensors: the tables are as long as the rule needs (Python
+// validates the rest).
 inline void check_tensor_lists(const char* rule, const TensorPointers& tensors,
                                const TensorSizes& sizes, int lists) {
   if (tensors.size() != sizes.size() * size_t(lists))
@@ -62,104 +78,167 @@ void with_flag(bool flag, F&& f) {
   else f(std::false_type{});
 }
 
-// Each rule's hyperparameters and flags choose its Op; `run(OpTag<Op>{}, hyper)` then applies
-// it to the tensors (csrc/cpu/optim.cpp and csrc/cuda/optim.cu provide `run`, a RunArgs with
-// that call operator).
 template <class Op>
 struct OpTag {
   using type = Op;
 };
 
-// What a rule's call hands to its `run`: the tensor lists, lr and step from the host, and the
-// capturable [lr, step] array (null outside capturable mode).
+// What every device's `run` holds: the tensor lists, and the capturable [lr, step] array (null
+// outside capturable mode). A device's run(OpTag<Op>{}, hyper, lr, step) builds the Op and
+// applies it to the tensors (csrc/cpu/optim.cpp, csrc/cuda/multi_tensor.cuh).
 struct RunArgs {
   const char* rule;
   const TensorPointers& tensors;
   const TensorSizes& sizes;
-  double lr;
-  double step;
   double* scalars;
 };
 
-template <class T, class Run>
-void dispatch_sgd(Run&& run, double momentum, double dampening, double weight_decay,
-                  bool nesterov, bool maximize, bool first_step) {
-  const SgdHyper h{momentum, dampening, weight_decay, nesterov, maximize, first_step};
-  with_flag(momentum != 0, [&](auto m) { run(OpTag<SgdOp<T, decltype(m)::value>>{}, h); });
+// ---- the tables ----------------------------------------------------------------------------
+// A table is a list of entry types, each with a static kName; the entry points look the
+// dtype and the rule up by name.
+
+template <class... Entries>
+struct Table {};
+
+// f(E{}) for the entry E of the table named `name`; false when there is none.
+template <class... E, class F>
+bool with_entry(Table<E...>, const std::string& name, F&& f) {
+  return ((name == E::kName && (f(E{}), true)) || ...);
 }
 
-template <class T, class Run>
-void dispatch_adagrad(Run&& run, double lr_decay, double weight_decay, double eps, bool maximize) {
-  run(OpTag<AdagradOp<T>>{}, AdagradHyper{lr_decay, weight_decay, eps, maximize});
+// f(E{}) for every entry, in order.
+template <class... E, class F>
+void for_each_entry(Table<E...>, F&& f) {
+  (f(E{}), ...);
 }
 
-template <class T, class Run>
-void dispatch_rmsprop(Run&& run, double alpha, double eps, double weight_decay, double momentum,
-                      bool centered, bool maximize) {
-  const RmspropHyper h{alpha, eps, weight_decay, momentum, maximize};
-  with_flag(momentum > 0, [&](auto m) {
-    with_flag(centered, [&](auto c) {
-      run(OpTag<RmspropOp<T, decltype(m)::value, decltype(c)::value>>{}, h);
+// The dtypes the Ops run in, each named as NumPy names the parameters' dtype. `type` is the
+// Ops' T: parameters, gradients, state and arithmetic.
+struct OptimFloat32 {
+  static constexpr const char* kName = "float32";
+  using type = float;
+};
+struct OptimFloat64 {
+  static constexpr const char* kName = "float64";
+  using type = double;
+};
+using OptimDtypes = Table<OptimFloat32, OptimFloat64>;
+
+// The rules. Each entry names the rule (kName, the key of RULES) and its hyperparameters in
+// the order the vector `h` holds them (kArgs), and `dispatch` builds the rule's Hyper from `h`,
+// turns its flags into the Op's template arguments and calls run(OpTag<Op>{}, hyper, lr, step).
+// lr and step travel apart from the Hyper because capturable mode reads them from the device.
+
+struct SgdRule {
+  static constexpr const char* kName = "sgd";
+  static constexpr const char* kArgs[] = {"lr",       "momentum", "dampening", "weight_decay",
+                                          "nesterov", "maximize", "first_step"};
+  template <class T, class Run>
+  static void dispatch(const Run& run, const double* h) {
+    const SgdHyper hyper{h[1], h[2], h[3], h[4] != 0, h[5] != 0, h[6] != 0};
+    with_flag(hyper.momentum != 0, [&](auto momentum) {
+      run(OpTag<SgdOp<T, decltype(momentum)::value>>{}, hyper, h[0], 0.0);
     });
+  }
+};
+
+struct AdagradRule {
+  static constexpr const char* kName = "adagrad";
+  static constexpr const char* kArgs[] = {"lr", "lr_decay", "weight_decay", "eps", "step",
+                                          "maximize"};
+  template <class T, class Run>
+  static void dispatch(const Run& run, const double* h) {
+    run(OpTag<AdagradOp<T>>{}, AdagradHyper{h[1], h[2], h[3], h[5] != 0}, h[0], h[4]);
+  }
+};
+
+struct RmspropRule {
+  static constexpr const char* kName = "rmsprop";
+  static constexpr const char* kArgs[] = {"lr",       "alpha",    "eps",     "weight_decay",
+                                          "momentum", "centered", "maximize"};
+  template <class T, class Run>
+  static void dispatch(const Run& run, const double* h) {
+    const RmspropHyper hyper{h[1], h[2], h[3], h[4], h[6] != 0};
+    with_flag(hyper.momentum > 0, [&](auto momentum) {
+      with_flag(h[5] != 0, [&](auto centered) {
+        run(OpTag<RmspropOp<T, decltype(momentum)::value, decltype(centered)::value>>{}, hyper,
+            h[0], 0.0);
+      });
+    });
+  }
+};
+
+struct AdamRule {
+  static constexpr const char* kName = "adam";
+  static constexpr const char* kArgs[] = {"lr",   "beta1",   "beta2",     "eps",     "weight_decay",
+                                          "step", "amsgrad", "decoupled", "maximize"};
+  template <class T, class Run>
+  static void dispatch(const Run& run, const double* h) {
+    const AdamHyper hyper{h[1], h[2], h[3], h[4], h[7] != 0, h[8] != 0};
+    with_flag(h[6] != 0, [&](auto amsgrad) {
+      run(OpTag<AdamOp<T, decltype(amsgrad)::value>>{}, hyper, h[0], h[5]);
+    });
+  }
+};
+
+struct RpropRule {
+  static constexpr const char* kName = "rprop";
+  static constexpr const char* kArgs[] = {"etaminus", "etaplus", "step_size_min", "step_size_max",
+                                          "maximize"};
+  template <class T, class Run>
+  static void dispatch(const Run& run, const double* h) {
+    run(OpTag<RpropOp<T>>{}, RpropHyper{h[0], h[1], h[2], h[3], h[4] != 0}, 0.0, 0.0);
+  }
+};
+
+using OptimRules = Table<SgdRule, AdagradRule, RmspropRule, AdamRule, RpropRule>;
+
+// "a, b, c" for error messages.
+inline std::string join_names(const char* const* first, const char* const* last) {
+  std::string out;
+  for (; first != last; ++first) out += (out.empty() ? "" : ", ") + std::string(*first);
+  return out;
+}
+
+template <class... E>
+std::string entry_names(Table<E...>) {
+  const char* const names[] = {E::kName...};
+  return join_names(std::begin(names), std::end(names));
+}
+
+// The entry points' common body: finds the rule and the dtype, checks the hyperparameter
+// count, then the rule's dispatch calls `run` with the Op its flags choose.
+template <class Run>
+void optim_dispatch(const std::string& dtype, const std::string& rule,
+                    const Hyperparameters& hyper, const Run& run) {
+  const bool known = with_entry(OptimRules{}, rule, [&](auto entry) {
+    using Rule = decltype(entry);
+    if (hyper.size() != std::size(Rule::kArgs))
+      throw std::invalid_argument(
+          "fastnn optim_step: rule '" + rule + "' takes " + std::to_string(std::size(Rule::kArgs)) +
+          " hyperparameters (" + join_names(std::begin(Rule::kArgs), std::end(Rule::kArgs)) +
+          "), got " + std::to_string(hyper.size()));
+    const bool typed = with_entry(OptimDtypes{}, dtype, [&](auto d) {
+      Rule::template dispatch<typename decltype(d)::type>(run, hyper.data());
+    });
+    if (!typed)
+      throw std::invalid_argument("fastnn optim_step: dtype must be one of " +
+                                  entry_names(OptimDtypes{}) + ", got '" + dtype + "'");
   });
-}
-
-template <class T, class Run>
-void dispatch_adam(Run&& run, double beta1, double beta2, double eps, double weight_decay,
-                   bool amsgrad, bool decoupled, bool maximize) {
-  const AdamHyper h{beta1, beta2, eps, weight_decay, decoupled, maximize};
-  with_flag(amsgrad, [&](auto a) { run(OpTag<AdamOp<T, decltype(a)::value>>{}, h); });
-}
-
-template <class T, class Run>
-void dispatch_rprop(Run&& run, double etaminus, double etaplus, double step_size_min,
-                    double step_size_max, bool maximize) {
-  run(OpTag<RpropOp<T>>{}, RpropHyper{etaminus, etaplus, step_size_min, step_size_max, maximize});
+  if (!known)
+    throw std::invalid_argument("fastnn optim_step: unknown rule '" + rule + "' (expected one of " +
+                                entry_names(OptimRules{}) + ")");
 }
 
 namespace cpu {
-template <class T>
-void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
-         double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
-         double* scalars);
-template <class T>
-void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
-             double weight_decay, double eps, int64_t step, bool maximize, double* scalars);
-template <class T>
-void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
-             double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             double* scalars);
-template <class T>
-void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
-          double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
-          bool decoupled, bool maximize, double* scalars);
-template <class T>
-void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
-           double etaplus, double step_size_min, double step_size_max, bool maximize,
-           double* scalars);
+void optim_step(const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
+                const TensorSizes& sizes, const Hyperparameters& hyper, double* scalars);
 }  // namespace cpu
 
 namespace cuda {
-template <class T>
-void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
-         double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
-         double* scalars, Stream stream);
-template <class T>
-void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
-             double weight_decay, double eps, int64_t step, bool maximize, double* scalars,
-             Stream stream);
-template <class T>
-void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
-             double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             double* scalars, Stream stream);
-template <class T>
-void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
-          double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
-          bool decoupled, bool maximize, double* scalars, Stream stream);
-template <class T>
-void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
-           double etaplus, double step_size_min, double step_size_max, bool maximize,
-           double* scalars, Stream stream);
+void optim_step(const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
+                const TensorSizes& sizes, const Hyperparameters& hyper, double* scalars,
+                Stream stream);
 }  // namespace cuda
 
 }  // namespace fastnn

@@ -1,10 +1,11 @@
 // Optimizer update rules, one element at a time: shared by the CPU loops (csrc/cpu/optim.cpp)
 // and the CUDA multi-tensor kernels (csrc/cuda/optim.cu), so both paths run the same math.
 //
-// An Op is built once per launch from its Hyper (the group's hyperparameters, doubles) and
-// the step's lr and step count (from the host, or in capturable mode from a device array),
-// then applied to each element: v[0] the parameter, v[1] its gradient (read, never written),
-// v[2...] the state, updated in place. Arithmetic runs in T: float32 for float32 parameters,
+// An Op is built once per launch from its Hyper (the group's hyperparameters, doubles, which
+// the rule's entry in optim.h fills from the entry point's vector) and the step's lr and step
+// count (from the host, or in capturable mode from a device array), then applied to each
+// element: v[0] the parameter, v[1] its gradient (read, never written), v[2...] the state,
+// updated in place. Arithmetic runs in T: float32 for float32 parameters,
 // float64 for float64. The order of operations follows torch.optim's single-tensor code, so
 // results agree with PyTorch to rounding. The formulas are in csrc/optim.h.
 #pragma once

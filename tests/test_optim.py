@@ -9,7 +9,7 @@ import fastnn
 from fastnn import optim
 from fastnn import reference as R
 from fastnn._backend import to_numpy
-from fastnn.optim import functional as F
+from fastnn.optim import functional as OF
 from util import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -228,13 +228,13 @@ def test_matches_torch_optim(path, rng, cls, kwargs, dtype):
 # The functional forms.
 
 FUNCTIONAL = [
-    ("sgd", F.sgd_, ["momentum_buffers"], dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
-    ("adagrad", F.adagrad_, ["state_sums"], dict(step=3, lr=0.1, lr_decay=0.1, weight_decay=0.01)),
-    ("rmsprop", F.rmsprop_, ["square_avgs", "momentum_buffers", "grad_avgs"],
+    ("sgd", OF.sgd_, ["momentum_buffers"], dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("adagrad", OF.adagrad_, ["state_sums"], dict(step=3, lr=0.1, lr_decay=0.1, weight_decay=0.01)),
+    ("rmsprop", OF.rmsprop_, ["square_avgs", "momentum_buffers", "grad_avgs"],
      dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01)),
-    ("adam", F.adam_, ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
+    ("adam", OF.adam_, ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
      dict(step=4, lr=0.01, weight_decay=0.1, amsgrad=True, decoupled=True)),
-    ("rprop", F.rprop_, ["prevs", "step_sizes"], dict(etaminus=0.4, etaplus=1.3)),
+    ("rprop", OF.rprop_, ["prevs", "step_sizes"], dict(etaminus=0.4, etaplus=1.3)),
 ]
 
 
@@ -283,7 +283,7 @@ def test_results_do_not_depend_on_memory_alignment(path, rng, dtype):
             arrays.append(view)
         p, g, m, v = arrays
         v[...] = np.abs(v)
-        F.adam_([p], [g], [m], [v], step=3, lr=0.01, weight_decay=0.1, amsgrad=False)
+        OF.adam_([p], [g], [m], [v], step=3, lr=0.01, weight_decay=0.1, amsgrad=False)
         results.append(p.copy())
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
@@ -293,7 +293,7 @@ def test_functional_sgd_first_step_sets_the_buffer(path, rng):
     p = rng.standard_normal(40)
     g = rng.standard_normal(40)
     buf = np.full(40, np.nan)
-    F.sgd_([p.copy()], [g], [buf], lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.2, first_step=True)
+    OF.sgd_([p.copy()], [g], [buf], lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.2, first_step=True)
     start = p.copy()
     np.testing.assert_allclose(buf, g + 0.2 * start, rtol=1e-15)
 
@@ -325,7 +325,7 @@ def test_functional_updates_torch_tensors_in_place(path, rng):
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     expected = p.clone().numpy()
     ptr = p.data_ptr()
-    F.adam_([p], [g], [m], [v], step=1, lr=0.01, weight_decay=0.1)
+    OF.adam_([p], [g], [m], [v], step=1, lr=0.01, weight_decay=0.1)
     R.adam_([expected], [g.numpy()], [np.zeros_like(expected)], [np.zeros_like(expected)], step=1, lr=0.01,
             weight_decay=0.1)
     assert p.data_ptr() == ptr
@@ -342,7 +342,7 @@ def test_functional_updates_torch_cuda_tensors_in_place(rng):
     g = torch.tensor(rng.standard_normal(5000), dtype=torch.float32, device="cuda")
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     expected = p.cpu().numpy()
-    F.adam_([p], [g], [m], [v], step=1, lr=0.01)
+    OF.adam_([p], [g], [m], [v], step=1, lr=0.01)
     R.adam_([expected], [g.cpu().numpy()], [np.zeros_like(expected)], [np.zeros_like(expected)], step=1, lr=0.01)
     assert_close(p.cpu().numpy(), expected)
 
@@ -354,24 +354,61 @@ def test_functional_validates_everything_before_modifying(rng):
     v = [np.zeros(10), np.zeros(5)]
     before = [p.copy() for p in params]
     with pytest.raises(ValueError, match=r"grads\[1\]"):
-        F.adam_(params, grads, m, v, step=1)
+        OF.adam_(params, grads, m, v, step=1)
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p, b)
     with pytest.raises(TypeError, match=r"exp_avgs\[0\]"):
-        F.adam_(params[:1], grads[:1], [np.zeros(10, np.float32)], v[:1], step=1)
+        OF.adam_(params[:1], grads[:1], [np.zeros(10, np.float32)], v[:1], step=1)
     with pytest.raises(ValueError, match="exp_avg_sqs has 1 arrays"):
-        F.adam_(params, [grads[0], np.zeros(5)], m, v[:1], step=1)
+        OF.adam_(params, [grads[0], np.zeros(5)], m, v[:1], step=1)
     with pytest.raises(TypeError, match="step must be an integer"):
-        F.adam_(params[:1], grads[:1], m[:1], v[:1])
+        OF.adam_(params[:1], grads[:1], m[:1], v[:1])
     with pytest.raises(ValueError, match="max_exp_avg_sqs is required"):
-        F.adam_(params[:1], grads[:1], m[:1], v[:1], step=1, amsgrad=True)
+        OF.adam_(params[:1], grads[:1], m[:1], v[:1], step=1, amsgrad=True)
     with pytest.raises(ValueError, match="C-contiguous"):
-        F.sgd_([np.zeros((4, 4)).T], [np.zeros((4, 4))], lr=0.1)
+        OF.sgd_([np.zeros((4, 4)).T], [np.zeros((4, 4))], lr=0.1)
     with pytest.raises(ValueError, match="beta1"):
-        F.adam_(params[:1], grads[:1], m[:1], v[:1], step=1, beta1=1.0)
+        OF.adam_(params[:1], grads[:1], m[:1], v[:1], step=1, beta1=1.0)
     with pytest.raises(TypeError, match="list of arrays"):
-        F.sgd_(params[0], grads[0], lr=0.1)
+        OF.sgd_(params[0], grads[0], lr=0.1)
     with pytest.raises(ValueError, match="device_scalars"):
-        F.adam_(params[:1], grads[:1], m[:1], v[:1], device_scalars=np.zeros(3))
+        OF.adam_(params[:1], grads[:1], m[:1], v[:1], device_scalars=np.zeros(3))
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The native entry point: one per device, every rule, hyperparameters in RULES' order.
+
+
+_C = fastnn._backend._C
+needs_extension = pytest.mark.skipif(_C is None, reason="the compiled extension is not built")
+
+
+@needs_extension
+def test_native_rule_table_is_rules():
+    assert _C.optim_rules == {rule: r.kernel_args for rule, r in OF.RULES.items()}
+
+
+@needs_extension
+def test_native_entry_point_refuses_what_its_table_lacks():
+    # Reached only by callers that skip fastnn.optim.functional. The checks come before any
+    # memory is touched, on the CUDA entry point too (so no device is needed).
+    p, g = np.ones(5), np.ones(5)
+    tensors = [p.ctypes.data, g.ctypes.data]
+    entry_points = [_C.cpu.optim_step]
+    if _C.cuda_compiled:
+        entry_points.append(lambda *args: _C.cuda.optim_step(*args, 0))
+    for optim_step in entry_points:
+        with pytest.raises(ValueError, match=r"rule 'adam' takes 9 hyperparameters \(lr, beta1, .*maximize\), got 2"):
+            optim_step("float64", "adam", tensors + [0, 0], [5], [0.1, 0.9], 0)
+        with pytest.raises(ValueError, match=f"unknown rule 'adamw' .expected one of {', '.join(OF.RULES)}"):
+            optim_step("float64", "adamw", tensors + [0, 0], [5], [0.0] * 9, 0)
+        with pytest.raises(ValueError, match="dtype must be one of float32, float64, got 'float16'"):
+            optim_step("float16", "sgd", tensors, [5], [0.1] + [0.0] * 6, 0)
+        with pytest.raises(ValueError, match="sgd: expected 3 pointers per tensor, got 2"):
+            optim_step("float64", "sgd", tensors, [5], [0.1, 0.9] + [0.0] * 5, 0)
+    assert p.tolist() == [1.0] * 5
+    # lr, momentum, dampening, weight_decay, nesterov, maximize, first_step: p += lr g.
+    _C.cpu.optim_step("float64", "sgd", tensors, [5], [0.5, 0, 0, 0, False, True, False], 0)
+    assert p.tolist() == [1.5] * 5

@@ -86,11 +86,12 @@ def test_one_native_call_per_group_device_and_dtype(monkeypatch, rng):
         pytest.skip("no native kernels")
     calls = []
     real = fastnn._backend.launch
-    monkeypatch.setattr(fastnn._backend, "launch", lambda *a: calls.append(len(a[4])) or real(*a))
+    # launch(path, "optim_step", first, rule, pointers, sizes, hyper, scalars)
+    monkeypatch.setattr(fastnn._backend, "launch", lambda *a: calls.append((a[1], a[3], len(a[5]))) or real(*a))
     params = make_params(np, rng, np.float32, [(10,)] * 150) + make_params(np, rng, np.float64, [(3,)] * 50)
     opt = optim.RMSprop(params, momentum=0.9, centered=True)
     opt.step([np.ones_like(p) for p in params])
-    assert sorted(calls) == [50, 150]
+    assert sorted(calls) == [("optim_step", "rmsprop", 50), ("optim_step", "rmsprop", 150)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-// Fused optimizers on the CPU. Formulas in optim.h, per-element math in optim_math.h.
+// Fused optimizers on the CPU. Formulas and the rule table in optim.h, per-element math in
+// optim_math.h.
 //
 // One call updates a whole list of tensors: the elements of all tensors are treated as one
 // range, split in equal contiguous parts over the OpenMP threads (so one large tensor and many
@@ -71,9 +72,10 @@ void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& 
   });
 }
 
+// run(OpTag<Op>{}, hyper, lr, step) for optim_dispatch (optim.h).
 struct Run : RunArgs {
   template <class Op, class Hyper>
-  void operator()(OpTag<Op>, const Hyper& h) const {
+  void operator()(OpTag<Op>, const Hyper& h, double lr, double step) const {
     check_tensor_lists(rule, tensors, sizes, Op::kLists);
     if (scalars) {
       scalars[1] += 1;
@@ -86,58 +88,9 @@ struct Run : RunArgs {
 
 }  // namespace
 
-template <class T>
-void sgd(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double momentum,
-         double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,
-         double* scalars) {
-  dispatch_sgd<T>(Run{{"sgd", tensors, sizes, lr, 0, scalars}}, momentum, dampening, weight_decay,
-                  nesterov, maximize, first_step);
+void optim_step(const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
+                const TensorSizes& sizes, const Hyperparameters& hyper, double* scalars) {
+  optim_dispatch(dtype, rule, hyper, Run{{rule.c_str(), tensors, sizes, scalars}});
 }
-
-template <class T>
-void adagrad(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double lr_decay,
-             double weight_decay, double eps, int64_t step, bool maximize, double* scalars) {
-  dispatch_adagrad<T>(Run{{"adagrad", tensors, sizes, lr, double(step), scalars}}, lr_decay,
-                      weight_decay, eps, maximize);
-}
-
-template <class T>
-void rmsprop(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double alpha,
-             double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             double* scalars) {
-  dispatch_rmsprop<T>(Run{{"rmsprop", tensors, sizes, lr, 0, scalars}}, alpha, eps, weight_decay,
-                      momentum, centered, maximize);
-}
-
-template <class T>
-void adam(const TensorPointers& tensors, const TensorSizes& sizes, double lr, double beta1,
-          double beta2, double eps, double weight_decay, int64_t step, bool amsgrad,
-          bool decoupled, bool maximize, double* scalars) {
-  dispatch_adam<T>(Run{{"adam", tensors, sizes, lr, double(step), scalars}}, beta1, beta2, eps,
-                   weight_decay, amsgrad, decoupled, maximize);
-}
-
-template <class T>
-void rprop(const TensorPointers& tensors, const TensorSizes& sizes, double etaminus,
-           double etaplus, double step_size_min, double step_size_max, bool maximize,
-           double* scalars) {
-  dispatch_rprop<T>(Run{{"rprop", tensors, sizes, 0, 0, scalars}}, etaminus, etaplus,
-                    step_size_min, step_size_max, maximize);
-}
-
-#define FASTNN_INSTANTIATE(T)                                                                  \
-  template void sgd<T>(const TensorPointers&, const TensorSizes&, double, double, double,      \
-                       double, bool, bool, bool, double*);                                     \
-  template void adagrad<T>(const TensorPointers&, const TensorSizes&, double, double, double,  \
-                           double, int64_t, bool, double*);                                    \
-  template void rmsprop<T>(const TensorPointers&, const TensorSizes&, double, double, double,  \
-                           double, double, bool, bool, double*);                               \
-  template void adam<T>(const TensorPointers&, const TensorSizes&, double, double, double,     \
-                        double, double, int64_t, bool, bool, bool, double*);                   \
-  template void rprop<T>(const TensorPointers&, const TensorSizes&, double, double, double,    \
-                         double, bool, double*);
-FASTNN_INSTANTIATE(float)
-FASTNN_INSTANTIATE(double)
-#undef FASTNN_INSTANTIATE
 
 }  // namespace fastnn::cpu

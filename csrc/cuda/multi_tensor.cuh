@@ -121,13 +121,13 @@ __global__ void __launch_bounds__(kMultiBlock)
   }
 }
 
-// run(OpTag<Op>{}, hyper) for the dispatch_* functions of optim.h: checks the lists, counts
-// the step on the device in capturable mode, then launches as many tables as the tensors fill.
+// run(OpTag<Op>{}, hyper, lr, step) for optim_dispatch (optim.h): checks the lists, counts the
+// step on the device in capturable mode, then launches as many tables as the tensors fill.
 struct Run : RunArgs {
   Stream stream;
 
   template <class Op, class Hyper>
-  void operator()(OpTag<Op>, const Hyper& hyper) const {
+  void operator()(OpTag<Op>, const Hyper& hyper, double lr, double step) const {
     constexpr int L = Op::kLists;
     using Table = TensorTable<L>;
     static_assert(sizeof(Table) + sizeof(Op) + sizeof(Hyper) + sizeof(double*) <= 4000,

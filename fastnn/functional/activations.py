@@ -37,17 +37,21 @@ __all__ = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
 ]
 
-# Codes shared with csrc/activation_math.h (enum Activation).
-ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4,
-               "gelu": 5, "gelu_tanh": 6}
+# The activations of csrc/activation_math.h (enum Activation). The kernels' integer codes come
+# from the binding (fastnn._C.Activation), so C++ alone numbers them; without the extension
+# only the reference path runs, which takes the names.
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh")
+_CODES = {} if B._C is None else {name: int(code) for name, code in B._C.Activation.__members__.items()}
 # Activations whose backward reads the forward output y rather than the input x.
 SAVES_OUTPUT = frozenset({"sigmoid", "tanh"})
 
 
-def _activation_code(activation: str) -> int:
+def _activation_code(activation: str) -> int | None:
+    """The kernels' code for ``activation`` (None without the extension); ValueError naming the
+    choices for an unknown name."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[activation]
+    return _CODES[activation] if _CODES else None
 
 
 def _gelu_name(approximate: str) -> str:

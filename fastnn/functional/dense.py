@@ -503,15 +503,17 @@ def _chain_backward_by_layer(dy, x, layers, ys, auxs, grads, dx):
     return dx
 
 
-# Loss codes shared with csrc/dense.h (enum ChainLoss): the losses a fused chain step ends in.
-CHAIN_LOSSES = {"softmax_cross_entropy": 0, "hinge": 1, "bce_with_logits": 2, "mse": 3, "l1": 4}
+# The losses a fused chain step ends in (csrc/dense.h, enum ChainLoss); the kernel's codes come
+# from the binding (fastnn._C.ChainLoss).
+CHAIN_LOSSES = ("softmax_cross_entropy", "hinge", "bce_with_logits", "mse", "l1")
+_CHAIN_LOSS_CODES = {} if B._C is None else {name: int(code) for name, code in B._C.ChainLoss.__members__.items()}
 _CLASS_LOSSES = ("softmax_cross_entropy", "hinge")
 
 
 def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, loss_out=None,
                      need_dx: bool = False, dx=None, block_rows: int = 0, blocked: bool | None = None):
     """Forward, loss and backward of a chain of dense layers in one call: the layers as in
-    :func:`dense_chain_forward` on ``x``, then ``loss`` (a key of :data:`CHAIN_LOSSES`, i.e. the
+    :func:`dense_chain_forward` on ``x``, then ``loss`` (one of :data:`CHAIN_LOSSES`, i.e. the
     ``functional`` loss of that name) of the last output against ``target`` (integer labels
     (N,) for softmax_cross_entropy and hinge, an array shaped like the output otherwise), then
     the parameter gradients as in :func:`dense_chain_backward` (``dWs``, ``dbs``: ``+=``).
@@ -558,7 +560,8 @@ def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, l
                                          dbs=[b for _, b in grads], need_dx=need_dx, dx=dx, blocked=False)
         return value if return_dx is None else (value, return_dx)
     B.launch("cpu", "dense_chain_step", x, B.pointer(x), n, *_kernel_layers(layers),
-             [B.pointer(dW) for dW, _ in grads], [_optional_ptr(db) for _, db in grads], widths, CHAIN_LOSSES[loss],
+             [B.pointer(dW) for dW, _ in grads], [_optional_ptr(db) for _, db in grads], widths,
+             _CHAIN_LOSS_CODES[loss],
              B.pointer(target) if labeled else 0, labeled and np.dtype(target.dtype) == np.int64,
              0 if labeled else B.pointer(target), B.pointer(value), _optional_ptr(out), _optional_ptr(dx),
              block_rows)

@@ -24,7 +24,7 @@ import torch
 
 from .. import _backend as B
 from .. import optim as _optim
-from ..optim import functional as F
+from ..optim import functional as OF
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Rprop"]
 
@@ -54,7 +54,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict):
         super().__init__(params, defaults)
         for group in self.param_groups:
-            F.check_hyper(self._fastnn.rule, self._fastnn._hyper(group), need_step=False)
+            OF.check_hyper(self._fastnn.rule, self._fastnn._hyper(group), need_step=False)
 
     def _check(self, gi: int, k: int, p: torch.Tensor) -> None:
         g = p.grad
@@ -83,7 +83,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         rule = self._fastnn.rule
         work = []
         for gi, group in enumerate(self.param_groups):
-            hyper = F.check_hyper(rule, self._fastnn._hyper(group), need_step=False)
+            hyper = OF.check_hyper(rule, self._fastnn._hyper(group), need_step=False)
             params = []
             for k, p in enumerate(group["params"]):
                 if p.grad is not None:
@@ -95,8 +95,8 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         return loss
 
     def _update(self, rule: str, group: dict, hyper: dict, params: list) -> None:
-        keys = [s.key for s in F.used_states(rule, hyper)]
-        counts_steps = F.RULES[rule].counts_steps
+        keys = [s.key for s in OF.used_states(rule, hyper)]
+        counts_steps = OF.RULES[rule].counts_steps
         buckets: dict[tuple, list] = {}
         for p in params:
             state = self.state[p]
@@ -122,10 +122,10 @@ class _FastnnOptimizer(torch.optim.Optimizer):
             path = B.path_of(first)
             if path == "reference":
                 with _torch_stream(lists[0][0]):
-                    F.run_reference(rule, [[B.as_array(t, "tensor") for t in lst] for lst in lists], args)
+                    OF.run_reference(rule, [[B.as_array(t, "tensor") for t in lst] for lst in lists], args)
             else:
-                F.run_native(rule, path, first, [t.data_ptr() for lst in lists for t in lst],
-                             [t.numel() for t in lists[0]], args)
+                OF.run_native(rule, path, first, [t.data_ptr() for lst in lists for t in lst],
+                              [t.numel() for t in lists[0]], args)
             if counts_steps:
                 torch._foreach_add_([self.state[p]["step"] for p in members], 1)
 

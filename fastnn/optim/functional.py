@@ -44,7 +44,7 @@ class _StateList(NamedTuple):
 
 
 class _Rule(NamedTuple):
-    kernel_args: tuple[str, ...]  # hyperparameters in the order the C++ kernel takes them
+    kernel_args: tuple[str, ...]  # hyperparameters in the order of the rule's entry in csrc/optim.h
     states: tuple[_StateList, ...]  # state lists in kernel order, after params and grads
     counts_steps: bool  # whether torch.optim keeps a per-parameter "step"
 
@@ -156,9 +156,10 @@ def run_reference(rule: str, lists: list[list], hyper: dict, scalars=None) -> No
 
 def run_native(rule: str, path: str, first, pointers: list[int], sizes: list[int], hyper: dict, scalars=None) -> None:
     """:func:`run` on the native path ``path`` from raw addresses: ``first`` (an array of the
-    group) gives the dtype, the device and, on the GPU, the stream."""
+    group) gives the dtype, the device and, on the GPU, the stream. One entry point serves every
+    rule: ``optim_step`` takes the hyperparameters as one list, in ``kernel_args`` order."""
     args = [hyper[name] for name in RULES[rule].kernel_args]
-    B.launch(path, rule, first, pointers, sizes, *args, 0 if scalars is None else B.pointer(scalars))
+    B.launch(path, "optim_step", first, rule, pointers, sizes, args, 0 if scalars is None else B.pointer(scalars))
 
 
 def _apply(rule: str, lists: dict[str, Any], hyper: dict, device_scalars) -> None:

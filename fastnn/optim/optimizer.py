@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _backend as B
 from ..nn.parameter import Parameter
-from . import functional as F
+from . import functional as OF
 
 
 def pair(value, name: str) -> tuple:
@@ -228,7 +228,7 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         group["params"] = checked
-        F.check_hyper(self.rule, self._hyper(group), need_step=False)
+        OF.check_hyper(self.rule, self._hyper(group), need_step=False)
         self.param_groups.append(group)
 
     def _offsets(self) -> list[int]:
@@ -256,13 +256,13 @@ class Optimizer:
     def step(self, grads=None) -> None:
         """Update every parameter once. ``grads``: None to read each Parameter's ``.grad``, or
         a list with one gradient per parameter, in the order of ``param_groups``."""
-        hypers = [F.check_hyper(self.rule, self._hyper(g), need_step=False) for g in self.param_groups]
+        hypers = [OF.check_hyper(self.rule, self._hyper(g), need_step=False) for g in self.param_groups]
         per_group = self._split_grads(grads)
         offsets = self._offsets()
         # 1. validate everything; 2. create missing state; 3. run. Nothing changes before 3.
         work = []
         for gi, group in enumerate(self.param_groups):
-            layout = tuple(s.key for s in F.used_states(self.rule, hypers[gi]))
+            layout = tuple(s.key for s in OF.used_states(self.rule, hypers[gi]))
             datas = _datas(group["params"])
             plan = self._plans.get(gi)
             if plan is None or plan.layout != layout or not _same(datas, plan.datas):
@@ -346,7 +346,7 @@ class Optimizer:
                                    "capturing (a write captured into the graph would replay the old value)")
 
     def _plan(self, gi: int, group: dict, layout: tuple, datas: list, offset: int) -> _Plan:
-        counts_steps = F.RULES[self.rule].counts_steps
+        counts_steps = OF.RULES[self.rule].counts_steps
         buckets: dict[tuple, list[int]] = {}
         fresh_positions = set()
         for k, data in enumerate(datas):
@@ -384,7 +384,7 @@ class Optimizer:
             return B.array_module(like).array([lr, float(step)], dtype=np.float64)
 
     def _run(self, group: dict, hyper: dict, plan: _Plan, grads: list) -> None:
-        counts_steps = F.RULES[self.rule].counts_steps
+        counts_steps = OF.RULES[self.rule].counts_steps
         new_grads = plan.grads is None or not _same(grads, plan.grads)
         plan.grads = grads
         for b in plan.buckets:
@@ -401,7 +401,7 @@ class Optimizer:
             elif "step" in args:
                 args["step"] = self.state[b.indices[0]]["step"] + 1
             pointers = None if b.pointers is None else b.pointers[0] + b.grad_pointers + b.pointers[1]
-            F.run(self.rule, [b.datas, b.grads, *b.states], args, scalars=scalars, pointers=pointers)
+            OF.run(self.rule, [b.datas, b.grads, *b.states], args, scalars=scalars, pointers=pointers)
             if counts_steps and b.scalars is None:
                 for i in b.indices:
                     self.state[i]["step"] += 1
@@ -446,7 +446,7 @@ class Optimizer:
         state = {}
         for index, entry in self.state.items():
             entry = dict(entry)
-            if F.RULES[self.rule].counts_steps and entry:
+            if OF.RULES[self.rule].counts_steps and entry:
                 entry["step"] = self._step_of(index, group_of[index])
             state[index] = entry
         return {"state": state, "param_groups": groups}
@@ -473,7 +473,7 @@ class Optimizer:
                                  f"{len(saved['params'])}")
             new = {k: v for k, v in saved.items() if k != "params"}
             new["params"] = group["params"]
-            F.check_hyper(self.rule, self._hyper(new), need_step=False)
+            OF.check_hyper(self.rule, self._hyper(new), need_step=False)
             new_groups.append(new)
             for k, saved_id in enumerate(saved["params"]):
                 id_map[saved_id] = (gi, k)
@@ -513,7 +513,7 @@ class Optimizer:
         """The entry's step and its arrays (viewed, not yet copied), all checked."""
         name = self._name(gi, k)
         data = B.check_float(_data(self.param_groups[gi]["params"][k]), name)
-        rule = F.RULES[self.rule]
+        rule = OF.RULES[self.rule]
         known = {s.key: s for s in rule.states}
         out = {}
         for key, value in entry.items():
