@@ -443,7 +443,8 @@ void bind_losses(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 // addresses, then the gradients', then each state list's; `hyper` holds the rule's
 // hyperparameters in the order fastnn._C.optim_rules[rule] names them; `scalars` is 0, or the
 // address of the float64 [lr, step] array that capturable mode reads (and whose step it counts)
-// instead of the lr and step in `hyper`.
+// instead of the lr and step in `hyper`; `dtype` names how the tensors are stored ("float32",
+// "float64", "bfloat16", "float16").
 
 void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
   py::dict rules;
@@ -454,6 +455,9 @@ void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_
     rules[Rule::kName] = py::tuple(args);
   });
   m.attr("optim_rules") = rules;
+  // Whether the CPU kernels round a*b+c once where torch's kernels do (csrc/optim_math.h): true
+  // when the build targets FMA instructions.
+  m.attr("optim_cpu_fma") = bool(FASTNN_OPTIM_FMA);
   cpu_m.def(
       "optim_step",
       [](const std::string& dtype, const std::string& rule, const TensorPointers& tensors,

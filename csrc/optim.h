@@ -21,11 +21,13 @@
 // (±g: -g when maximizing.) Everything here is "=": parameters and state are overwritten.
 //
 // One entry point per device, optim_step(dtype, rule, tensors, sizes, hyper, scalars[, stream]):
-//   dtype    the parameters' dtype, an entry of OptimDtypes below ("float32", "float64").
+//   dtype    the parameters' dtype, an entry of OptimDtypes below ("float32", "float64",
+//            "bfloat16", "float16"): it says how every list is stored and what the math runs in.
 //   rule     an entry of OptimRules below ("sgd", "adagrad", "rmsprop", "adam", "rprop").
 //   tensors  the raw addresses list by list: all parameters, then all gradients, then each state
-//            list in the order of the rule's Op in optim_math.h. All tensors of a call have the
-//            dtype and live on one device.
+//            list in the order of the rule's Op in optim_math.h. All tensors of a call are
+//            stored as `dtype` says and live on one device; the lists may not overlap, except
+//            that a gradient may be its own parameter (each element is read before written).
 //   sizes    each tensor's element count, so tensors.size() == lists * sizes.size().
 //   hyper    the rule's hyperparameters as doubles (flags 0 or 1), in the order its entry's kArgs
 //            names them: the order of RULES[rule].kernel_args in fastnn/optim/functional.py
@@ -40,8 +42,10 @@
 //
 // Adding a rule touches its Hyper and Op (optim_math.h), its entry in OptimRules here, and on
 // the Python side its reference, its class and its RULES entry; the entry points, their device
-// loops and the binding stay as they are. Adding a dtype combination (e.g. bfloat16 parameters,
-// or bfloat16 / int8 state) is one more entry in OptimDtypes, given Ops that take its types.
+// loops and the binding stay as they are. Adding a storage combination (e.g. float32 parameters
+// with bfloat16 state) is one more entry in OptimDtypes naming its OptimTypes, given widen and
+// narrow for its storage types (optim_math.h); a quantized state (int8 blocks with a scale
+// each) also needs the device loops to load and store whole blocks.
 #pragma once
 
 #include <cstdint>
@@ -78,14 +82,17 @@ void with_flag(bool flag, F&& f) {
   else f(std::false_type{});
 }
 
-template <class Op>
+// The Op a rule's flags chose, and how the tensors it runs on are stored (an OptimTypes).
+template <class Op, class Types>
 struct OpTag {
   using type = Op;
+  using types = Types;
 };
 
 // What every device's `run` holds: the tensor lists, and the capturable [lr, step] array (null
-// outside capturable mode). A device's run(OpTag<Op>{}, hyper, lr, step) builds the Op and
-// applies it to the tensors (csrc/cpu/optim.cpp, csrc/cuda/multi_tensor.cuh).
+// outside capturable mode). A device's run(OpTag<Op, Types>{}, hyper, lr, step) builds the Op
+// and applies it to the tensors, stored as Types says (csrc/cpu/optim.cpp,
+// csrc/cuda/multi_tensor.cuh).
 struct RunArgs {
   const char* rule;
   const TensorPointers& tensors;
@@ -112,32 +119,51 @@ void for_each_entry(Table<E...>, F&& f) {
   (f(E{}), ...);
 }
 
-// The dtypes the Ops run in, each named as NumPy names the parameters' dtype. `type` is the
-// Ops' T: parameters, gradients, state and arithmetic.
+// The dtypes, each named as NumPy (or torch, for bfloat16) names the parameters' dtype. `types`
+// says how each list is stored (parameters, gradients, state) and what the Ops compute in: a
+// float32 or float64 call computes in its own dtype, bfloat16 and float16 ones in float32, with
+// gradients and state stored in the parameters' dtype (torch's fused CPU kernels do the same).
+template <class Param, class Grad, class State, class Compute>
+struct OptimTypes {
+  using param = Param;
+  using grad = Grad;
+  using state = State;
+  using compute = Compute;
+};
+
 struct OptimFloat32 {
   static constexpr const char* kName = "float32";
-  using type = float;
+  using types = OptimTypes<float, float, float, float>;
 };
 struct OptimFloat64 {
   static constexpr const char* kName = "float64";
-  using type = double;
+  using types = OptimTypes<double, double, double, double>;
 };
-using OptimDtypes = Table<OptimFloat32, OptimFloat64>;
+struct OptimBfloat16 {
+  static constexpr const char* kName = "bfloat16";
+  using types = OptimTypes<bfloat16, bfloat16, bfloat16, float>;
+};
+struct OptimFloat16 {
+  static constexpr const char* kName = "float16";
+  using types = OptimTypes<float16, float16, float16, float>;
+};
+using OptimDtypes = Table<OptimFloat32, OptimFloat64, OptimBfloat16, OptimFloat16>;
 
 // The rules. Each entry names the rule (kName, the key of RULES) and its hyperparameters in
-// the order the vector `h` holds them (kArgs), and `dispatch` builds the rule's Hyper from `h`,
-// turns its flags into the Op's template arguments and calls run(OpTag<Op>{}, hyper, lr, step).
+// the order the vector `h` holds them (kArgs), and `dispatch<Types>` builds the rule's Hyper
+// from `h`, turns its flags into the template arguments of the Op (computing in
+// Types::compute) and calls run(OpTag<Op, Types>{}, hyper, lr, step).
 // lr and step travel apart from the Hyper because capturable mode reads them from the device.
 
 struct SgdRule {
   static constexpr const char* kName = "sgd";
   static constexpr const char* kArgs[] = {"lr",       "momentum", "dampening", "weight_decay",
                                           "nesterov", "maximize", "first_step"};
-  template <class T, class Run>
+  template <class Types, class Run, class T = typename Types::compute>
   static void dispatch(const Run& run, const double* h) {
     const SgdHyper hyper{h[1], h[2], h[3], h[4] != 0, h[5] != 0, h[6] != 0};
     with_flag(hyper.momentum != 0, [&](auto momentum) {
-      run(OpTag<SgdOp<T, decltype(momentum)::value>>{}, hyper, h[0], 0.0);
+      run(OpTag<SgdOp<T, decltype(momentum)::value>, Types>{}, hyper, h[0], 0.0);
     });
   }
 };
@@ -146,9 +172,9 @@ struct AdagradRule {
   static constexpr const char* kName = "adagrad";
   static constexpr const char* kArgs[] = {"lr", "lr_decay", "weight_decay", "eps", "step",
                                           "maximize"};
-  template <class T, class Run>
+  template <class Types, class Run, class T = typename Types::compute>
   static void dispatch(const Run& run, const double* h) {
-    run(OpTag<AdagradOp<T>>{}, AdagradHyper{h[1], h[2], h[3], h[5] != 0}, h[0], h[4]);
+    run(OpTag<AdagradOp<T>, Types>{}, AdagradHyper{h[1], h[2], h[3], h[5] != 0}, h[0], h[4]);
   }
 };
 
@@ -156,12 +182,12 @@ struct RmspropRule {
   static constexpr const char* kName = "rmsprop";
   static constexpr const char* kArgs[] = {"lr",       "alpha",    "eps",     "weight_decay",
                                           "momentum", "centered", "maximize"};
-  template <class T, class Run>
+  template <class Types, class Run, class T = typename Types::compute>
   static void dispatch(const Run& run, const double* h) {
     const RmspropHyper hyper{h[1], h[2], h[3], h[4], h[6] != 0};
     with_flag(hyper.momentum > 0, [&](auto momentum) {
       with_flag(h[5] != 0, [&](auto centered) {
-        run(OpTag<RmspropOp<T, decltype(momentum)::value, decltype(centered)::value>>{}, hyper,
+        run(OpTag<RmspropOp<T, decltype(momentum)::value, decltype(centered)::value>, Types>{}, hyper,
             h[0], 0.0);
       });
     });
@@ -172,11 +198,11 @@ struct AdamRule {
   static constexpr const char* kName = "adam";
   static constexpr const char* kArgs[] = {"lr",   "beta1",   "beta2",     "eps",     "weight_decay",
                                           "step", "amsgrad", "decoupled", "maximize"};
-  template <class T, class Run>
+  template <class Types, class Run, class T = typename Types::compute>
   static void dispatch(const Run& run, const double* h) {
     const AdamHyper hyper{h[1], h[2], h[3], h[4], h[7] != 0, h[8] != 0};
     with_flag(h[6] != 0, [&](auto amsgrad) {
-      run(OpTag<AdamOp<T, decltype(amsgrad)::value>>{}, hyper, h[0], h[5]);
+      run(OpTag<AdamOp<T, decltype(amsgrad)::value>, Types>{}, hyper, h[0], h[5]);
     });
   }
 };
@@ -185,9 +211,9 @@ struct RpropRule {
   static constexpr const char* kName = "rprop";
   static constexpr const char* kArgs[] = {"etaminus", "etaplus", "step_size_min", "step_size_max",
                                           "maximize"};
-  template <class T, class Run>
+  template <class Types, class Run, class T = typename Types::compute>
   static void dispatch(const Run& run, const double* h) {
-    run(OpTag<RpropOp<T>>{}, RpropHyper{h[0], h[1], h[2], h[3], h[4] != 0}, 0.0, 0.0);
+    run(OpTag<RpropOp<T>, Types>{}, RpropHyper{h[0], h[1], h[2], h[3], h[4] != 0}, 0.0, 0.0);
   }
 };
 
@@ -219,7 +245,7 @@ void optim_dispatch(const std::string& dtype, const std::string& rule,
           " hyperparameters (" + join_names(std::begin(Rule::kArgs), std::end(Rule::kArgs)) +
           "), got " + std::to_string(hyper.size()));
     const bool typed = with_entry(OptimDtypes{}, dtype, [&](auto d) {
-      Rule::template dispatch<typename decltype(d)::type>(run, hyper.data());
+      Rule::template dispatch<typename decltype(d)::types>(run, hyper.data());
     });
     if (!typed)
       throw std::invalid_argument("fastnn optim_step: dtype must be one of " +

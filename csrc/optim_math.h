@@ -1,27 +1,167 @@
 // Optimizer update rules, one element at a time: shared by the CPU loops (csrc/cpu/optim.cpp)
-// and the CUDA multi-tensor kernels (csrc/cuda/optim.cu), so both paths run the same math.
+// and the CUDA multi-tensor kernels (csrc/cuda/multi_tensor.cuh), so both paths run the same
+// math.
 //
 // An Op is built once per launch from its Hyper (the group's hyperparameters, doubles, which
 // the rule's entry in optim.h fills from the entry point's vector) and the step's lr and step
 // count (from the host, or in capturable mode from a device array), then applied to each
 // element: v[0] the parameter, v[1] its gradient (read, never written), v[2...] the state,
-// updated in place. Arithmetic runs in T: float32 for float32 parameters,
-// float64 for float64. The order of operations follows torch.optim's single-tensor code, so
-// results agree with PyTorch to rounding. The formulas are in csrc/optim.h.
+// updated in place. Arithmetic runs in T, the Op's compute type: float32 for float32, bfloat16
+// and float16 parameters, float64 for float64. The device loops widen each stored element to T
+// and round the results back once (below, "Storage"), as torch's fused CPU kernels do for
+// bf16/fp16 parameters. The formulas are in csrc/optim.h.
+//
+// Rounding: each Op is torch.optim's single-tensor code, operation for operation. Where torch's
+// kernels (on the CPU, built for AVX2 or AVX-512) round a*b+c once with a fused multiply-add,
+// so does madd below: torch's `add(x, alpha=a)`, `addcmul` and `lerp` (so `g + wd * p`,
+// `b * mu + (1 - dampening) g`, `p - lr * g`, ...). `addcdiv(x, y, value=c)` is
+// `self + (c * x) / y` there, and here. The CPU loops compile with contraction off otherwise,
+// so the result of an element does not depend on whether the SIMD body or a scalar edge
+// computed it, nor on the arrays' alignment.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "common.h"
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+// Whether madd rounds once: always on the GPU; on the CPU where the compiler targets FMA
+// instructions (otherwise std::fma would be a slow library call, and torch's kernels built for
+// such CPUs round twice too).
+#if defined(__CUDA_ARCH__) || defined(__FMA__) || defined(__aarch64__)
+#define FASTNN_OPTIM_FMA 1
+#else
+#define FASTNN_OPTIM_FMA 0
+#endif
+
 namespace fastnn {
+
+// ---- storage -------------------------------------------------------------------------------
+// The types tensors are stored in. Arithmetic never runs in bfloat16 or float16: each element is
+// widened to the Op's compute type when loaded and rounded (to nearest, ties to even) when
+// stored. The bit patterns are IEEE binary16 and bfloat16 (the top half of a float32), as in
+// NumPy's float16 and torch.bfloat16.
+
+struct bfloat16 {
+  uint16_t bits;
+};
+struct float16 {
+  uint16_t bits;
+};
+
+FASTNN_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+FASTNN_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// widen<C>(s): a stored element in compute type C (exact).
+template <class C, class S>
+FASTNN_HD C widen(S s) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    return C(bits_float(uint32_t(s.bits) << 16));
+  } else if constexpr (std::is_same_v<S, float16>) {
+#if defined(__CUDA_ARCH__)
+    return C(__half2float(__ushort_as_half(s.bits)));
+#else
+    // Normal and non-finite halves: exponent and mantissa moved to float32's places and the
+    // exponent rebiased by 127 - 15 in the integer; subnormal ones are mantissa * 2^-24.
+    // No float32 subnormal is involved, so a flush-to-zero mode cannot change the result.
+    const uint32_t exponent = s.bits & 0x7c00u;
+    const uint32_t magnitude = uint32_t(s.bits & 0x7fffu) << 13;
+    const float value = exponent == 0x7c00u ? bits_float(magnitude | 0x7f800000u)
+                        : exponent          ? bits_float(magnitude + 0x38000000u)
+                                            : float(s.bits & 0x3ffu) * 0x1p-24f;
+    return C((s.bits & 0x8000u) ? -value : value);
+#endif
+  } else {
+    return C(s);
+  }
+}
+
+// narrow<S>(c): c rounded to the storage type S.
+template <class S, class C>
+FASTNN_HD S narrow(C c) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+#if defined(__CUDA_ARCH__)
+    return bfloat16{__bfloat16_as_ushort(__float2bfloat16_rn(float(c)))};
+#else
+    // Round the low 16 bits away, ties to even; NaN becomes torch's canonical 0x7fc0.
+    const uint32_t u = float_bits(float(c));
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return bfloat16{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded)};
+#endif
+  } else if constexpr (std::is_same_v<S, float16>) {
+#if defined(__CUDA_ARCH__)
+    return float16{__half_as_ushort(__float2half_rn(float(c)))};
+#else
+    const uint32_t u = float_bits(float(c));
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t a = u & 0x7fffffffu;
+    // Normal halves: rebias the exponent by -112, then round the 13 low mantissa bits away
+    // (ties to even); a carry moves into the exponent, up to infinity, as it should.
+    const uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    // Below 2^-14 the half's step is 2^-24, the float32 step at 0.5: adding 0.5 rounds to it.
+    const uint32_t subnormal = float_bits(bits_float(a) + 0.5f) - 0x3f000000u;
+    const uint32_t magnitude = a > 0x7f800000u    ? 0x7e00u                     // NaN
+                               : a >= 0x477ff000u ? 0x7c00u                     // rounds to inf
+                               : a >= 0x38800000u ? normal
+                                                  : subnormal;
+    return float16{uint16_t(sign | magnitude)};
+#endif
+  } else {
+    return S(c);
+  }
+}
+
+// ---- arithmetic ----------------------------------------------------------------------------
+
+// a * b + c, rounded once where torch rounds once (see the top of this file).
+template <class T>
+FASTNN_HD T madd(T a, T b, T c) {
+#if FASTNN_OPTIM_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// torch.lerp(a, b, w) = a + w (b - a), computed from the nearer end as torch does.
+template <class T>
+FASTNN_HD T lerp(T a, T b, T w) {
+  return std::abs(w) < T(0.5) ? madd(w, b - a, a) : madd(w - T(1), b - a, b);
+}
 
 // The largest of a and b, NaN if either is NaN (torch.maximum).
 template <class T>
 FASTNN_HD T nan_max(T a, T b) {
   return (a != a || a > b) ? a : b;
 }
+
+// ---- the rules -----------------------------------------------------------------------------
+// Each operator() is torch.optim's single-tensor step for one element, in torch's order (the
+// torch call each line stands for is on its right).
 
 struct SgdHyper {
   double momentum, dampening, weight_decay;
@@ -33,25 +173,25 @@ template <class T, bool kMomentum>
 struct SgdOp {
   using value_type = T;
   static constexpr int kLists = kMomentum ? 3 : 2;
-  T lr, momentum, damp, weight_decay;
+  T neg_lr, momentum, damp, weight_decay;
   bool nesterov, maximize, first_step;
 
   SgdOp() = default;
-  FASTNN_HD SgdOp(const SgdHyper& h, double lr_, double /*step*/)
-      : lr(T(lr_)), momentum(T(h.momentum)), damp(T(1 - h.dampening)),
+  FASTNN_HD SgdOp(const SgdHyper& h, double lr, double /*step*/)
+      : neg_lr(T(-lr)), momentum(T(h.momentum)), damp(T(1 - h.dampening)),
         weight_decay(T(h.weight_decay)), nesterov(h.nesterov), maximize(h.maximize),
         first_step(h.first_step) {}
 
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = g + weight_decay * v[0];
+    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
     if constexpr (kMomentum) {
       // torch creates the buffer as a copy of the gradient: no decay, no dampening.
-      const T buf = first_step ? g : v[2] * momentum + damp * g;
+      const T buf = first_step ? g : madd(damp, g, v[2] * momentum);  // b.mul_(mu).add_(g, alpha=1-d)
       v[2] = buf;
-      g = nesterov ? g + momentum * buf : buf;
+      g = nesterov ? madd(momentum, buf, g) : buf;  // g.add(b, alpha=mu)
     }
-    v[0] = v[0] - lr * g;
+    v[0] = madd(neg_lr, g, v[0]);  // p.add_(g, alpha=-lr)
   }
 };
 
@@ -65,20 +205,20 @@ template <class T>
 struct AdagradOp {
   using value_type = T;
   static constexpr int kLists = 3;
-  T clr, weight_decay, eps;
+  T neg_clr, weight_decay, eps;
   bool maximize;
 
   AdagradOp() = default;
   FASTNN_HD AdagradOp(const AdagradHyper& h, double lr, double step)
-      : clr(T(lr / (1 + (step - 1) * h.lr_decay))), weight_decay(T(h.weight_decay)),
+      : neg_clr(T(-(lr / (1 + (step - 1) * h.lr_decay)))), weight_decay(T(h.weight_decay)),
         eps(T(h.eps)), maximize(h.maximize) {}
 
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = g + weight_decay * v[0];
-    const T sum = v[2] + g * g;
+    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
+    const T sum = madd(g, g, v[2]);                             // s.addcmul_(g, g)
     v[2] = sum;
-    v[0] = v[0] - clr * (g / (std::sqrt(sum) + eps));
+    v[0] = v[0] + neg_clr * g / (std::sqrt(sum) + eps);  // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
   }
 };
 
@@ -94,34 +234,34 @@ struct RmspropOp {
   static constexpr int kBuffer = 3;
   static constexpr int kGradAvg = kMomentum ? 4 : 3;
   static constexpr int kLists = 3 + int(kMomentum) + int(kCentered);
-  T lr, alpha, alpha_c, eps, weight_decay, momentum;
+  T neg_lr, alpha, alpha_c, eps, weight_decay, momentum;
   bool maximize;
 
   RmspropOp() = default;
-  FASTNN_HD RmspropOp(const RmspropHyper& h, double lr_, double /*step*/)
-      : lr(T(lr_)), alpha(T(h.alpha)), alpha_c(T(1 - h.alpha)), eps(T(h.eps)),
+  FASTNN_HD RmspropOp(const RmspropHyper& h, double lr, double /*step*/)
+      : neg_lr(T(-lr)), alpha(T(h.alpha)), alpha_c(T(1 - h.alpha)), eps(T(h.eps)),
         weight_decay(T(h.weight_decay)), momentum(T(h.momentum)), maximize(h.maximize) {}
 
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = g + weight_decay * v[0];
-    const T sq = v[2] * alpha + alpha_c * g * g;
+    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
+    const T sq = madd(alpha_c * g, g, v[2] * alpha);  // v.mul_(alpha).addcmul_(g, g, value=1-alpha)
     v[2] = sq;
     T avg;
     if constexpr (kCentered) {
-      const T ga = v[kGradAvg] + alpha_c * (g - v[kGradAvg]);
+      const T ga = lerp(v[kGradAvg], g, alpha_c);  // a.lerp_(g, 1-alpha)
       v[kGradAvg] = ga;
-      avg = std::sqrt(sq - ga * ga);
+      avg = std::sqrt(madd(-ga, ga, sq));  // v.addcmul(a, a, value=-1).sqrt_()
     } else {
       avg = std::sqrt(sq);
     }
     avg = avg + eps;
     if constexpr (kMomentum) {
-      const T buf = v[kBuffer] * momentum + g / avg;
+      const T buf = v[kBuffer] * momentum + g / avg;  // b.mul_(mu).addcdiv_(g, avg)
       v[kBuffer] = buf;
-      v[0] = v[0] - lr * buf;
+      v[0] = madd(neg_lr, buf, v[0]);  // p.add_(b, alpha=-lr)
     } else {
-      v[0] = v[0] - lr * (g / avg);
+      v[0] = v[0] + neg_lr * g / avg;  // p.addcdiv_(g, avg, value=-lr)
     }
   }
 };
@@ -136,7 +276,7 @@ template <class T, bool kAmsgrad>
 struct AdamOp {
   using value_type = T;
   static constexpr int kLists = kAmsgrad ? 5 : 4;
-  T beta1_c, beta2, beta2_c, eps, weight_decay, decay, step_size, bias_correction2_sqrt;
+  T beta1_c, beta2, beta2_c, eps, weight_decay, decay, neg_step_size, bias_correction2_sqrt;
   bool decoupled, maximize;
 
   AdamOp() = default;
@@ -144,7 +284,7 @@ struct AdamOp {
   FASTNN_HD AdamOp(const AdamHyper& h, double lr, double step)
       : beta1_c(T(1 - h.beta1)), beta2(T(h.beta2)), beta2_c(T(1 - h.beta2)), eps(T(h.eps)),
         weight_decay(T(h.weight_decay)), decay(T(1 - lr * h.weight_decay)),
-        step_size(T(lr / (1 - std::pow(h.beta1, step)))),
+        neg_step_size(T(-(lr / (1 - std::pow(h.beta1, step))))),
         bias_correction2_sqrt(T(std::sqrt(1 - std::pow(h.beta2, step)))),
         decoupled(h.decoupled), maximize(h.maximize) {}
 
@@ -152,18 +292,19 @@ struct AdamOp {
     T g = maximize ? -v[1] : v[1];
     T p = v[0];
     if (weight_decay != T(0)) {
-      if (decoupled) p = p * decay;
-      else g = g + weight_decay * p;
+      if (decoupled) p = p * decay;        // p.mul_(1 - lr wd)
+      else g = madd(weight_decay, p, g);  // g.add(p, alpha=wd)
     }
-    const T m = v[2] + beta1_c * (g - v[2]);
-    T s = v[3] * beta2 + beta2_c * g * g;
+    const T m = lerp(v[2], g, beta1_c);             // m.lerp_(g, 1-beta1)
+    T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;
     v[3] = s;
     if constexpr (kAmsgrad) {
-      s = nan_max(v[4], s);
+      s = nan_max(v[4], s);  // torch.maximum(vmax, v, out=vmax)
       v[4] = s;
     }
-    v[0] = p - step_size * (m / (std::sqrt(s) / bias_correction2_sqrt + eps));
+    // p.addcdiv_(m, v.sqrt() / bias_correction2_sqrt + eps, value=-step_size)
+    v[0] = p + neg_step_size * m / (std::sqrt(s) / bias_correction2_sqrt + eps);
   }
 };
 
@@ -199,7 +340,7 @@ struct RpropOp {
     // neither grows nor shrinks this entry's step size.
     if (prod < T(0)) g = T(0);
     const T sign = g > T(0) ? T(1) : (g < T(0) ? T(-1) : T(0));
-    v[0] = v[0] - sign * size;
+    v[0] = madd(-sign, size, v[0]);  // p.addcmul_(g.sign(), size, value=-1)
     v[2] = g;
   }
 };

@@ -1,14 +1,14 @@
 // The multi-tensor launcher: one kernel launch applies a per-element Op (optim_math.h) to many
-// tensors of one dtype.
+// tensors stored as one OptimTypes (optim.h) says.
 //
 // The tensors' addresses and sizes travel in the kernel's parameter block (a TensorTable under
 // 4 KB), so no host-to-device copy and no synchronisation precede a launch, and a launch
 // captured in a CUDA graph holds its own copy of the table. A call with more tensors than one
 // table holds makes several launches. Each tensor is cut in chunks of kChunk elements; the
 // blocks of a launch walk the launch's chunks (grid-stride), find their tensor by binary search
-// over the chunks' prefix sums, and update the chunk with 16-byte loads and stores when every
-// list's pointer for that chunk is 16-byte aligned, element by element otherwise and for the
-// tail that does not fill a vector.
+// over the chunks' prefix sums, and update the chunk with vector loads and stores (16 bytes of
+// the widest list) when every list's pointer for that chunk is aligned to its vector, element
+// by element otherwise and for the tail that does not fill a vector.
 //
 // Capturable mode: given `scalars` (device float64 [lr, step]), a one-thread kernel first adds
 // 1 to the step, then every thread of the update kernels builds its Op from the device values,
@@ -41,24 +41,55 @@ struct TensorTable {
 
 __global__ void count_step_kernel(double* scalars) { scalars[1] += 1.0; }
 
-// One chunk of n elements, ptr[l] pointing at its first element in list l.
-template <class Op, class T = typename Op::value_type>
-__device__ __forceinline__ void update_chunk(const Op& op, T* const (&ptr)[Op::kLists], int64_t n,
-                                             bool vec) {
+// N elements of S, loaded or stored as one vector.
+template <class S, int N>
+struct alignas(sizeof(S) * N) Elements {
+  S v[N];
+};
+
+// One chunk's lists, typed as Types stores them: the parameter, its gradient and L - 2 states.
+template <class Types, int L>
+struct ChunkLists {
+  typename Types::param* param;
+  const typename Types::grad* grad;
+  typename Types::state* state[L > 2 ? L - 2 : 1];
+};
+
+// Elements per vector: 16 bytes of the widest list (4 floats, 2 doubles, 8 bfloat16s).
+template <class Types>
+constexpr int vector_elements() {
+  constexpr size_t p = sizeof(typename Types::param), g = sizeof(typename Types::grad),
+                   s = sizeof(typename Types::state);
+  return int(16 / (p > g ? (p > s ? p : s) : (g > s ? g : s)));
+}
+
+// One chunk of n elements, the lists pointing at its first element; each element is widened to
+// the Op's compute type, updated, and rounded back.
+template <class Types, class Op, class T = typename Op::value_type>
+__device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Types, Op::kLists>& ptr,
+                                             int64_t n, bool vec) {
   constexpr int L = Op::kLists;
-  constexpr int V = Pack<T>::kSize;
-  constexpr int kIlp = sizeof(T) == 4 ? 4 : 2;  // vectors in flight per list: 64 bytes either way
+  constexpr int LS = L > 2 ? L - 2 : 1;
+  constexpr int V = vector_elements<Types>();
+  constexpr int kIlp = sizeof(T) == 4 ? 4 : 2;  // vectors in flight per list
+  using P = typename Types::param;
+  using G = typename Types::grad;
+  using S = typename Types::state;
   int64_t done = 0;
   if (vec) {
     const int64_t packs = n / V;
     for (int64_t first = threadIdx.x; first < packs; first += int64_t(kIlp) * blockDim.x) {
-      Pack<T> r[kIlp][L];
+      Elements<P, V> rp[kIlp];
+      Elements<G, V> rg[kIlp];
+      Elements<S, V> rs[kIlp][LS];
 #pragma unroll
       for (int k = 0; k < kIlp; ++k) {
         const int64_t i = first + int64_t(k) * blockDim.x;
         if (i < packs) {
+          rp[k] = reinterpret_cast<const Elements<P, V>*>(ptr.param)[i];
+          rg[k] = reinterpret_cast<const Elements<G, V>*>(ptr.grad)[i];
 #pragma unroll
-          for (int l = 0; l < L; ++l) r[k][l] = reinterpret_cast<const Pack<T>*>(ptr[l])[i];
+          for (int l = 2; l < L; ++l) rs[k][l - 2] = reinterpret_cast<const Elements<S, V>*>(ptr.state[l - 2])[i];
         }
       }
 #pragma unroll
@@ -68,15 +99,18 @@ __device__ __forceinline__ void update_chunk(const Op& op, T* const (&ptr)[Op::k
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             T v[L];
+            v[0] = widen<T>(rp[k].v[j]);
+            v[1] = widen<T>(rg[k].v[j]);
 #pragma unroll
-            for (int l = 0; l < L; ++l) v[l] = r[k][l].v[j];
+            for (int l = 2; l < L; ++l) v[l] = widen<T>(rs[k][l - 2].v[j]);
             op(v);
+            rp[k].v[j] = narrow<P>(v[0]);
 #pragma unroll
-            for (int l = 0; l < L; ++l) r[k][l].v[j] = v[l];
+            for (int l = 2; l < L; ++l) rs[k][l - 2].v[j] = narrow<S>(v[l]);
           }
+          reinterpret_cast<Elements<P, V>*>(ptr.param)[i] = rp[k];
 #pragma unroll
-          for (int l = 0; l < L; ++l)
-            if (l != 1) reinterpret_cast<Pack<T>*>(ptr[l])[i] = r[k][l];
+          for (int l = 2; l < L; ++l) reinterpret_cast<Elements<S, V>*>(ptr.state[l - 2])[i] = rs[k][l - 2];
         }
       }
     }
@@ -84,21 +118,23 @@ __device__ __forceinline__ void update_chunk(const Op& op, T* const (&ptr)[Op::k
   }
   for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
     T v[L];
+    v[0] = widen<T>(ptr.param[i]);
+    v[1] = widen<T>(ptr.grad[i]);
 #pragma unroll
-    for (int l = 0; l < L; ++l) v[l] = ptr[l][i];
+    for (int l = 2; l < L; ++l) v[l] = widen<T>(ptr.state[l - 2][i]);
     op(v);
+    ptr.param[i] = narrow<P>(v[0]);
 #pragma unroll
-    for (int l = 0; l < L; ++l)
-      if (l != 1) ptr[l][i] = v[l];
+    for (int l = 2; l < L; ++l) ptr.state[l - 2][i] = narrow<S>(v[l]);
   }
 }
 
-template <class Op, class Hyper>
+template <class Types, class Op, class Hyper>
 __global__ void __launch_bounds__(kMultiBlock)
     multi_tensor_kernel(const __grid_constant__ TensorTable<Op::kLists> table, const Op host_op,
                         const Hyper hyper, const double* scalars) {
-  using T = typename Op::value_type;
   constexpr int L = Op::kLists;
+  constexpr int V = vector_elements<Types>();
   const Op op = scalars ? Op(hyper, scalars[0], scalars[1]) : host_op;
   const int chunks = table.first_chunk[table.count];
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
@@ -110,24 +146,27 @@ __global__ void __launch_bounds__(kMultiBlock)
     }
     const int64_t begin = int64_t(c - table.first_chunk[lo]) * kChunk;
     const int64_t n = table.size[lo] - begin < kChunk ? table.size[lo] - begin : kChunk;
-    T* ptr[L];
-    bool vec = true;
+    ChunkLists<Types, L> ptr;
+    ptr.param = static_cast<typename Types::param*>(table.ptr[0][lo]) + begin;
+    ptr.grad = static_cast<const typename Types::grad*>(table.ptr[1][lo]) + begin;
+    bool vec = reinterpret_cast<uintptr_t>(ptr.param) % (V * sizeof(*ptr.param)) == 0 &&
+               reinterpret_cast<uintptr_t>(ptr.grad) % (V * sizeof(*ptr.grad)) == 0;
 #pragma unroll
-    for (int l = 0; l < L; ++l) {
-      ptr[l] = static_cast<T*>(table.ptr[l][lo]) + begin;
-      vec = vec && reinterpret_cast<uintptr_t>(ptr[l]) % 16 == 0;
+    for (int l = 2; l < L; ++l) {
+      ptr.state[l - 2] = static_cast<typename Types::state*>(table.ptr[l][lo]) + begin;
+      vec = vec && reinterpret_cast<uintptr_t>(ptr.state[l - 2]) % (V * sizeof(*ptr.state[0])) == 0;
     }
-    update_chunk(op, ptr, n, vec);
+    update_chunk<Types>(op, ptr, n, vec);
   }
 }
 
-// run(OpTag<Op>{}, hyper, lr, step) for optim_dispatch (optim.h): checks the lists, counts the
+// run(OpTag<Op, Types>{}, hyper, lr, step) for optim_dispatch (optim.h): checks the lists, counts the
 // step on the device in capturable mode, then launches as many tables as the tensors fill.
 struct Run : RunArgs {
   Stream stream;
 
-  template <class Op, class Hyper>
-  void operator()(OpTag<Op>, const Hyper& hyper, double lr, double step) const {
+  template <class Op, class Types, class Hyper>
+  void operator()(OpTag<Op, Types>, const Hyper& hyper, double lr, double step) const {
     constexpr int L = Op::kLists;
     using Table = TensorTable<L>;
     static_assert(sizeof(Table) + sizeof(Op) + sizeof(Hyper) + sizeof(double*) <= 4000,
@@ -148,7 +187,7 @@ struct Run : RunArgs {
       const int chunks = table.first_chunk[table.count];
       if (chunks == 0) return;
       const unsigned grid = unsigned(std::min<int64_t>(chunks, max_blocks));
-      multi_tensor_kernel<Op, Hyper><<<grid, kMultiBlock, 0, s>>>(table, host_op, hyper, scalars);
+      multi_tensor_kernel<Types, Op, Hyper><<<grid, kMultiBlock, 0, s>>>(table, host_op, hyper, scalars);
       check_launch(rule);
       table.count = 0;
     };

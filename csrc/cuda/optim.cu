@@ -1,8 +1,8 @@
 // Fused optimizers on the GPU. Formulas and the rule table in optim.h, per-element math in
 // optim_math.h, the multi-tensor launcher in multi_tensor.cuh: one launch per table of up to
-// ~70-100 tensors, 16-byte vector loads where aligned, math in T (float32 or float64)
-// registers, bias corrections on the host (or, in capturable mode, from the device [lr, step]
-// array).
+// ~70-100 tensors, 16-byte vector loads where aligned, math in float32 registers (float64 for
+// float64 parameters; bfloat16 and float16 are widened on load and rounded on store), bias
+// corrections on the host (or, in capturable mode, from the device [lr, step] array).
 #include "cuda/multi_tensor.cuh"
 
 namespace fastnn::cuda {
