@@ -250,14 +250,14 @@ BAD_CONSTRUCTION = [
     (optim.Adam, dict(betas=(1.0, 0.999)), "beta1"),
     (optim.Adam, dict(betas=(0.9, -0.1)), "beta2"),
     (optim.Adam, dict(betas=(0.9,)), "betas"),
-    (optim.Adam, dict(eps=0.0), "eps"),
+    (optim.Adam, dict(eps=-1e-12), "eps"),
     (optim.AdamW, dict(eps=-1e-8), "eps"),
     (optim.AdamW, dict(lr=math.inf), "lr"),
     (optim.RMSprop, dict(alpha=-0.1), "alpha"),
     (optim.RMSprop, dict(momentum=-0.1), "momentum"),
     (optim.Adagrad, dict(lr_decay=-1.0), "lr_decay"),
     (optim.Adagrad, dict(initial_accumulator_value=-1.0), "initial_accumulator_value"),
-    (optim.Adagrad, dict(eps=0.0), "eps"),
+    (optim.Adagrad, dict(eps=-1.0), "eps"),
     (optim.Rprop, dict(etas=(1.5, 1.2)), "etaminus"),
     (optim.Rprop, dict(etas=(0.5, 0.9)), "etaplus"),
     (optim.Rprop, dict(step_sizes=(1.0, 0.1)), "step_size_min"),
@@ -279,7 +279,7 @@ def test_bad_params_fail_at_construction(rng):
         optim.SGD([p, p])
     with pytest.raises(TypeError, match="single"):
         optim.SGD(p)
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64 or float16"):
         optim.SGD([np.zeros(3, np.int32)])
     frozen = np.zeros(3)
     frozen.flags.writeable = False

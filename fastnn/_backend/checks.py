@@ -29,11 +29,11 @@ def _fail(kind: type, where, message: str) -> Exception:
 
 def check_float(x: Any, name: str, *, like: tuple[str, Any] | None = None, shape=None,
                 ndim: int | None = None, features: int | None = None, writable: bool = False,
-                dtype=None, copy: bool = False, where=None):
+                dtype=None, dtypes: tuple = FLOAT_DTYPES, copy: bool = False, where=None):
     """Validate a float array argument and return it as an array.
 
-    - dtype float32 or float64 (``TypeError`` naming the argument, expected and given dtype);
-      with ``dtype`` given, exactly that one;
+    - dtype float32 or float64, or one of ``dtypes`` when given (``TypeError`` naming the
+      argument, expected and given dtype); with ``dtype`` given, exactly that one;
     - with ``like=(other_name, other)``: ``other``'s device (``ValueError``) and dtype
       (``TypeError``);
     - ``ndim``, ``features`` (the size of the last axis) and ``shape`` when given
@@ -52,9 +52,10 @@ def check_float(x: Any, name: str, *, like: tuple[str, Any] | None = None, shape
     dt = np.dtype(a.dtype)
     if dtype is not None and dt != np.dtype(dtype):
         raise _fail(TypeError, where, f"{name}: expected dtype {np.dtype(dtype)}, got {dt}")
-    if dt not in FLOAT_DTYPES:
+    if dt not in dtypes:
         hint = f" (integer data: convert with {name}.astype(numpy.float32))" if dt.kind in "iub" else ""
-        raise _fail(TypeError, where, f"{name}: expected dtype float32 or float64, got {dt}{hint}")
+        expected = " or ".join([", ".join(d.name for d in dtypes[:-1]), dtypes[-1].name] if len(dtypes) > 1 else [dtypes[0].name])
+        raise _fail(TypeError, where, f"{name}: expected dtype {expected}, got {dt}{hint}")
     if like is not None:
         other_name, other = like
         if device_of(a) != device_of(other):

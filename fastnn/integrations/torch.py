@@ -2,14 +2,33 @@
 training loop.
 
 ``SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW`` and ``Rprop`` take torch.optim's
-arguments (minus ``foreach``/``fused``/``differentiable``/``capturable``) and keep torch.optim's
-state layout (``state[p]["exp_avg"]``, a float ``step`` tensor, ...), so ``state_dict()`` loads
-into the torch.optim class of the same rule and back. ``step()`` runs fastnn's kernels on each
+arguments, with torch's defaults and checks, and keep torch.optim's state layout
+(``state[p]["exp_avg"]``, a float ``step`` tensor, ...), so ``state_dict()`` loads into the
+torch.optim class of the same rule and back. ``step()`` runs fastnn's kernels on each
 ``p.grad`` in place (parameters without a gradient are skipped): tensors of one group, device
 and dtype are updated by one native call, on the CPU or, for CUDA tensors, on torch's current
 stream (one multi-tensor launch per table of tensors; no host-device synchronisation).
-Parameters and gradients must be dense, contiguous, float32 or float64. ``FASTNN_BACKEND=numpy``
-runs the reference path instead (CuPy needed for CUDA tensors).
+
+What it takes, as torch.optim does:
+
+- dtypes float32, float64, bfloat16 and float16 (bfloat16 and float16 computed in float32 and
+  rounded once when stored, state in the parameter's dtype: torch's fused kernels' math), and
+  complex64 / complex128, updated as their real and imaginary parts (``view_as_real``);
+- any dense layout: a transposed or ``channels_last`` tensor is updated as the flat memory it
+  is (state created with ``preserve_format``, like torch's); a tensor with gaps (a strided view)
+  through a contiguous copy, written back;
+- sparse gradients in ``SGD`` and ``Adagrad`` (torch's own update for those tensors, with
+  torch's sparse semantics); the other rules raise as torch's do;
+- ``foreach`` and ``fused`` (any value: the update is fused either way), ``differentiable=False``
+  (``True`` raises NotImplementedError), ``capturable`` where torch has it (Adam, AdamW, RMSprop,
+  Rprop): lr and the step count are then read on the device, for CUDA graphs, and each state's
+  ``step`` lives on its parameter's device, as torch's; these keys stay in ``param_groups``.
+
+Semantics follow torch.optim's where they could differ: Adagrad creates its state at
+construction, from the constructor's ``initial_accumulator_value`` (a group's value is
+ignored, as torch does); Nesterov's conditions are checked on the constructor's values only;
+``eps=0`` is accepted. ``FASTNN_BACKEND=numpy`` runs the reference path instead (CuPy needed
+for CUDA tensors).
 
 >>> model = torch.nn.Linear(10, 1)
 >>> opt = fastnn.integrations.torch.AdamW(model.parameters(), lr=1e-3)
@@ -19,7 +38,9 @@ runs the reference path instead (CuPy needed for CUDA tensors).
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .. import _backend as B
@@ -28,12 +49,34 @@ from ..optim import functional as OF
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Rprop"]
 
-_DTYPES = (torch.float32, torch.float64)
+# The kernels' name for each real dtype (csrc/optim.h); complex tensors run as their real view.
+_KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+                  torch.float16: "float16"}
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+_HOST = np.empty(0)  # stands for the CPU when asking which path runs there
 
 
-def _view(t: torch.Tensor):
-    """A zero-copy fastnn view of a (detached) tensor: the dtype, the device and, on the GPU,
-    torch's current stream, for the launch."""
+class _Dtype(NamedTuple):
+    name: str  # what fastnn's launcher reads of a dtype; NumPy has no bfloat16
+
+
+class _HostView(NamedTuple):
+    dtype: _Dtype
+
+
+def _launch_view(t: torch.Tensor, dtype: str):
+    """What the launcher needs of a group's first tensor: the dtype's name and, on the GPU, the
+    device and torch's current stream."""
+    if not t.is_cuda:
+        return _HostView(_Dtype(dtype))
+    stream = torch.cuda.current_stream(t.device).cuda_stream
+    view = B.CudaView(t, dict(data=(t.data_ptr(), False), shape=(t.numel(),), typestr="|u1", stream=stream or None))
+    view.dtype = _Dtype(dtype)
+    return view
+
+
+def _array_view(t: torch.Tensor):
+    """A zero-copy fastnn view of a float32/float64 tensor (the capturable [lr, step] one)."""
     if t.is_cuda:
         stream = torch.cuda.current_stream(t.device).cuda_stream
         return B.CudaView(t, dict(t.__cuda_array_interface__, stream=stream or None))
@@ -48,29 +91,92 @@ def _torch_stream(t: torch.Tensor):
     return cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream, t.device.index)
 
 
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of memory, each once (any order of the axes)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _contiguous_strides(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of torch.optim's ``step`` tensors."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 class _FastnnOptimizer(torch.optim.Optimizer):
     _fastnn: type[_optim.Optimizer]  # the fastnn class whose rule, hyperparameters and state this runs
 
-    def __init__(self, params, defaults: dict):
-        super().__init__(params, defaults)
+    def __init__(self, params, defaults: dict, *, foreach=None, fused=None, differentiable=False, **flags):
+        if differentiable:
+            raise NotImplementedError(
+                "differentiable=True is not supported: fastnn's kernels update the tensors in place, outside "
+                "autograd; use torch.optim's own class to differentiate through the optimizer step")
+        super().__init__(params, dict(defaults, foreach=foreach, fused=fused, differentiable=False, **flags))
         for group in self.param_groups:
             OF.check_hyper(self._fastnn.rule, self._fastnn._hyper(group), need_step=False)
 
-    def _check(self, gi: int, k: int, p: torch.Tensor) -> None:
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._device_scalars().clear()
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _check(self, gi: int, k: int, p: torch.Tensor) -> bool:
+        """Validate a parameter and its gradient; True when the gradient is sparse (SGD and
+        Adagrad update those through torch's own code)."""
         g = p.grad
         name = f"param_groups[{gi}]['params'][{k}]"
-        if g.is_sparse or p.is_sparse:
-            raise TypeError(f"{name}: fastnn's optimizers take dense tensors, not sparse gradients")
-        if p.dtype not in _DTYPES or g.dtype != p.dtype:
-            raise TypeError(f"{name}: expected float32 or float64 parameters with gradients of the same dtype, "
-                            f"got {p.dtype} and {g.dtype}")
+        if p.layout != torch.strided:
+            raise TypeError(f"{name}: fastnn's optimizers update dense parameters, not {p.layout} ones")
+        if p.dtype not in _KERNEL_DTYPES and p.dtype not in _COMPLEX_DTYPES:
+            raise TypeError(f"{name}: expected a float32, float64, bfloat16, float16, complex64 or complex128 "
+                            f"parameter, got {p.dtype}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{name}: the gradient is {g.dtype} but the parameter is {p.dtype}")
         if g.device != p.device or g.shape != p.shape:
             raise ValueError(f"{name}: the gradient is {tuple(g.shape)} on {g.device} but the parameter is "
                              f"{tuple(p.shape)} on {p.device}")
         if p.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name}: tensors on {p.device} are not supported (CPU and CUDA only)")
-        if not (p.is_contiguous() and g.is_contiguous()):
-            raise ValueError(f"{name}: fastnn's optimizers need contiguous parameters and gradients")
+        if g.is_sparse:
+            rule = self._fastnn.rule
+            if rule not in ("sgd", "adagrad"):
+                hint = ", please consider SparseAdam instead" if rule == "adam" else ""
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients{hint}")
+            if rule == "adagrad" and self.param_groups[gi]["weight_decay"] != 0:
+                raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+            return True
+        if g.layout != torch.strided:
+            raise TypeError(f"{name}: the gradient's layout {g.layout} is not supported (dense or sparse COO)")
+        for key, s in self.state.get(p, {}).items():
+            if not isinstance(s, torch.Tensor) or key == "step":
+                continue
+            if s.layout != torch.strided:
+                raise ValueError(f"{name}: its state '{key}' is {s.layout} (left by sparse gradients) but the gradient "
+                                 "is dense now; reset the state (optimizer.state[p].clear())")
+            if s.shape != p.shape or s.dtype != p.dtype or s.device != p.device:
+                raise ValueError(f"{name}: its state '{key}' is {s.dtype} {tuple(s.shape)} on {s.device} but the "
+                                 f"parameter is {p.dtype} {tuple(p.shape)} on {p.device}")
+        return False
+
+    # --- the step -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -84,50 +190,175 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         work = []
         for gi, group in enumerate(self.param_groups):
             hyper = OF.check_hyper(rule, self._fastnn._hyper(group), need_step=False)
-            params = []
+            dense, sparse = [], []
             for k, p in enumerate(group["params"]):
                 if p.grad is not None:
-                    self._check(gi, k, p)
-                    params.append(p)
-            work.append((group, hyper, params))
-        for group, hyper, params in work:
-            self._update(rule, group, hyper, params)
+                    (sparse if self._check(gi, k, p) else dense).append(p)
+            work.append((gi, group, hyper, dense, sparse))
+        for gi, group, hyper, dense, sparse in work:
+            if sparse:
+                self._sparse_update(group, sparse)
+            if dense:
+                self._update(gi, group, hyper, dense)
         return loss
 
-    def _update(self, rule: str, group: dict, hyper: dict, params: list) -> None:
+    def _initial_value(self, key: str, group: dict, p: torch.Tensor):
+        value = self._fastnn._initial_value(key, group)
+        return complex(value, value) if p.is_complex() else value
+
+    def _new_step(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """A ``step`` as torch.optim creates it: on the parameter's device in capturable mode,
+        else on the CPU."""
+        if group.get("capturable"):
+            return torch.zeros((), dtype=torch.float32, device=p.device)
+        return torch.tensor(0.0, dtype=_scalar_dtype())
+
+    def _update(self, gi: int, group: dict, hyper: dict, params: list) -> None:
+        rule = self._fastnn.rule
         keys = [s.key for s in OF.used_states(rule, hyper)]
         counts_steps = OF.RULES[rule].counts_steps
+        capturable = bool(group.get("capturable"))
         buckets: dict[tuple, list] = {}
         for p in params:
             state = self.state[p]
             fresh = False
             for key in keys:
                 if state.get(key) is None:  # torch.optim.SGD may hold a None momentum buffer
-                    state[key] = torch.full_like(p, self._fastnn._initial_value(key, group),
-                                                 memory_format=torch.contiguous_format)
+                    state[key] = torch.full_like(p, self._initial_value(key, group, p),
+                                                 memory_format=torch.preserve_format)
                     fresh = True
-            if counts_steps and "step" not in state:
-                state["step"] = torch.tensor(0.0)
-            step = int(state["step"]) if counts_steps else None
-            buckets.setdefault((p.device, p.dtype, step, fresh and rule == "sgd"), []).append(p)
-        for (_, _, step, fresh), members in buckets.items():
+            step = None
+            if counts_steps:
+                if "step" not in state:
+                    state["step"] = self._new_step(p, group)
+                if not capturable:
+                    if state["step"].device.type != "cpu":  # loaded from a capturable or fused torch state
+                        state["step"] = state["step"].cpu()
+                    step = int(state["step"])
+            dtype = _KERNEL_DTYPES[_real(p).dtype]
+            buckets.setdefault((p.device, dtype, step, fresh and rule == "sgd"), []).append(p)
+        for (device, dtype, step, fresh), members in buckets.items():
             args = dict(hyper)
             if "step" in args:
-                args["step"] = step + 1
+                args["step"] = 1 if step is None else step + 1
             if "first_step" in args:
                 args["first_step"] = fresh
-            lists = [[p.data for p in members], [p.grad for p in members]]
-            lists += [[self.state[p][key] for p in members] for key in keys]
-            first = _view(lists[0][0])
-            path = B.path_of(first)
+            lists = [members, [p.grad for p in members], *[[self.state[p][key] for p in members] for key in keys]]
+            kernel_lists, write_back = _kernel_tensors(lists)
+            scalars = self._scalars(gi, group, device, dtype, members) if capturable else None
+            first = kernel_lists[0][0]
+            view = _launch_view(first, dtype)
+            path = B.path_of(view if first.is_cuda else _HOST)
             if path == "reference":
-                with _torch_stream(lists[0][0]):
-                    OF.run_reference(rule, [[B.as_array(t, "tensor") for t in lst] for lst in lists], args)
+                self._run_reference(rule, kernel_lists, args, scalars)
             else:
-                OF.run_native(rule, path, first, [t.data_ptr() for lst in lists for t in lst],
-                              [t.numel() for t in lists[0]], args)
+                OF.run_native(rule, path, view, [t.data_ptr() for lst in kernel_lists for t in lst],
+                              [t.numel() for t in kernel_lists[0]], args,
+                              None if scalars is None else _array_view(scalars))
+            for target, temporary in write_back:
+                target.copy_(temporary)
             if counts_steps:
                 torch._foreach_add_([self.state[p]["step"] for p in members], 1)
+
+    @staticmethod
+    def _run_reference(rule: str, lists: list, args: dict, scalars) -> None:
+        """The reference path on NumPy/CuPy views of the tensors (bfloat16 ones through float32
+        copies, as the kernels compute)."""
+        first = lists[0][0]
+        wide = first.dtype == torch.bfloat16
+        work = [[t.float() if wide else t.detach() for t in lst] for lst in lists]
+        with _torch_stream(first):
+            arrays = [[B.as_array(t, "tensor") for t in lst] for lst in work]
+            device_scalars = None if scalars is None else B.as_array(_array_view(scalars), "device_scalars")
+            OF.run_reference(rule, arrays, args, device_scalars)
+        if wide:
+            for lst, out in zip(lists, work):
+                if lst is not lists[1]:
+                    for t, w in zip(lst, out):
+                        t.copy_(w)
+
+    def _sparse_update(self, group: dict, params: list) -> None:
+        """torch's own update for the parameters with sparse gradients (SGD, Adagrad)."""
+        grads = [p.grad for p in params]
+        if self._fastnn.rule == "sgd":
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+            torch.optim.sgd.sgd(params, grads, buffers, has_sparse_grad=True, foreach=False,
+                                weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
+                                dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+            if group["momentum"] != 0:
+                for p, buf in zip(params, buffers):
+                    self.state[p]["momentum_buffer"] = buf
+            return
+        for p in params:
+            state = self.state[p]
+            if "sum" not in state:
+                state["sum"] = torch.full_like(p, self._initial_value("sum", group, p),
+                                               memory_format=torch.preserve_format)
+            state.setdefault("step", self._new_step(p, group))
+        torch.optim.adagrad.adagrad(params, grads, [self.state[p]["sum"] for p in params],
+                                    [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
+                                    lr=group["lr"], weight_decay=group["weight_decay"], lr_decay=group["lr_decay"],
+                                    eps=group["eps"], maximize=group["maximize"])
+
+    # --- capturable mode ------------------------------------------------------------------------
+
+    def _device_scalars(self) -> dict:
+        """(group, device, dtype) -> [the float64 [lr, step] tensor, its members, the lr written]."""
+        return self.__dict__.setdefault("_fastnn_scalars", {})
+
+    def _scalars(self, gi: int, group: dict, device, dtype: str, members: list) -> torch.Tensor:
+        """Capturable mode: the float64 [lr, step] tensor the kernels read lr and the step from
+        (and count the step in). It is made, from the members' shared step, the first time a
+        set of parameters is updated (which a CUDA graph capture cannot do), and after
+        load_state_dict; lr is written into it when it changed (a Tensor lr is copied every
+        step, on the device)."""
+        key = (gi, device, dtype)
+        entry = self._device_scalars().get(key)
+        ids = [id(p) for p in members]
+        lr = group["lr"]
+        if entry is None or entry[1] != ids:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"{type(self).__name__}: run at least one step eagerly before capturing a CUDA "
+                                   "graph: the first step creates the optimizer state, and the step count is read "
+                                   "from it then")
+            steps = {float(self.state[p]["step"]) for p in members} if "step" in self.state[members[0]] else {0.0}
+            if len(steps) > 1:
+                raise ValueError(f"{type(self).__name__}: capturable mode keeps one step count per group, device and "
+                                 f"dtype, but param_groups[{gi}] has parameters at steps {sorted(steps)}")
+            entry = [torch.tensor([float(lr), steps.pop()], dtype=torch.float64, device=device), ids, None]
+            self._device_scalars()[key] = entry
+        scalars = entry[0]
+        if isinstance(lr, torch.Tensor):
+            scalars[0].copy_(lr.reshape(()), non_blocking=True)
+        elif entry[2] != float(lr):
+            scalars[0].fill_(float(lr))
+            entry[2] = float(lr)
+        return scalars
+
+
+def _kernel_tensors(lists: list) -> tuple[list, list]:
+    """The tensors to hand the kernel for each list, element by element in one flat order, and
+    the (tensor, temporary) pairs to copy back afterwards. A parameter is handed over as the
+    memory it is when its elements fill one block (contiguous or not: a transposed or
+    channels_last weight) and its gradient and state lie the same way; otherwise (a view with
+    gaps, or a gradient or state laid out differently) through temporaries in the parameter's
+    layout (contiguous for a view with gaps), the written ones copied back. Complex tensors are
+    handed over as their real views."""
+    out = [[] for _ in lists]
+    write_back = []
+    for i in range(len(lists[0])):
+        p = _real(lists[0][i])
+        layout = p.stride() if _dense(p) else _contiguous_strides(p.shape)
+        for li, lst in enumerate(lists):
+            t = _real(lst[i])
+            if t.stride() != layout or not _dense(t):
+                temporary = torch.empty_strided(t.shape, layout, dtype=t.dtype, device=t.device)
+                temporary.copy_(t)
+                if li != 1:  # the gradient is only read
+                    write_back.append((t, temporary))
+                t = temporary
+            out[li].append(t)
+    return out, write_back
 
 
 class SGD(_FastnnOptimizer):
@@ -135,9 +366,11 @@ class SGD(_FastnnOptimizer):
     _fastnn = _optim.SGD
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False):
+                 maximize=False, foreach=None, differentiable=False, fused=None):
+        OF.check_nesterov(momentum, dampening, nesterov)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize))
+                                      nesterov=nesterov, maximize=maximize),
+                         foreach=foreach, differentiable=differentiable, fused=fused)
 
 
 class Adagrad(_FastnnOptimizer):
@@ -145,20 +378,39 @@ class Adagrad(_FastnnOptimizer):
     _fastnn = _optim.Adagrad
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False):
+                 foreach=None, *, maximize=False, differentiable=False, fused=None):
         B.check_scalar(initial_accumulator_value, "initial_accumulator_value", low=0.0)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize))
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
+                         foreach=foreach, differentiable=differentiable, fused=fused)
+        # As torch: the state exists from the start (so share_memory() and state_dict() see it).
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["step"] = self._new_step(p, group)
+                self.state[p]["sum"] = torch.full_like(p, self._initial_value("sum", group, p),
+                                                       memory_format=torch.preserve_format)
+
+    def _initial_value(self, key, group, p):
+        # torch.optim.Adagrad reads the constructor's value, never a group's.
+        value = float(self.defaults["initial_accumulator_value"])
+        return complex(value, value) if p.is_complex() else value
+
+    def share_memory(self) -> None:
+        """``share_memory_()`` on the state sums, as torch.optim.Adagrad."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
 
 
 class RMSprop(_FastnnOptimizer):
     __doc__ = _optim.RMSprop.__doc__
     _fastnn = _optim.RMSprop
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 capturable=False, foreach=None, maximize=False, differentiable=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize))
+                                      centered=centered, maximize=maximize),
+                         foreach=foreach, differentiable=differentiable, capturable=capturable)
 
 
 class Adam(_FastnnOptimizer):
@@ -166,9 +418,11 @@ class Adam(_FastnnOptimizer):
     _fastnn = _optim.Adam
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False):
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
+                         foreach=foreach, differentiable=differentiable, fused=fused, capturable=capturable)
 
 
 class AdamW(Adam):
@@ -176,13 +430,17 @@ class AdamW(Adam):
     _fastnn = _optim.AdamW
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True)
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
 
 
 class Rprop(_FastnnOptimizer):
     __doc__ = _optim.Rprop.__doc__
     _fastnn = _optim.Rprop
 
-    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *, maximize=False):
-        super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize))
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *, capturable=False, foreach=None,
+                 maximize=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize),
+                         foreach=foreach, differentiable=differentiable, capturable=capturable)

@@ -17,7 +17,7 @@ class Adagrad(Optimizer):
         p = p - clr * g / (sqrt(s) + eps)
 
     Args: ``params``, ``lr=1e-2``, ``lr_decay=0`` (>= 0), ``weight_decay=0`` (>= 0),
-    ``initial_accumulator_value=0`` (>= 0), ``eps=1e-10`` (> 0; torch also accepts 0),
+    ``initial_accumulator_value=0`` (>= 0), ``eps=1e-10`` (>= 0, as torch),
     ``maximize=False``, ``capturable=False``. State: ``"step"``, ``"sum"`` (created on the first
     step; torch creates it at construction).
     """

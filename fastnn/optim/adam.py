@@ -18,7 +18,7 @@ class Adam(Optimizer):
         p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
     Args: ``params``, ``lr=1e-3``, ``betas=(0.9, 0.999)`` (each in [0, 1)), ``eps=1e-8``
-    (> 0; torch also accepts 0), ``weight_decay=0`` (>= 0), ``amsgrad=False``,
+    (>= 0, as torch), ``weight_decay=0`` (>= 0), ``amsgrad=False``,
     ``maximize=False``, ``decoupled_weight_decay=False`` (True is :class:`AdamW`),
     ``capturable=False`` (lr and t read on the device, bias corrections computed there; see
     :class:`Optimizer`). State: ``"step"``, ``"exp_avg"``, ``"exp_avg_sq"``,

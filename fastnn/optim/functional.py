@@ -5,9 +5,18 @@ have one shape, dtype and device) and updates the parameters and the state with 
 Arrays may be NumPy, CuPy, or anything exposing ``__dlpack__`` / ``__cuda_array_interface__``
 (PyTorch tensors on the CPU or a GPU: pass ``p.data``/``p.grad``, or tensors that do not require
 grad). Gradients are read, never written. Everything is validated (hyperparameters, counts,
-shapes, dtypes, devices, contiguity) before anything is modified. Tensors are grouped by device
-and dtype and each group is updated by one native call (one multi-tensor launch on the GPU,
-one parallel pass on the CPU), or by ``fastnn.reference`` on the reference path.
+shapes, dtypes, devices, contiguity, and that no two arrays overlap in memory) before anything
+is modified. Tensors are grouped by device and dtype and each group is updated by one native
+call (one multi-tensor launch on the GPU, one parallel pass on the CPU), or by
+``fastnn.reference`` on the reference path.
+
+dtypes: float32, float64 and float16 (NumPy's; arithmetic in float32 for float16, each
+result rounded once when stored, as torch's fused kernels do for half-precision parameters).
+bfloat16 tensors, which NumPy cannot represent, go through ``fastnn.integrations.torch``.
+
+Memory: no two arrays of a call may share memory (``ValueError`` naming both), except that a
+gradient may be its very own parameter (same address and size): every element is read before
+it is written.
 
 ``step`` is the number of this update, counting from 1; the formulas are those of the
 matching ``fastnn.optim`` classes (and of ``torch.optim``).
@@ -35,6 +44,11 @@ from .. import _backend as B
 from .. import reference as ref
 
 __all__ = ["sgd_", "adagrad_", "rmsprop_", "adam_", "rprop_"]
+
+# The parameter dtypes the optimizers take (the kernels also take bfloat16: csrc/optim.h).
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+# The largest step count: the kernels receive it as a float64, exact up to 2^53.
+MAX_STEP = 2 ** 53
 
 
 class _StateList(NamedTuple):
@@ -80,7 +94,7 @@ _RANGES = {
     "momentum": (0.0, None, False, False),
     "dampening": (None, None, False, False),
     "weight_decay": (0.0, None, False, False),
-    "eps": (0.0, None, True, False),
+    "eps": (0.0, None, False, False),
     "beta1": (0.0, 1.0, False, True),
     "beta2": (0.0, 1.0, False, True),
     "alpha": (0.0, None, False, False),
@@ -95,8 +109,9 @@ _FLAGS = ("nesterov", "maximize", "first_step", "centered", "amsgrad", "decouple
 
 def check_hyper(rule: str, hyper: dict, *, need_step: bool = True) -> dict:
     """``hyper`` validated for ``rule``: finite numbers in range (ValueError naming the
-    argument), flags as bools, ``step`` a positive integer when ``need_step``. Returns the
-    kernel's arguments by name."""
+    argument), flags as bools, ``step`` an integer in [1, 2^53] when ``need_step``. Returns
+    the kernel's arguments by name. Nesterov's conditions are the constructors' check
+    (:func:`check_nesterov`), not every group's, as in torch.optim."""
     out = {}
     for name in RULES[rule].kernel_args:
         value = hyper.get(name, False if name in _FLAGS else None)
@@ -107,21 +122,56 @@ def check_hyper(rule: str, hyper: dict, *, need_step: bool = True) -> dict:
         else:
             low, high, low_open, high_open = _RANGES[name]
             out[name] = B.check_scalar(value, name, low=low, high=high, low_open=low_open, high_open=high_open)
-    if out.get("nesterov") and (out["momentum"] <= 0 or out["dampening"] != 0):
-        raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (as torch.optim.SGD), "
-                         f"got momentum={out['momentum']}, dampening={out['dampening']}")
     if rule == "rprop" and out["step_size_min"] > out["step_size_max"]:
         raise ValueError(f"step_size_min ({out['step_size_min']}) must be <= step_size_max ({out['step_size_max']})")
     return out
+
+
+def check_nesterov(momentum: Any, dampening: Any, nesterov: Any) -> None:
+    """SGD's constructor check, as torch.optim.SGD's: Nesterov momentum needs momentum > 0 and
+    dampening = 0 (ValueError otherwise). A group changed later is not checked again: its
+    update is then the formula as written, as in torch."""
+    if nesterov and (float(momentum) <= 0 or float(dampening) != 0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (as torch.optim.SGD), "
+                         f"got momentum={momentum}, dampening={dampening}")
 
 
 def _check_step(step: Any) -> int:
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
         if not (isinstance(step, (float, np.floating)) and float(step).is_integer()):
             raise TypeError(f"step must be an integer (the number of this update, from 1), got {step!r}")
-    if step < 1:
-        raise ValueError(f"step counts updates from 1, got {step}")
+    if not 1 <= step <= MAX_STEP:
+        raise ValueError(f"step counts updates from 1 to 2**53, got {step}")
     return int(step)
+
+
+def check_no_overlap(where: str, named) -> None:
+    """ValueError naming two of ``named`` ((name, validated array) pairs) whose memory overlaps:
+    the kernels read and write every array at once, so overlapping arrays would give results
+    that depend on the path and the thread count. Sorting the address ranges makes it
+    O(n log n). Zero-size arrays are skipped; the caller leaves out a gradient that is its very
+    own parameter, which is allowed."""
+    spans = []
+    for name, a in named:
+        nbytes = int(a.size) * np.dtype(a.dtype).itemsize
+        if nbytes:
+            start = B.pointer(a)
+            spans.append((tuple(B.device_of(a)), start, start + nbytes, name))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    reach = None  # the span reaching furthest so far on the current device
+    for span in spans:
+        if reach is not None and span[0] == reach[0] and span[1] < reach[2]:
+            raise ValueError(f"{where}{reach[3]} and {span[3]} overlap in memory: an optimizer step reads and writes "
+                             "all of its arrays at once, so each parameter, gradient and state needs memory of its own "
+                             "(pass copies, or each array once)")
+        if reach is None or span[0] != reach[0] or span[2] > reach[2]:
+            reach = span
+
+
+def aliases_own_param(grad, param) -> bool:
+    """Whether a gradient is its parameter's very memory (allowed: each element is read before
+    it is written)."""
+    return B.pointer(grad) == B.pointer(param) and grad.size == param.size and grad.dtype == param.dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,12 +229,14 @@ def _apply(rule: str, lists: dict[str, Any], hyper: dict, device_scalars) -> Non
     for name, lst in zip(names, raw):
         if len(lst) != count:
             raise ValueError(f"{rule}_: {name} has {len(lst)} arrays but params has {count}")
-    params = [B.check_float(p, f"params[{i}]", writable=True) for i, p in enumerate(raw[0])]
+    params = [B.check_float(p, f"params[{i}]", writable=True, dtypes=DTYPES) for i, p in enumerate(raw[0])]
     arrays = [params]
     for name, lst in zip(names[1:], raw[1:]):
         arrays.append([B.check_float(a, f"{name}[{i}]", like=(f"params[{i}]", p), shape=p.shape,
-                                     writable=name != "grads")
+                                     writable=name != "grads", dtypes=DTYPES)
                        for i, (a, p) in enumerate(zip(lst, params))])
+    check_no_overlap(f"{rule}_: ", [(f"{name}[{i}]", a) for name, lst in zip(names, arrays) for i, a in enumerate(lst)
+                                    if not (name == "grads" and aliases_own_param(a, params[i]))])
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((B.device_of(p), np.dtype(p.dtype)), []).append(i)

@@ -5,6 +5,7 @@ of tensors, ``state_dict`` / ``load_state_dict`` in torch.optim's format, and ca
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import sys
 from typing import Any, Iterable
@@ -81,12 +82,29 @@ class _Bucket:
 
 class _Plan:
     """A group's buckets, valid while its parameters' arrays and its state layout stay the same;
-    ``grads``: the gradient arrays last checked (their addresses are in the buckets)."""
+    ``grads``: the gradient arrays last checked (their addresses are in the buckets).
+    ``spans`` / ``grad_spans``: each array's address and shape when checked, compared again
+    every step with its writable flag (cheap), so that an array made read-only or resized
+    since is validated again, not written."""
 
-    __slots__ = ("datas", "layout", "buckets", "grads")
+    __slots__ = ("datas", "layout", "buckets", "grads", "spans", "grad_spans")
 
     def __init__(self, datas, layout, buckets):
         self.datas, self.layout, self.buckets, self.grads = datas, layout, buckets, None
+        self.spans = _spans(datas)
+        self.grad_spans = None
+
+    def holds(self, datas: list) -> bool:
+        """Whether the planned arrays are still as checked (same objects, address, shape) and
+        writable."""
+        return _same(datas, self.datas) and _spans(datas) == self.spans and all(map(B.is_writable, datas))
+
+    def holds_grads(self, grads: list) -> bool:
+        return self.grads is not None and _same(grads, self.grads) and _spans(grads) == self.grad_spans
+
+
+def _spans(arrays: list) -> list:
+    return [(B.pointer(a), a.shape) for a in arrays]
 
 
 def _data(p):
@@ -221,7 +239,7 @@ class Optimizer:
         checked = []
         for k, p in enumerate(params):
             name = p.name if isinstance(p, Parameter) and p.name else f"param_groups[{gi}]['params'][{k}]"
-            checked.append(p if isinstance(p, Parameter) else B.check_float(p, name, writable=True))
+            checked.append(p if isinstance(p, Parameter) else B.check_float(p, name, writable=True, dtypes=OF.DTYPES))
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in checked) or len({id(p) for p in checked}) != len(checked):
             raise ValueError("some parameters appear in more than one group (or twice in one)")
@@ -260,18 +278,22 @@ class Optimizer:
         per_group = self._split_grads(grads)
         offsets = self._offsets()
         # 1. validate everything; 2. create missing state; 3. run. Nothing changes before 3.
-        work = []
+        work, changed = [], False
         for gi, group in enumerate(self.param_groups):
             layout = tuple(s.key for s in OF.used_states(self.rule, hypers[gi]))
             datas = _datas(group["params"])
             plan = self._plans.get(gi)
-            if plan is None or plan.layout != layout or not _same(datas, plan.datas):
+            if plan is None or plan.layout != layout or not plan.holds(datas):
                 plan = None
                 datas = self._check_datas(gi, datas, offsets[gi], layout)
+                changed = True
             grads = per_group[gi]
-            if plan is None or plan.grads is None or not _same(grads, plan.grads):
+            if plan is None or not plan.holds_grads(grads):
                 grads = self._check_grads(gi, datas, grads)
+                changed = True
             work.append((gi, group, hypers[gi], layout, datas, grads, plan))
+        if changed:
+            self._check_overlap(work)
         if self.capturable:
             self._check_capture(work, offsets)
         for gi, group, hyper, layout, datas, grads, plan in work:
@@ -305,7 +327,7 @@ class Optimizer:
         checked = []
         for k, data in enumerate(datas):
             name = self._name(gi, k)
-            data = B.check_float(data, name, writable=True)
+            data = B.check_float(data, name, writable=True, dtypes=OF.DTYPES)
             for key in layout:
                 s = self.state.get(offset + k, {}).get(key)
                 if s is None:
@@ -327,9 +349,21 @@ class Optimizer:
             if not (type(g) is type(data) and g.shape == data.shape and g.dtype == data.dtype
                     and B._contiguous(g) and (type(g) is np.ndarray or B.device_of(g) == B.device_of(data))):
                 name = self._name(gi, k)
-                g = B.check_float(g, f"the gradient of {name}", like=(name, data), shape=data.shape)
+                g = B.check_float(g, f"the gradient of {name}", like=(name, data), shape=data.shape, dtypes=OF.DTYPES)
             out.append(g)
         return out
+
+    def _check_overlap(self, work) -> None:
+        """No two parameters or gradients of the optimizer overlap (a gradient may be its very
+        own parameter). The state is the optimizer's own memory."""
+        named = []
+        for gi, _, _, _, datas, grads, _ in work:
+            for k, (d, g) in enumerate(zip(datas, grads)):
+                name = self._name(gi, k)
+                named.append((name, d))
+                if not OF.aliases_own_param(g, d):
+                    named.append((f"the gradient of {name}", g))
+        OF.check_no_overlap(f"{type(self).__name__}: ", named)
 
     def _check_capture(self, work, offsets) -> None:
         for gi, group, hyper, layout, datas, grads, plan in work:
@@ -385,8 +419,10 @@ class Optimizer:
 
     def _run(self, group: dict, hyper: dict, plan: _Plan, grads: list) -> None:
         counts_steps = OF.RULES[self.rule].counts_steps
-        new_grads = plan.grads is None or not _same(grads, plan.grads)
+        new_grads = plan.grads is None or not _same(grads, plan.grads) or _spans(grads) != plan.grad_spans
         plan.grads = grads
+        if new_grads:
+            plan.grad_spans = _spans(grads)
         for b in plan.buckets:
             if new_grads:
                 b.grads = [grads[k] for k in b.positions]
@@ -512,15 +548,19 @@ class Optimizer:
     def _load_entry(self, entry: dict, gi: int, k: int) -> dict:
         """The entry's step and its arrays (viewed, not yet copied), all checked."""
         name = self._name(gi, k)
-        data = B.check_float(_data(self.param_groups[gi]["params"][k]), name)
+        data = B.check_float(_data(self.param_groups[gi]["params"][k]), name, dtypes=OF.DTYPES)
         rule = OF.RULES[self.rule]
         known = {s.key: s for s in rule.states}
         out = {}
         for key, value in entry.items():
             if key == "step" and rule.counts_steps:
-                step = float(value)
-                if step < 0 or not step.is_integer():
-                    raise ValueError(f"the loaded step of {name} must be a whole number >= 0, got {value!r}")
+                try:
+                    step = float(value)
+                except OverflowError:
+                    step = math.inf
+                if not (0 <= step < OF.MAX_STEP and step.is_integer()):
+                    raise ValueError(f"the loaded step of {name} must be a whole number from 0 to 2**53 - 1, "
+                                     f"got {value!r}")
                 out["step"] = int(step)
             elif key in known:
                 if value is None:  # torch.optim.SGD saves an absent momentum buffer as None

@@ -22,8 +22,8 @@ class RMSprop(Optimizer):
         else:
             p = p - lr * g / d
 
-    Args: ``params``, ``lr=1e-2``, ``alpha=0.99`` (>= 0), ``eps=1e-8`` (> 0; torch also
-    accepts 0), ``weight_decay=0``, ``momentum=0`` (>= 0), ``centered=False``,
+    Args: ``params``, ``lr=1e-2``, ``alpha=0.99`` (>= 0), ``eps=1e-8`` (>= 0, as
+    torch), ``weight_decay=0``, ``momentum=0`` (>= 0), ``centered=False``,
     ``maximize=False``, ``capturable=False``. State: ``"step"``, ``"square_avg"``,
     ``"momentum_buffer"`` (momentum > 0), ``"grad_avg"`` (centered).
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import functional as OF
 from .optimizer import Optimizer
 
 
@@ -19,7 +20,7 @@ class SGD(Optimizer):
 
     Args: ``params`` (see :class:`Optimizer`), ``lr=1e-3``, ``momentum=0`` (>= 0),
     ``dampening=0``, ``weight_decay=0`` (>= 0), ``nesterov=False`` (needs momentum > 0 and
-    dampening = 0), ``maximize=False``, ``capturable=False`` (lr read on the device; see
+    dampening = 0 here; like torch, a group changed later is not checked again), ``maximize=False``, ``capturable=False`` (lr read on the device; see
     :class:`Optimizer`). State: ``"momentum_buffer"`` when momentum != 0.
 
     >>> opt = fastnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
@@ -29,6 +30,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, capturable=False):
+        OF.check_nesterov(momentum, dampening, nesterov)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize), capturable=capturable)
 
