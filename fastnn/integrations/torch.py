@@ -42,6 +42,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.optim import adagrad as _torch_adagrad
+from torch.optim import sgd as _torch_sgd
 
 from .. import _backend as B
 from .. import optim as _optim
@@ -123,12 +125,14 @@ def _scalar_dtype() -> torch.dtype:
 class _FastnnOptimizer(torch.optim.Optimizer):
     _fastnn: type[_optim.Optimizer]  # the fastnn class whose rule, hyperparameters and state this runs
 
-    def __init__(self, params, defaults: dict, *, foreach=None, fused=None, differentiable=False, **flags):
+    def __init__(self, params, defaults: dict, *, differentiable=False, **flags):
+        """``flags``: the torch class's own implementation switches (``foreach``, and ``fused``
+        or ``capturable`` where it has them), kept in the groups as torch keeps them."""
         if differentiable:
             raise NotImplementedError(
                 "differentiable=True is not supported: fastnn's kernels update the tensors in place, outside "
                 "autograd; use torch.optim's own class to differentiate through the optimizer step")
-        super().__init__(params, dict(defaults, foreach=foreach, fused=fused, differentiable=False, **flags))
+        super().__init__(params, dict(defaults, differentiable=False, **flags))
         for group in self.param_groups:
             OF.check_hyper(self._fastnn.rule, self._fastnn._hyper(group), need_step=False)
 
@@ -160,7 +164,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
             if rule not in ("sgd", "adagrad"):
                 hint = ", please consider SparseAdam instead" if rule == "adam" else ""
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients{hint}")
-            if rule == "adagrad" and self.param_groups[gi]["weight_decay"] != 0:
+            if self.param_groups[gi]["weight_decay"] != 0:  # torch.optim.SGD fails there too
                 raise RuntimeError("weight_decay option is not compatible with sparse gradients")
             return True
         if g.layout != torch.strided:
@@ -282,7 +286,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         if self._fastnn.rule == "sgd":
             buffers = [self.state[p].get("momentum_buffer") for p in params]
-            torch.optim.sgd.sgd(params, grads, buffers, has_sparse_grad=True, foreach=False,
+            _torch_sgd.sgd(params, grads, buffers, has_sparse_grad=True, foreach=False,
                                 weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
                                 dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
             if group["momentum"] != 0:
@@ -295,7 +299,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
                 state["sum"] = torch.full_like(p, self._initial_value("sum", group, p),
                                                memory_format=torch.preserve_format)
             state.setdefault("step", self._new_step(p, group))
-        torch.optim.adagrad.adagrad(params, grads, [self.state[p]["sum"] for p in params],
+        _torch_adagrad.adagrad(params, grads, [self.state[p]["sum"] for p in params],
                                     [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
                                     lr=group["lr"], weight_decay=group["weight_decay"], lr_decay=group["lr_decay"],
                                     eps=group["eps"], maximize=group["maximize"])
