@@ -393,14 +393,15 @@ def test_sparse_gradients_follow_torch(rng, name, kwargs):
     ours = [t.clone().requires_grad_() for t in made]
     theirs = [t.clone().requires_grad_() for t in made]
     opt, topt = getattr(FT, name)(ours, **kwargs), getattr(torch.optim, name)(theirs, **kwargs)
-    for step in range(3):
-        rows = torch.tensor([[1, 3, 3, 7][step:]])  # repeated rows: torch coalesces
-        sparse = torch.sparse_coo_tensor(rows, torch.randn(rows.shape[1], 4), (10, 4), check_invariants=True)
-        dense = torch.randn(6)
-        for group in (ours, theirs):
-            group[0].grad, group[1].grad = sparse.clone(), dense.clone()
-        opt.step()
-        topt.step()
+    with torch.sparse.check_sparse_tensor_invariants():  # (torch warns when they are left implicit)
+        for step in range(3):
+            rows = torch.tensor([[1, 3, 3, 7][step:]])  # repeated rows: torch coalesces
+            sparse = torch.sparse_coo_tensor(rows, torch.randn(rows.shape[1], 4), (10, 4))
+            dense = torch.randn(6)
+            for group in (ours, theirs):
+                group[0].grad, group[1].grad = sparse.clone(), dense.clone()
+            opt.step()
+            topt.step()
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=2e-6, atol=2e-7)
 

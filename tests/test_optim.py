@@ -412,3 +412,184 @@ def test_native_entry_point_refuses_what_its_table_lacks():
     # lr, momentum, dampening, weight_decay, nesterov, maximize, first_step: p += lr g.
     _C.cpu.optim_step("float64", "sgd", tensors, [5], [0.5, 0, 0, 0, False, True, False], 0)
     assert p.tolist() == [1.5] * 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory that overlaps, arrays changed after the first step, step counts, eps = 0.
+
+
+def test_overlapping_arrays_are_refused_before_anything_changes(path, rng):
+    buf = rng.standard_normal(30)
+    p, q, g, h = buf[:10], buf[5:15], rng.standard_normal(10), rng.standard_normal(10)
+    other = rng.standard_normal(10)
+    before = buf.copy()
+    with pytest.raises(ValueError, match=r"sgd_: params\[0\] and params\[1\] overlap in memory"):
+        OF.sgd_([p, p], [g, h], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] overlap"):
+        OF.sgd_([p, q], [g, h], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] and grads\[0\] overlap"):
+        OF.sgd_([other, p], [p, g], lr=0.1)
+    m = np.zeros(10)
+    with pytest.raises(ValueError, match=r"adam_: exp_avgs\[0\] and exp_avg_sqs\[0\] overlap"):
+        OF.adam_([other], [g], [m], [m], step=1)
+    with pytest.raises(ValueError, match=r"grads\[0\] and momentum_buffers\[0\] overlap"):
+        OF.sgd_([other], [g], [g], lr=0.1, momentum=0.9)
+    np.testing.assert_array_equal(buf, before)
+    assert not m.any()
+
+
+@pytest.mark.parametrize("rule,fn,states,kwargs", FUNCTIONAL, ids=[f[0] for f in FUNCTIONAL])
+def test_a_gradient_may_be_its_own_parameter(path, rng, rule, fn, states, kwargs):
+    # Every element is read before it is written, so g = p is well defined: the same update as
+    # with a copy of p for the gradient.
+    params, _, lists = functional_inputs(np, rng, [np.float64] * len(SHAPES), states)
+    twin = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in lists.items()}
+    fn(params, params, **lists, **kwargs)
+    fn(twin[0], [p.copy() for p in twin[0]], **twin[1], **kwargs)
+    for a, b in zip(params, twin[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_classes_refuse_overlapping_parameters_and_gradients(path, rng):
+    base = rng.standard_normal(12)
+    before = base.copy()
+    opt = optim.SGD([base, base[4:]], lr=0.1)  # two arrays, one memory
+    with pytest.raises(ValueError, match=r"SGD: param_groups\[0\]\['params'\]\[0\] and param_groups\[0\]\['params'\]\[1\] "
+                                         "overlap"):
+        opt.step([np.ones(12), np.ones(8)])
+    np.testing.assert_array_equal(base, before)
+    a, b = fastnn.nn.Parameter(rng.standard_normal(6), name="a"), fastnn.nn.Parameter(rng.standard_normal(6), name="b")
+    b.grad = a.grad  # one gradient array for two parameters
+    opt = optim.Adam([a, b], lr=0.1)
+    with pytest.raises(ValueError, match="the gradient of 'a' .* and the gradient of 'b' .* overlap"):
+        opt.step()
+    b.grad = np.zeros(6)
+    opt.step()
+    a.grad = a.data  # its own parameter: allowed
+    opt.step()
+
+
+def test_an_array_made_read_only_or_resized_after_a_step_is_checked_again(path, rng):
+    p, g = rng.standard_normal(8), rng.standard_normal(8)
+    opt = optim.Adam([p], lr=0.1)
+    opt.step([g])
+    p.flags.writeable = False
+    before = p.copy()
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step([g])
+    np.testing.assert_array_equal(p, before)
+    param = fastnn.nn.Parameter(rng.standard_normal(8))
+    param.grad[...] = 1.0
+    opt = optim.SGD([param], lr=0.1, momentum=0.9)
+    opt.step()
+    param.data.resize(16, refcheck=False)  # same array object, new memory and shape
+    with pytest.raises(ValueError, match=r"momentum_buffer.*\(8,\).*\(16,\)"):
+        opt.step()
+    fresh = rng.standard_normal(8)
+    param.data, param.grad = fresh.copy(), np.ones(8)  # replaced: the new array is updated
+    opt.step()
+    np.testing.assert_allclose(param.data, fresh - 0.1 * (0.9 * 1.0 + 1.0))
+
+
+def test_step_counts_out_of_range_name_the_step(path, rng):
+    p, g, m, v = rng.standard_normal(4), rng.standard_normal(4), np.zeros(4), np.zeros(4)
+    for step in (10**30, 2**53 + 1, 0, -3):
+        with pytest.raises(ValueError, match="step"):
+            OF.adam_([p], [g], [m], [v], step=step)
+    with pytest.raises(ValueError, match="step"):
+        OF.adagrad_([p], [g], [v], step=1e30)
+    OF.adam_([p], [g], [m], [v], step=2**53)  # the largest step: exact in the kernels' float64
+    opt = optim.Adam([p], lr=0.1)
+    opt.step([g])
+    for bad in (1e30, 10**400, float("inf"), 2.5):
+        state = opt.state_dict()
+        state = {"state": {0: dict(state["state"][0], step=bad)}, "param_groups": state["param_groups"]}
+        with pytest.raises(ValueError, match="step"):
+            opt.load_state_dict(state)
+    assert opt.state[0]["step"] == 1
+
+
+@pytest.mark.parametrize("cls", [optim.Adam, optim.Adagrad, optim.RMSprop])
+def test_eps_zero_is_accepted_as_in_torch(path, rng, cls):
+    params = make_params(np, rng, np.float64, shapes=[(20,)])
+    grads = [make_grads(np, rng, params, t) for t in range(3)]
+    expected = [p.copy() for p in params]
+    run_steps(cls, dict(lr=0.01, eps=0.0), params, grads)
+    with fastnn.use_backend("reference"):
+        run_steps(cls, dict(lr=0.01, eps=0.0), expected, grads)
+    assert_close(params[0], expected[0], np.float64)
+
+
+def test_nesterov_is_checked_by_the_constructor_only(path, rng):
+    p, q = rng.standard_normal(5), rng.standard_normal(5)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov"):
+        OF.sgd_([p], [q], lr=0.1, nesterov=True)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    opt.add_param_group({"params": [q], "momentum": 0.0})  # torch accepts it: plain SGD for q
+    start = q.copy()
+    opt.step([np.ones(5), np.ones(5)])
+    np.testing.assert_allclose(q, start - 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# float16 parameters: float32 math, each result rounded once when stored.
+
+
+@pytest.mark.parametrize("cls,kwargs", CONFIGS, ids=IDS)
+def test_float16_matches_the_reference(xp, path, rng, cls, kwargs):
+    params = make_params(xp, rng, np.float16)
+    grads = [make_grads(xp, rng, params, t) for t in range(5)]
+    expected = [p.copy() for p in params]
+    opt = run_steps(cls, kwargs, params, grads)
+    with fastnn.use_backend("reference"):
+        run_steps(cls, kwargs, expected, grads)
+    for p, e in zip(params, expected):
+        assert p.dtype == np.float16
+        # The reference rounds a*b+c twice where the kernels round once: in float16 that is
+        # at most an ulp here and there, more only after a cancellation.
+        close = np.isclose(to_numpy(p).astype(np.float32), to_numpy(e).astype(np.float32), rtol=2e-3, atol=2e-3)
+        assert close.mean() > 0.999
+    assert all(s.dtype == np.float16 for state in opt.state.values() for k, s in state.items() if k != "step")
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=0.01, weight_decay=0.1)), ("AdamW", dict(lr=0.01)),
+                                         ("SGD", dict(lr=0.1, momentum=0.9)), ("Adagrad", dict(lr=0.1))])
+def test_float16_matches_torch_fused(rng, name, kwargs):
+    torch = pytest.importorskip("torch")
+    cls = {"Adam": optim.Adam, "AdamW": optim.AdamW, "SGD": optim.SGD, "Adagrad": optim.Adagrad}[name]
+    params = make_params(np, rng, np.float16)
+    tensors = [torch.tensor(p, requires_grad=True) for p in params]
+    topt = getattr(torch.optim, name)(tensors, **kwargs, fused=True)
+    grads = [make_grads(np, rng, params, t) for t in range(5)]
+    run_steps(cls, kwargs, params, grads)
+    for gs in grads:
+        for t, g in zip(tensors, gs):
+            t.grad = torch.tensor(g)
+        topt.step()
+    for p, t in zip(params, tensors):
+        np.testing.assert_array_equal(p, t.detach().numpy())
+
+
+def test_cpu_rounding_matches_torch_bit_for_bit(rng):
+    # torch's CPU kernels (built for AVX2/AVX-512) round `g + wd p`, `b mu + (1 - d) g`,
+    # `p - lr g`, addcmul and lerp once, with fused multiply-adds; the kernels here do the same.
+    # Gradients that nearly cancel the decay make a second rounding visible. (Rules with a square
+    # root can still differ by an ulp: torch's vectorized float32 sqrt is not correctly rounded.)
+    torch = pytest.importorskip("torch")
+    if not (_C is not None and _C.optim_cpu_fma and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
+        pytest.skip("needs fused multiply-adds in both builds")
+    p = rng.standard_normal(100_003).astype(np.float32)
+    g = (-0.1 * p.astype(np.float64) + 1e-7 * rng.standard_normal(p.shape)).astype(np.float32)
+    for cls, kwargs in ((optim.SGD, dict(lr=0.5, weight_decay=0.1, momentum=0.9, dampening=0.1)),
+                        (optim.SGD, dict(lr=0.5, weight_decay=0.1, momentum=0.9, nesterov=True)),
+                        (optim.Rprop, dict(lr=0.1))):
+        ours = p.copy()
+        theirs = torch.tensor(p, requires_grad=True)
+        opt, topt = cls([ours], **kwargs), getattr(torch.optim, TORCH_NAMES[cls])([theirs], **kwargs)
+        for step in range(3):
+            opt.step([g * (step + 1)])
+            theirs.grad = torch.tensor(g * (step + 1))
+            topt.step()
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())

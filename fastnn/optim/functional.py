@@ -201,7 +201,10 @@ def run_reference(rule: str, lists: list[list], hyper: dict, scalars=None) -> No
         from_device = {"lr": float(scalars[0]), "step": int(scalars[1])}
         hyper = {k: from_device.get(k, v) for k, v in hyper.items()}
     names = ["params", "grads"] + [s.argument for s in used_states(rule, hyper)]
-    getattr(ref, rule + "_")(**dict(zip(names, lists)), **hyper)
+    # A gradient that is its own parameter is read whole before the parameter is written, as
+    # in the kernels.
+    grads = [g.copy() if aliases_own_param(g, p) else g for p, g in zip(lists[0], lists[1])]
+    getattr(ref, rule + "_")(**dict(zip(names, [lists[0], grads, *lists[2:]])), **hyper)
 
 
 def run_native(rule: str, path: str, first, pointers: list[int], sizes: list[int], hyper: dict, scalars=None) -> None:
@@ -268,7 +271,9 @@ def sgd_(params, grads, momentum_buffers=None, *, lr=1e-3, momentum=0.0, dampeni
     ``momentum_buffers`` (needed when momentum != 0): one per parameter. ``first_step=True``
     sets each buffer to the (decayed) gradient instead of decaying it, as torch does when it
     creates the buffer. SGD uses no step count; ``device_scalars`` supplies lr only.
+    ``nesterov=True`` needs momentum > 0 and dampening = 0, as SGD's constructor.
     """
+    check_nesterov(momentum, dampening, nesterov)
     _apply("sgd", dict(params=params, grads=grads, momentum_buffers=momentum_buffers),
            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                 maximize=maximize, first_step=first_step), device_scalars)
