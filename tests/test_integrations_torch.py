@@ -484,3 +484,14 @@ def test_rounding_matches_torch_bit_for_bit(rng):
             opt.step()
             topt.step()
         np.testing.assert_array_equal(ours.detach().numpy(), theirs.detach().numpy())
+
+
+def test_parameters_that_are_views_of_one_another_are_refused(rng):
+    base = torch.zeros(10)
+    a, b = base[:6].requires_grad_(), base[4:].requires_grad_()
+    a.grad, b.grad = torch.ones(6), torch.ones(6)
+    opt = FT.SGD([a, b], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] and param_groups\[0\]\['params'\]\[1\] "
+                                         "overlap"):
+        opt.step()
+    assert float(base.abs().sum()) == 0

@@ -191,14 +191,25 @@ class _FastnnOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rule = self._fastnn.rule
-        work = []
+        work, spans = [], []
         for gi, group in enumerate(self.param_groups):
             hyper = OF.check_hyper(rule, self._fastnn._hyper(group), need_step=False)
             dense, sparse = [], []
             for k, p in enumerate(group["params"]):
-                if p.grad is not None:
-                    (sparse if self._check(gi, k, p) else dense).append(p)
+                if p.grad is None:
+                    continue
+                if self._check(gi, k, p):
+                    sparse.append(p)
+                    continue
+                dense.append(p)
+                if _dense(p):
+                    spans.append((f"param_groups[{gi}]['params'][{k}]", (p.device.type, p.device.index), p.data_ptr(),
+                                  p.numel() * p.element_size()))
             work.append((gi, group, hyper, dense, sparse))
+        # Parameters that are views of one another would be updated at once by one fused call
+        # (torch.optim updates them one after the other): refused. Views with gaps go through
+        # temporaries, one after the other; gradients and state are torch's own allocations.
+        OF.check_no_overlap(f"{type(self).__name__}: ", spans)
         for gi, group, hyper, dense, sparse in work:
             if sparse:
                 self._sparse_update(group, sparse)

@@ -145,27 +145,28 @@ def _check_step(step: Any) -> int:
     return int(step)
 
 
-def check_no_overlap(where: str, named) -> None:
-    """ValueError naming two of ``named`` ((name, validated array) pairs) whose memory overlaps:
-    the kernels read and write every array at once, so overlapping arrays would give results
-    that depend on the path and the thread count. Sorting the address ranges makes it
-    O(n log n). Zero-size arrays are skipped; the caller leaves out a gradient that is its very
+def check_no_overlap(where: str, spans) -> None:
+    """ValueError naming two of ``spans`` ((name, device, address, nbytes) of each array) whose
+    memory overlaps: the kernels read and write every array at once, so overlapping arrays
+    would give results that depend on the path and the thread count. Sorting the ranges makes
+    it O(n log n). Empty arrays are skipped; the caller leaves out a gradient that is its very
     own parameter, which is allowed."""
-    spans = []
-    for name, a in named:
-        nbytes = int(a.size) * np.dtype(a.dtype).itemsize
-        if nbytes:
-            start = B.pointer(a)
-            spans.append((tuple(B.device_of(a)), start, start + nbytes, name))
-    spans.sort(key=lambda s: (s[0], s[1]))
-    reach = None  # the span reaching furthest so far on the current device
-    for span in spans:
-        if reach is not None and span[0] == reach[0] and span[1] < reach[2]:
-            raise ValueError(f"{where}{reach[3]} and {span[3]} overlap in memory: an optimizer step reads and writes "
+    ranges = sorted(((device, start, start + nbytes, name) for name, device, start, nbytes in spans if nbytes),
+                    key=lambda r: (r[0], r[1]))
+    reach = None  # the range reaching furthest so far on the current device
+    for r in ranges:
+        if reach is not None and r[0] == reach[0] and r[1] < reach[2]:
+            raise ValueError(f"{where}{reach[3]} and {r[3]} overlap in memory: an optimizer step reads and writes "
                              "all of its arrays at once, so each parameter, gradient and state needs memory of its own "
                              "(pass copies, or each array once)")
-        if reach is None or span[0] != reach[0] or span[2] > reach[2]:
-            reach = span
+        if reach is None or r[0] != reach[0] or r[2] > reach[2]:
+            reach = r
+
+
+def spans(named) -> list:
+    """(name, device, address, nbytes) of validated arrays ``named`` ((name, array) pairs), for
+    :func:`check_no_overlap`."""
+    return [(name, tuple(B.device_of(a)), B.pointer(a), int(a.size) * np.dtype(a.dtype).itemsize) for name, a in named]
 
 
 def aliases_own_param(grad, param) -> bool:
@@ -238,8 +239,8 @@ def _apply(rule: str, lists: dict[str, Any], hyper: dict, device_scalars) -> Non
         arrays.append([B.check_float(a, f"{name}[{i}]", like=(f"params[{i}]", p), shape=p.shape,
                                      writable=name != "grads", dtypes=DTYPES)
                        for i, (a, p) in enumerate(zip(lst, params))])
-    check_no_overlap(f"{rule}_: ", [(f"{name}[{i}]", a) for name, lst in zip(names, arrays) for i, a in enumerate(lst)
-                                    if not (name == "grads" and aliases_own_param(a, params[i]))])
+    check_no_overlap(f"{rule}_: ", spans((f"{name}[{i}]", a) for name, lst in zip(names, arrays) for i, a in enumerate(lst)
+                                         if not (name == "grads" and aliases_own_param(a, params[i]))))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((B.device_of(p), np.dtype(p.dtype)), []).append(i)

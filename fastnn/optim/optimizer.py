@@ -363,7 +363,7 @@ class Optimizer:
                 named.append((name, d))
                 if not OF.aliases_own_param(g, d):
                     named.append((f"the gradient of {name}", g))
-        OF.check_no_overlap(f"{type(self).__name__}: ", named)
+        OF.check_no_overlap(f"{type(self).__name__}: ", OF.spans(named))
 
     def _check_capture(self, work, offsets) -> None:
         for gi, group, hyper, layout, datas, grads, plan in work:
