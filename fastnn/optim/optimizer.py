@@ -126,6 +126,7 @@ class Optimizer:
     or of arrays (NumPy, CuPy, or zero-copy views of others; ``step(grads)`` then takes the
     gradients in the same order), or an iterable of dicts, each a parameter group with a
     ``"params"`` entry and its own hyperparameters (the others come from the defaults).
+    dtypes float32, float64 and float16 (computed in float32, rounded once when stored).
 
     - ``param_groups``: list of dicts; hyperparameters may be changed between steps (a schedule
       does). They are validated at construction and again by every ``step()``.
@@ -133,8 +134,11 @@ class Optimizer:
       created on the parameter's device on its first step: the same keys as torch.optim
       (``"step"``, ``"exp_avg"``, ...).
     - ``step(grads=None)``: one update of every parameter. Everything (hyperparameters,
-      gradient count, shapes, dtypes, devices, contiguity) is checked before anything changes.
-      Tensors of a group with one device and dtype are updated by one native call.
+      gradient count, shapes, dtypes, devices, contiguity, no two parameters or gradients
+      sharing memory) is checked before anything changes; what was checked is cached, and
+      each step re-checks only each array's address, shape and writable flag. A gradient may
+      be its very own parameter. Tensors of a group with one device and dtype are updated by
+      one native call.
     - ``zero_grad()``: zeroes every Parameter's ``.grad`` in place (nothing to do for arrays).
     - ``state_dict()`` / ``load_state_dict()``: torch.optim's format, ``{"state": {index:
       {...}}, "param_groups": [{..., "params": [indices]}]}``. ``state_dict`` returns the live
