@@ -137,6 +137,14 @@ def test_bad_tensors_change_nothing(rng):
         FT.Adam([a], betas=(1.5, 0.9))
     with pytest.raises(ValueError, match="nesterov"):
         FT.SGD([a], nesterov=True)
+    opt = FT.Adam([a], lr=0.1)
+    opt.step()
+    for bad in (1e30, float("inf"), 2.5):
+        state = copy.deepcopy(opt.state_dict())
+        state["state"][0]["step"] = torch.tensor(bad, dtype=torch.float64)
+        opt.load_state_dict(state)
+        with pytest.raises(ValueError, match="step"):
+            opt.step()
     s = torch.ones(4, requires_grad=True)
     s.grad = torch.ones(4).to_sparse()
     with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse gradients"):

@@ -45,6 +45,9 @@ STEPS = 7
 
 
 def _cases(device):
+    """(name, kwargs, dtype, fused oracle) for every configuration torch runs on ``device``; on
+    the CPU also torch's CUDA-only capturable ones (Tensor lr and betas among them), which
+    fastnn runs on the CPU too, against torch's non-capturable step there."""
     cases = []
     for info in _optim_db():
         name = info.optim_cls.__name__
@@ -55,9 +58,10 @@ def _cases(device):
                 continue
             fused = (dtype in (torch.bfloat16, torch.float16) and "fused" in info.supported_impls
                      and device in info.supports_fused_on)
-            for optim_input in info.optim_inputs_func(device=device, dtype=dtype):
-                if optim_input.kwargs.get("capturable") and device == "cpu":
-                    continue  # torch refuses capturable on the CPU
+            inputs = info.optim_inputs_func(device=device, dtype=dtype)
+            if device == "cpu":
+                inputs += [i for i in info.optim_inputs_func(device="cuda", dtype=dtype) if i.kwargs.get("capturable")]
+            for optim_input in inputs:
                 cases.append(pytest.param(name, optim_input.kwargs, dtype, fused,
                                           id=f"{name}-{optim_input.desc}-{str(dtype)[6:]}"))
     return cases
@@ -104,6 +108,8 @@ def run(name, kwargs, dtype, fused, device):
         # Rprop's step sizes start at lr, stored in the parameters' dtype (as torch's own
         # bfloat16 Rprop creates them); the float32 copies must start there too.
         their_kwargs["lr"] = float(torch.tensor(float(kwargs.get("lr", 1e-2)), dtype=dtype))
+    if device == "cpu":
+        their_kwargs.pop("capturable", None)  # torch refuses it on the CPU; the math is the same
     theirs = getattr(torch.optim, name)(theirs_params, **their_kwargs, **({"fused": True} if fused else {}))
     for step in range(STEPS):
         grads = grads_for(ours_params, step)

@@ -170,7 +170,15 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         if g.layout != torch.strided:
             raise TypeError(f"{name}: the gradient's layout {g.layout} is not supported (dense or sparse COO)")
         for key, s in self.state.get(p, {}).items():
-            if not isinstance(s, torch.Tensor) or key == "step":
+            if key == "step":
+                # (On the CPU only: reading a device step would synchronise, in capturable mode.)
+                if isinstance(s, torch.Tensor) and s.device.type == "cpu" or not isinstance(s, torch.Tensor):
+                    step = float(s)
+                    if not (0 <= step < OF.MAX_STEP and step.is_integer()):
+                        raise ValueError(f"{name}: its state 'step' is {step!r}; a step count is a whole number "
+                                         "from 0 to 2**53 - 1")
+                continue
+            if not isinstance(s, torch.Tensor):
                 continue
             if s.layout != torch.strided:
                 raise ValueError(f"{name}: its state '{key}' is {s.layout} (left by sparse gradients) but the gradient "
