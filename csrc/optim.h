@@ -187,8 +187,8 @@ struct RmspropRule {
     const RmspropHyper hyper{h[1], h[2], h[3], h[4], h[6] != 0};
     with_flag(hyper.momentum > 0, [&](auto momentum) {
       with_flag(h[5] != 0, [&](auto centered) {
-        run(OpTag<RmspropOp<T, decltype(momentum)::value, decltype(centered)::value>, Types>{}, hyper,
-            h[0], 0.0);
+        using Op = RmspropOp<T, decltype(momentum)::value, decltype(centered)::value>;
+        run(OpTag<Op, Types>{}, hyper, h[0], 0.0);
       });
     });
   }

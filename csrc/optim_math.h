@@ -187,7 +187,8 @@ struct SgdOp {
     if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
     if constexpr (kMomentum) {
       // torch creates the buffer as a copy of the gradient: no decay, no dampening.
-      const T buf = first_step ? g : madd(damp, g, v[2] * momentum);  // b.mul_(mu).add_(g, alpha=1-d)
+      // b.mul_(mu).add_(g, alpha=1-d)
+      const T buf = first_step ? g : madd(damp, g, v[2] * momentum);
       v[2] = buf;
       g = nesterov ? madd(momentum, buf, g) : buf;  // g.add(b, alpha=mu)
     }
@@ -218,7 +219,8 @@ struct AdagradOp {
     if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
     const T sum = madd(g, g, v[2]);                             // s.addcmul_(g, g)
     v[2] = sum;
-    v[0] = v[0] + neg_clr * g / (std::sqrt(sum) + eps);  // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
+    // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
+    v[0] = v[0] + neg_clr * g / (std::sqrt(sum) + eps);
   }
 };
 

@@ -83,7 +83,8 @@ void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& 
       Lists<Types, L> ptr{};
       ptr.param = reinterpret_cast<typename Types::param*>(address(0, t));
       ptr.grad = reinterpret_cast<const typename Types::grad*>(address(1, t));
-      for (int l = 2; l < L; ++l) ptr.state[l - 2] = reinterpret_cast<typename Types::state*>(address(l, t));
+      for (int l = 2; l < L; ++l)
+        ptr.state[l - 2] = reinterpret_cast<typename Types::state*>(address(l, t));
       update_range<Types>(op, ptr, lo, hi);
     }
   });

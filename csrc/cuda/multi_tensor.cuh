@@ -89,7 +89,8 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
           rp[k] = reinterpret_cast<const Elements<P, V>*>(ptr.param)[i];
           rg[k] = reinterpret_cast<const Elements<G, V>*>(ptr.grad)[i];
 #pragma unroll
-          for (int l = 2; l < L; ++l) rs[k][l - 2] = reinterpret_cast<const Elements<S, V>*>(ptr.state[l - 2])[i];
+          for (int l = 2; l < L; ++l)
+            rs[k][l - 2] = reinterpret_cast<const Elements<S, V>*>(ptr.state[l - 2])[i];
         }
       }
 #pragma unroll
@@ -110,7 +111,8 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
           }
           reinterpret_cast<Elements<P, V>*>(ptr.param)[i] = rp[k];
 #pragma unroll
-          for (int l = 2; l < L; ++l) reinterpret_cast<Elements<S, V>*>(ptr.state[l - 2])[i] = rs[k][l - 2];
+          for (int l = 2; l < L; ++l)
+            reinterpret_cast<Elements<S, V>*>(ptr.state[l - 2])[i] = rs[k][l - 2];
         }
       }
     }

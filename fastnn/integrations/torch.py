@@ -370,6 +370,10 @@ def _kernel_tensors(lists: list) -> tuple[list, list]:
     out = [[] for _ in lists]
     write_back = []
     for i in range(len(lists[0])):
+        if not lists[0][i].is_complex() and all(lst[i].is_contiguous() for lst in lists):  # the usual case
+            for li, lst in enumerate(lists):
+                out[li].append(lst[i])
+            continue
         p = _real(lists[0][i])
         layout = p.stride() if _dense(p) else _contiguous_strides(p.shape)
         for li, lst in enumerate(lists):

@@ -6,8 +6,8 @@ PyTorch to rounding (bit for bit on the CPU for float32 where no square root is 
 Parameters may be :class:`fastnn.nn.Parameter` (gradients from ``.grad``) or plain arrays
 (``opt.step(grads)``), float32, float64 or float16 (computed in float32). On the CPU each
 step reads and writes every parameter and state element once, over all tensors at once
-(SIMD + OpenMP); on the GPU many tensors of one dtype are updated per kernel launch. See :class:`Optimizer` for the interface and for
-capturable mode (CUDA graphs).
+(SIMD + OpenMP); on the GPU many tensors of one dtype are updated per kernel launch. See
+:class:`Optimizer` for the interface and for capturable mode (CUDA graphs).
 
 - classes: :class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam`, :class:`AdamW`,
   :class:`Rprop`;

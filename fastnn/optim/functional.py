@@ -239,8 +239,9 @@ def _apply(rule: str, lists: dict[str, Any], hyper: dict, device_scalars) -> Non
         arrays.append([B.check_float(a, f"{name}[{i}]", like=(f"params[{i}]", p), shape=p.shape,
                                      writable=name != "grads", dtypes=DTYPES)
                        for i, (a, p) in enumerate(zip(lst, params))])
-    check_no_overlap(f"{rule}_: ", spans((f"{name}[{i}]", a) for name, lst in zip(names, arrays) for i, a in enumerate(lst)
-                                         if not (name == "grads" and aliases_own_param(a, params[i]))))
+    named = [(f"{name}[{i}]", a) for name, lst in zip(names, arrays) for i, a in enumerate(lst)
+             if not (name == "grads" and aliases_own_param(a, params[i]))]
+    check_no_overlap(f"{rule}_: ", spans(named))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((B.device_of(p), np.dtype(p.dtype)), []).append(i)

@@ -20,8 +20,9 @@ class SGD(Optimizer):
 
     Args: ``params`` (see :class:`Optimizer`), ``lr=1e-3``, ``momentum=0`` (>= 0),
     ``dampening=0``, ``weight_decay=0`` (>= 0), ``nesterov=False`` (needs momentum > 0 and
-    dampening = 0 here; like torch, a group changed later is not checked again), ``maximize=False``, ``capturable=False`` (lr read on the device; see
-    :class:`Optimizer`). State: ``"momentum_buffer"`` when momentum != 0.
+    dampening = 0 here; like torch, a group changed later is not checked again),
+    ``maximize=False``, ``capturable=False`` (lr read on the device; see :class:`Optimizer`).
+    State: ``"momentum_buffer"`` when momentum != 0.
 
     >>> opt = fastnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     """
