@@ -503,3 +503,22 @@ def test_parameters_that_are_views_of_one_another_are_refused(rng):
                                          "overlap"):
         opt.step()
     assert float(base.abs().sum()) == 0
+
+
+def test_bfloat16_is_widened_exactly_and_rounded_to_nearest_even(rng):
+    # SGD with maximize and p = 0 stores lr * g: every bfloat16 (widened, then stored back) and
+    # float32 products in every range, against torch's own conversion.
+    every = torch.arange(2**16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    p, g = torch.zeros_like(every).requires_grad_(), every.clone()
+    p.grad = g
+    FT.SGD([p], lr=1.0, maximize=True).step()
+    finite = torch.isfinite(every)
+    assert torch.equal(p.detach()[finite], every[finite])
+    assert torch.isnan(p.detach()[torch.isnan(every)]).all()
+    g = torch.tensor(rng.standard_normal(50_000), dtype=torch.bfloat16)
+    for scale in (1.0, 3.7e-5, 2.0**-130, 1e38, 3e38):
+        p = torch.zeros_like(g).requires_grad_()
+        p.grad = g.clone()
+        FT.SGD([p], lr=scale, maximize=True).step()
+        expected = (torch.tensor(scale, dtype=torch.float32) * g.float()).to(torch.bfloat16)
+        assert torch.equal(p.detach(), expected)

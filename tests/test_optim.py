@@ -593,3 +593,22 @@ def test_cpu_rounding_matches_torch_bit_for_bit(rng):
             theirs.grad = torch.tensor(g * (step + 1))
             topt.step()
         np.testing.assert_array_equal(ours, theirs.detach().numpy())
+
+
+def test_float16_is_widened_exactly_and_rounded_to_nearest_even(path, rng):
+    # SGD with maximize and p = 0 stores lr * g: every float16 (widened, then stored back) and
+    # float32 products in every range (subnormal, ties, overflow), against NumPy's conversion.
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    p = np.zeros_like(every)
+    with np.errstate(all="ignore"):  # (the reference path's NumPy on NaN and infinity)
+        OF.sgd_([p], [every], lr=1.0, maximize=True)
+    finite = np.isfinite(every)
+    np.testing.assert_array_equal(p[finite], every[finite])
+    assert np.isnan(p[np.isnan(every)]).all() and (p[np.isinf(every)] == every[np.isinf(every)]).all()
+    g = rng.standard_normal(50_000).astype(np.float16)
+    for scale in (1.0, 3.7e-5, 2.0**-20, 2.0**-26, 1.5e4, 7e4):
+        p = np.zeros_like(g)
+        with np.errstate(over="ignore"):
+            expected = (np.float32(scale) * g.astype(np.float32)).astype(np.float16)
+            OF.sgd_([p], [g], lr=scale, maximize=True)
+        np.testing.assert_array_equal(p, expected)
