@@ -292,7 +292,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         work = [[t.float() if wide else t.detach() for t in lst] for lst in lists]
         with _torch_stream(first):
             arrays = [[B.as_array(t, "tensor") for t in lst] for lst in work]
-            device_scalars = None if scalars is None else B.as_array(_array_view(scalars), "device_scalars")
+            device_scalars = None if scalars is None else B.as_array(scalars, "device_scalars")
             OF.run_reference(rule, arrays, args, device_scalars)
         if wide:
             for lst, out in zip(lists, work):
