@@ -44,7 +44,7 @@ class Dense(Module):
     x (N, in_features) -> y (N, out_features); ``weight`` W has shape (in_features,
     out_features) (the transpose of ``torch.nn.Linear.weight``), ``bias`` b (out_features,).
 
-    - ``activation``: None (identity) or a key of ``functional.ACTIVATIONS`` ("relu",
+    - ``activation``: None (identity) or one of ``functional.ACTIVATIONS`` ("relu",
       "leaky_relu" with slope ``alpha``, "sigmoid", "tanh", "gelu", "gelu_tanh"), applied in
       the same kernel as the GEMM (``functional.dense_forward``).
     - ``init``: a name of ``init.INITIALIZERS`` ("he", the default, "he_uniform", "xavier",

@@ -20,7 +20,7 @@ alone, at construction:
   dense_chain_blocked``), and never with a Dense inside a nested module, which would leave
   OpenBLAS's threads spinning on the cores the chain's threads need.
 - **The fused step** (:meth:`FusionPlan.fused_step`): a model that is one run of Dense steps,
-  trained with a loss whose ``name`` is a key of ``functional.CHAIN_LOSSES``, does forward,
+  trained with a loss whose ``name`` is one of ``functional.CHAIN_LOSSES``, does forward,
   loss and backward in one ``functional.dense_chain_step``, keeping no activation.
 
 With ``fuse=False`` every step is one layer, run by its own forward and backward.
