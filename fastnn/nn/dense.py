@@ -31,7 +31,7 @@ class DenseSaved(NamedTuple):
 
 
 def activation_name(activation, where: str) -> str:
-    """The ``functional.ACTIVATIONS`` key for ``activation`` (None is "identity")."""
+    """The ``functional.ACTIVATIONS`` name for ``activation`` (None is "identity")."""
     name = "identity" if activation is None else activation
     if name not in F.ACTIVATIONS:
         raise ValueError(f"{where}: activation must be None or one of {sorted(F.ACTIVATIONS)}, got {activation!r}")
