@@ -88,6 +88,15 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cpu_m.def("omp_threads", &cpu::omp_threads, "OpenMP threads a parallel CPU kernel uses.");
   cpu_m.def("set_omp_threads", &cpu::set_omp_threads, py::arg("n"),
             "Set the number of OpenMP threads (n > 0).");
+  cpu_m.def(
+      "stream_triad",
+      [](uintptr_t a, uintptr_t b, uintptr_t c, double s, int64_t n) {
+        cpu::stream_triad(reinterpret_cast<double*>(a), reinterpret_cast<const double*>(b),
+                          reinterpret_cast<const double*>(c), s, n);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "a = b + s c over n float64s on every OpenMP thread (STREAM's triad).", py::arg("a"),
+      py::arg("b"), py::arg("c"), py::arg("s"), py::arg("n"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("device_count", &cuda::device_count, "Visible CUDA devices (0 without a driver).");
   cuda_m->def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against.");
