@@ -149,8 +149,10 @@ bool forward_block(const std::vector<ChainLayer<T>>& layers, const T* in, int64_
     T* y = y_of(i);
     T* aux = aux_of(i);
     T* z = aux != nullptr ? aux : y;
-    ok &= block_gemm<T>(w16, false, false, rows, l.out, l.in, in, w16 != nullptr ? in16_of(i) : nullptr,
-                        l.in, l.W, w16 != nullptr ? w16->of(i) : nullptr, l.out, false, z, l.out);
+    const bf16* in16 = w16 != nullptr ? in16_of(i) : nullptr;
+    const bf16* W16 = w16 != nullptr ? w16->of(i) : nullptr;
+    ok &= block_gemm<T>(w16, false, false, rows, l.out, l.in, in, in16, l.in, l.W, W16, l.out,
+                        false, z, l.out);
     bf16* y16 = w16 != nullptr && i + 1 < count ? in16_of(i + 1) : nullptr;
     if (l.b != nullptr || l.act != Activation::identity || y16 != nullptr) {
       // aux already holds x W; it is rewritten only when b is added.
