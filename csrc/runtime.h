@@ -10,6 +10,9 @@ namespace cpu {
 std::string simd_level();  // the instruction set the build targets: "avx512", "avx2", ...
 int omp_threads();         // OpenMP threads a parallel kernel uses (1 without OpenMP)
 void set_omp_threads(int n);
+// a = b + s c (n float64s) on every OpenMP thread: STREAM's triad, the benchmarks' bandwidth
+// yardstick (cpu/triad.cpp).
+void stream_triad(double* a, const double* b, const double* c, double s, int64_t n);
 }  // namespace cpu
 
 namespace cuda {

@@ -91,15 +91,28 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
         assert "--device cuda:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_memory_bandwidth_is_a_stream_triad():
+    if _backend._C is None:
+        pytest.skip("no native CPU kernels")
+    n = 100_003
+    a, b, c = np.empty(n), np.random.default_rng(0).random(n), np.random.default_rng(1).random(n)
+    _backend._C.cpu.stream_triad(a.ctypes.data, b.ctypes.data, c.ctypes.data, 3.0, n)
+    np.testing.assert_allclose(a, b + 3.0 * c, rtol=1e-15)  # one rounding (FMA) or two
+    gbs, how = H.memory_bandwidth("cpu", array_bytes=1 << 20, repeats=1)  # small: only the plumbing
+    assert gbs > 0 and how.startswith("STREAM triad, 3 x 0.00 GiB float64, best of 1: fastnn's OpenMP triad")
+
+
 def test_bench_files_json_markdown_and_chart(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [H.Result("demo", "case A", "fastnn", "cpu", ms=2.0, bytes=4_000_000),
             H.Result("demo", "case A", "NumPy", "cpu", ms=5.0, bytes=4_000_000),
             H.skipped("demo", "case A", "PyTorch", "cpu", "torch not installed")]
-    paths = H.write("demo", "cpu", rows, str(tmp_path), copy=(10.0, "test"))
+    paths = H.write("demo", "cpu", rows, str(tmp_path), bandwidth=(10.0, "test"))
     data = json.loads(open(paths["json"]).read())
     assert [r["impl"] for r in data["results"]] == ["fastnn", "NumPy", "PyTorch"]
     assert data["results"][0]["gbs"] == pytest.approx(2.0)
+    assert data["bandwidth_gbs"] == 10.0 and data["bandwidth_measured_with"] == "test"
     markdown = open(paths["md"]).read()
     assert "| case A | NumPy | 5.000 |" in markdown and "2.50x" in markdown and "skipped: torch not installed" in markdown
+    assert "% of bandwidth" in markdown and "| case A | fastnn | 2.000 | 2.0 | - | 20 | 1.00x |" in markdown
     assert open(paths["png"], "rb").read()[:4] == b"\x89PNG"
