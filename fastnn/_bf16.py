@@ -112,11 +112,11 @@ def available() -> bool:
 
 def status() -> tuple[bool, str]:
     """(whether "medium" runs in bf16 on the CPU, what runs it or why not)."""
+    if not _enabled:
+        return False, "turned off (fastnn._bf16.enable(False))"
     found = _register()
     if "gemm" not in found:
         return False, found["reason"]
-    if not _enabled:
-        return False, "turned off (fastnn._bf16.enable(False))"
     return True, f"{_SYMBOL} from {found['path']} ({found['version']})"
 
 
