@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="throughput against NumPy, PyTorch and CuPy, as ratios measured in one run")
-    bench.add_argument("suite", nargs="?", default="all", choices=["optim", "mlp", "all"])
+    bench.add_argument("suite", nargs="?", default="all", choices=["optim", "mlp", "dist", "all"])
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON, Markdown and PNG results")
     bench.add_argument("--quick", action="store_true", help="small cases and short timings (a smoke test)")
