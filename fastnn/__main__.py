@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
             metrics = run(JobConfig(**fields))
     except FileNotFoundError as exc:
         raise CommandError(f"fastnn train: data file not found: {exc.filename or exc}") from None
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # ImportError: mpirun without mpi4py
         raise CommandError(f"fastnn train: {exc}") from None
     if metrics.get("rank", 0):
         return 0  # rank 0 reports

@@ -5,7 +5,7 @@ and writes what it ended with to ``<out>/rank<r>.npz`` (parameters and buffers) 
 
     python dist_worker.py OUT [--dtype float64] [--epochs 3] [--batch 8] [--samples 100]
         [--batchnorm] [--resume CKPT [--resume-on root|all]] [--checkpoint CKPT]
-        [--fail-rank R] [--stop-rank R] [--validation-split F] [--uneven]
+        [--fail-rank R] [--stop-rank R] [--validation-split F] [--uneven] [--backend auto]
 
 The ranks other than 0 scramble their initial weights first: ``fit`` must start from rank 0's.
 ``--fail-rank R`` makes rank R raise in the middle of the first epoch (the others are then
@@ -64,9 +64,10 @@ def main() -> None:
     parser.add_argument("--stop-rank", type=int)
     parser.add_argument("--validation-split", type=float, default=0.2)
     parser.add_argument("--uneven", action="store_true")
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
 
-    backend = fnn.distributed.init()
+    backend = fnn.distributed.init(args.backend)
     rank = backend.rank
     X, y = problem(args.dtype, args.samples - (4 if args.uneven and rank != 0 else 0))
     model = build(args.dtype, batchnorm=args.batchnorm)

@@ -382,6 +382,13 @@ def test_two_ranks_train_to_the_parameters_of_one_process_on_the_global_batch(tm
         np.testing.assert_allclose(log0["history"][key], values, rtol=100 * rtol, err_msg=key)
 
 
+def test_a_world_of_one_under_mpi_goes_through_the_reducer_and_changes_nothing(tmp_path):
+    [(params, log)] = _launch(tmp_path, "--batch", "16", "--backend", "mpi", ranks=1)
+    expected, _ = _single("float64", 3, 16)
+    _close(params, expected, 1e-12)
+    assert log["backend"].startswith("mpi: 1 process ")
+
+
 def test_batchnorm_statistics_end_the_same_on_every_rank(tmp_path):
     (params0, _), (params1, _) = _launch(tmp_path, "--batchnorm", "--epochs", "2")
     assert "3.running_mean" in params0

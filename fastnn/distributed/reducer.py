@@ -83,7 +83,8 @@ class GradientReducer:
     ``grad`` arrays are read at every step (``model.to`` may replace them); the buckets are
     rebuilt when their device or dtype changes. ``bytes_per_step``: the bytes each rank hands
     to the allreduce per step (the ring algorithm sends and receives 2 (N - 1) / N of it).
-    ``close()`` removes the hook. With one process, nothing is copied or sent.
+    ``close()`` removes the hook. With the local backend (one process without a transport)
+    nothing is copied or sent; a world of one under MPI or NCCL goes through every motion.
     (horovod.DistributedOptimizer, torch.nn.parallel.DistributedDataParallel)
     """
 
@@ -107,7 +108,7 @@ class GradientReducer:
         self._next = 0  # the first bucket not yet started
         self._started = False  # a backward has reported gradients since the last synchronize
         self._ready: set[int] = set()  # ids of the parameters reported since then
-        self._hooked = isinstance(model, Sequential) and self.backend.world_size > 1
+        self._hooked = isinstance(model, Sequential) and self.backend.name != "local"
         if self._hooked:
             if model.grads_ready_hook is not None:
                 raise RuntimeError("GradientReducer: the model already has a grads_ready_hook (another reducer?); "
@@ -171,7 +172,7 @@ class GradientReducer:
     def synchronize(self) -> None:
         """Finish every bucket's allreduce (starting those backward has not) and write the
         averages into the gradients: afterwards ``p.grad`` is the same on every rank."""
-        if self.backend.world_size == 1:
+        if self.backend.name == "local":
             return
         if not self._started:
             self._build()
