@@ -188,7 +188,7 @@ class MPIBackend(Backend):
         self.comm = MPI.COMM_WORLD
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
         announced, variable = launch_size()
-        if announced != self.world_size:
+        if variable is not None and announced != self.world_size:
             raise RuntimeError(f"fastnn.distributed: the launcher started {announced} processes ({variable}="
                                f"{announced}) but MPI sees a world of {self.world_size}: mpi4py loaded another MPI "
                                "library than the mpiexec that started this one (run the mpiexec of the MPI mpi4py "

@@ -55,6 +55,7 @@ class TrainerSync:
     def begin(self, trainer, run: dict) -> None:
         """Collective start of a ``fit`` (see the class docstring); ``run``: what every rank must
         agree on (JSON values)."""
+        self.end()  # a fit that failed before it began training left its reducer hooked
         theirs = broadcast_object(run)
         differing = [k for k in sorted(set(run) | set(theirs)) if run.get(k) != theirs.get(k)]
         ranks = agree(bool(differing))
