@@ -55,22 +55,27 @@ def _widths(text: str) -> tuple[int, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import abort_on_error
     from .job import JobConfig, run
 
     fields = {f: getattr(args, f) for f in JobConfig.__dataclass_fields__}
     try:
-        metrics = run(JobConfig(**fields))
+        with abort_on_error():  # under mpirun, one rank's error ends every rank
+            metrics = run(JobConfig(**fields))
     except FileNotFoundError as exc:
         raise CommandError(f"fastnn train: data file not found: {exc.filename or exc}") from None
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # ImportError: mpirun without mpi4py
         raise CommandError(f"fastnn train: {exc}") from None
+    if metrics.get("rank", 0):
+        return 0  # rank 0 reports
     test = metrics["test"]
+    where = metrics["device"] + (f", data parallel: {metrics['data_parallel']}" if metrics.get("data_parallel") else "")
     if metrics["task"] == "classification":
         print(f"test accuracy: {test['accuracy']:.4f}  (test loss {test['loss']:.4f}, "
-              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {metrics['device']})")
+              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {where})")
     else:
         print(f"test mse: {test['loss']:.4f}  (mae {test.get('mae', float('nan')):.4f}, "
-              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {metrics['device']})")
+              f"{metrics['epochs_run']} epochs, {metrics['seconds']:.1f} s on {where})")
     written = [path for path in metrics["files"].values() if path] + [os.path.join(args.out, "metrics.json")]
     print("wrote " + ", ".join(written))
     return 0
@@ -109,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="throughput against NumPy, PyTorch and CuPy, as ratios measured in one run")
-    bench.add_argument("suite", nargs="?", default="all", choices=["optim", "mlp", "all"])
+    bench.add_argument("suite", nargs="?", default="all", choices=["optim", "mlp", "dist", "all"])
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON, Markdown and PNG results")
     bench.add_argument("--quick", action="store_true", help="small cases and short timings (a smoke test)")

@@ -11,6 +11,10 @@
    ``curves.png`` (loss and accuracy, train vs validation), ``metrics.json`` and
    ``checkpoint.npz`` (model, optimizer, standardizer, history and the run's configuration;
    ``fastnn.load`` reads it back).
+
+Started as several processes (``mpirun -n 4 fastnn train ...``, or ``torchrun``), the job
+trains one model data-parallel (``Trainer(distributed=True)``; ``--batch-size`` is then per
+process) and rank 0 alone writes the files; a rank that fails ends them all.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from . import _backend as B
 from . import callbacks as cb
-from . import datasets, nn, optim
+from . import datasets, distributed, nn, optim
 from .checkpoint import save
 from .data import train_test_split
 from .optim.lr_scheduler import CosineAnnealingLR, LinearWarmup
@@ -108,6 +112,7 @@ def run(config: JobConfig) -> dict:
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     device = resolve_device(config.device)
+    parallel = distributed.init(device=device) if distributed.launched() else None
     start = time.perf_counter()
 
     X, y = load_data(config)
@@ -124,17 +129,20 @@ def run(config: JobConfig) -> dict:
 
     model = build_model(X.shape[1], outputs, config)
     if device == "cuda":
-        model.to("cuda")  # batches follow the model onto the GPU inside the trainer
+        model.to(distributed.device() if parallel else "cuda")  # batches follow the model onto the GPU
     loss = nn.SoftmaxCrossEntropy() if classify else nn.MSE()
     opt = OPTIMIZERS[config.optimizer](model.parameters(), config.lr, config.weight_decay)
     warmup = max(1, min(5, config.epochs // 10))
     schedule = LinearWarmup(CosineAnnealingLR(opt, T_max=config.epochs), warmup_epochs=warmup)
     stopper = cb.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best=True)
     trainer = Trainer(model, loss, opt, metrics=["accuracy"] if classify else ["mae"],
-                      callbacks=[cb.LRScheduler(schedule), stopper], seed=config.seed)
+                      callbacks=[cb.LRScheduler(schedule), stopper], seed=config.seed,
+                      distributed=parallel is not None)
     history = trainer.fit(X_train, y_train, epochs=config.epochs, batch_size=config.batch_size,
                           validation_split=config.validation_split, verbose=config.verbose)
     test = trainer.evaluate(X_test, y_test)
+    if not trainer.is_main_process:
+        return {"rank": parallel.rank, "test": {k: float(v) for k, v in test.items()}}  # rank 0 writes
 
     os.makedirs(config.out, exist_ok=True)
     from .plot import history as plot_history  # matplotlib: optional
@@ -150,6 +158,7 @@ def run(config: JobConfig) -> dict:
     metrics = {
         "data": config.data,
         "device": device,
+        "data_parallel": parallel.describe() if parallel else None,
         "task": "classification" if classify else "regression",
         "samples": {"train": int(len(y_train)), "test": int(len(y_test))},
         "epochs_run": len(history.history["loss"]),

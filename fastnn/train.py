@@ -195,6 +195,19 @@ class Trainer:
     - ``seed``: an int, None or a ``numpy.random.Generator``, for the shuffling and ``augment``.
     - ``augment``: a callable ``augment(X_batch, rng) -> X_batch`` (e.g.
       ``fastnn.augment.Augment``) applied to every training batch, with the trainer's generator.
+    - ``distributed=True``: data-parallel training over the processes of a job launched with
+      ``mpiexec``/``mpirun`` or ``torchrun`` (:mod:`fastnn.distributed`; the backend is chosen
+      by ``fastnn.distributed.init``, joined here if not yet). Every rank calls ``fit`` with
+      the same data: each epoch's order is split into global batches of ``batch_size`` times
+      the number of processes (``batch_size`` is per process), each rank trains on its part
+      (:class:`fastnn.distributed.DistributedBatches`, padded to equal shares), and the
+      gradients are averaged over the ranks before every step. ``fit`` starts from rank 0's
+      weights, optimizer state and trainer state (so resuming needs them loaded on rank 0
+      only); the logged loss and metrics, validation and ``evaluate`` are computed over all
+      ranks' samples (``evaluate`` is then collective: every rank calls it); BatchNorm's running
+      statistics are averaged over the ranks after each epoch; a stop requested on one rank
+      stops all; only rank 0 shows progress and ``ModelCheckpoint`` writes only there
+      (``is_main_process``).
 
     ``fit`` continues where the last one stopped: epochs count on, the History grows, the
     generator's state carries over. :meth:`state_dict` holds what a checkpoint needs beside the
@@ -205,7 +218,7 @@ class Trainer:
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer, metrics=("accuracy",), callbacks=(), l1: float = 0.0,
-                 l2: float = 0.0, seed=None, augment: Callable | None = None):
+                 l2: float = 0.0, seed=None, augment: Callable | None = None, distributed: bool = False):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastnn.nn.Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -243,6 +256,16 @@ class Trainer:
         self.stop_training = False
         self.stop_reason: str | None = None
         self.measured_update_ratios: list[tuple[int, dict[str, float]]] = []
+        self._sync = None
+        if distributed:
+            from .distributed.trainer_sync import TrainerSync
+
+            self._sync = TrainerSync(model, optimizer)
+
+    @property
+    def is_main_process(self) -> bool:
+        """False on the ranks other than 0 of a distributed trainer (which write no files)."""
+        return self._sync is None or self._sync.is_main
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -282,18 +305,27 @@ class Trainer:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             validation_data = _prepare(self.model, *validation_data, "fit: validation_data")
         check_targets(self.metrics, y, "fit")
-        batches = D.batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
+        make_batches = D.batches
+        if self._sync is not None:
+            self._sync.begin(self, {"samples": int(X.shape[0]), "batch_size": batch_size, "epochs": epochs,
+                                    "shuffle": bool(shuffle), "drop_last": bool(drop_last), "l1": self.l1,
+                                    "l2": self.l2, "metrics": [m.name for m in self.metrics],
+                                    "validation_samples": 0 if validation_data is None else len(validation_data[0])})
+            make_batches = self._sync.batches
+            verbose = verbose if self._sync.is_main else 0
+        batches = make_batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
         monitor = next((cb for cb in self.callbacks if isinstance(cb, UpdateRatioMonitor)), None)
         weights = weight_parameters(self.model)
         first, last = self.epoch, self.epoch + epochs
         self.history.params = {"epochs": last, "batch_size": batch_size, "steps": len(batches),
                                "samples": batches.num_samples,
                                "validation_samples": 0 if validation_data is None else len(validation_data[0]),
-                               "metrics": [m.name for m in self.metrics], "l1": self.l1, "l2": self.l2}
+                               "metrics": [m.name for m in self.metrics], "l1": self.l1, "l2": self.l2,
+                               **({} if self._sync is None else {"world_size": self._sync.world_size})}
         self.history.stop_reason = None
         self.stop_training, self.stop_reason = False, None
         logs: dict = {}
-        with _device_context(self.model):
+        with _device_context(self.model), _ending(self._sync):
             for cb in self.callbacks:
                 cb.set_trainer(self)
                 cb.on_train_begin(logs)
@@ -307,6 +339,10 @@ class Trainer:
                     sums, measured, completed = self._train_epoch(batches, device, weights, monitor, bar)
                     if not completed:
                         break
+                    if self._sync is not None:
+                        sums = self._sync.totals(sums, ["loss", *(m.name for m in self.metrics)] +
+                                                 (["penalty"] if self.l1 or self.l2 else []))
+                        self._sync.average_buffers()
                     rate = sums.count / max(time.perf_counter() - started, 1e-12)
                     logs, ratios = self._epoch_logs(sums, logs, measured, weights)
                     if validation_data is not None:
@@ -319,6 +355,8 @@ class Trainer:
                 self.epoch = epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_end(epoch, logs)
+                if self._sync is not None:
+                    self._sync.agree_stop(self)
                 if self.stop_training:
                     break
             self.history.stop_reason = self.stop_reason
@@ -347,6 +385,8 @@ class Trainer:
                 sums.add(m.name, m.batch_sum(yb, pred))
             self.model.zero_grad()
             self.model.backward(self.loss.backward(), need_input_grad=False)
+            if self._sync is not None:
+                self._sync.reducer.synchronize()  # p.grad: the mean over the ranks
             if self.l1 or self.l2:
                 extra = penalty(params, self.l1, self.l2)
                 add_penalty_grad(params, self.l1, self.l2)
@@ -355,6 +395,8 @@ class Trainer:
             logs["loss"] = value
             for cb in self.callbacks:
                 cb.on_before_step(batch, logs)
+            if self._sync is not None:
+                self._sync.agree_stop(self)
             if self.stop_training:
                 return sums, measured, False
             measure = (self.step_count % monitor.every == 0) if monitor is not None else batch == last
@@ -368,6 +410,8 @@ class Trainer:
             sums.count += logs["size"]
             for cb in self.callbacks:
                 cb.on_batch_end(batch, logs)
+            if self._sync is not None and batch < last:
+                self._sync.agree_stop(self)
             if self.stop_training and batch < last:
                 return sums, measured, False
             bar.update(1)
@@ -408,6 +452,8 @@ class Trainer:
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"evaluate: X has {X.shape[0]} samples but y has {y.shape[0]}")
         check_targets(self.metrics, y, "evaluate")
+        if self._sync is not None:
+            X, y = self._sync.shard(X, y)
         sums = MetricSums()
         with _device_context(self.model):
             for start, xb in _chunks(X, batch_size):
@@ -417,6 +463,8 @@ class Trainer:
                 for m in self.metrics:
                     sums.add(m.name, m.batch_sum(yb, pred))
                 sums.count += xb.shape[0]
+        if self._sync is not None:
+            sums = self._sync.totals(sums, ["loss", *(m.name for m in self.metrics)])
         means = sums.means()
         return {"loss": means["loss"], **{m.name: means[m.name] for m in self.metrics}}
 
@@ -459,6 +507,16 @@ class Trainer:
         for path, (seed, counter) in saved.items():
             dropouts[path].seed, dropouts[path].counter = int(seed), int(counter)
         self.epoch, self.step_count, self.history = int(state["epoch"]), int(state["step_count"]), history
+
+
+@contextlib.contextmanager
+def _ending(sync):
+    """Unhooks a distributed trainer's gradient reducer when ``fit`` ends, however it ends."""
+    try:
+        yield
+    finally:
+        if sync is not None:
+            sync.end()
 
 
 def _insert_validation(logs: dict, results: dict) -> dict:

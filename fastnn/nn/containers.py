@@ -47,8 +47,14 @@ class Sequential(Module):
     one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
     named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction,
     where what runs fused is planned (``fastnn.nn.fusion``); a layer may appear only once.
-    (torch.nn.Sequential)
+
+    ``grads_ready_hook``: None, or a function that ``backward`` calls with a list of
+    parameters as soon as their gradients are complete (after each step, or each chain), so
+    that data-parallel training can reduce them while the layers below still run
+    (``fastnn.distributed.GradientReducer`` sets it). (torch.nn.Sequential)
     """
+
+    grads_ready_hook = None
 
     def __init__(self, *layers: Module, fuse: bool = True):
         super().__init__()
@@ -119,7 +125,7 @@ class Sequential(Module):
     def backward(self, dout, *, need_input_grad: bool = True):
         """Every layer's backward in reverse order; returns d loss / d input, or None when
         ``need_input_grad=False``. Parameter gradients accumulate (``+=``)."""
-        return self._plan.backward(dout, need_input_grad)
+        return self._plan.backward(dout, need_input_grad, self.grads_ready_hook)
 
 
 class Residual(Module):

@@ -190,6 +190,9 @@ class FusionPlan:
       step, which decide whether a batch runs them chained;
     - ``first_trainable``, the first step with parameters (where a backward without the
       input's gradient stops), None when there is none;
+    - ``completes``: for each step, the parameters whose gradients are complete once its
+      backward has run (those of its layer that no earlier step shares), which
+      :meth:`backward` hands to a ``grads_ready`` hook;
     - ``chained``: whether the latest forward ran the runs as chains (its backward must)."""
 
     def __init__(self, layers: list[Module], fuse: bool):
@@ -203,6 +206,11 @@ class FusionPlan:
         self._whole_run = whole if whole is not None and whole.end == len(self.steps) else None
         trainable = [index for index, step in enumerate(self.steps) if step.layer.parameters()]
         self.first_trainable = trainable[0] if trainable else None
+        seen, self.completes = set(), []
+        for step in self.steps:
+            params = step.layer.parameters()
+            self.completes.append([p for p in params if id(p) not in seen])
+            seen.update(id(p) for p in params)
         self.chained = False
 
     def use_chains(self, x) -> bool:
@@ -234,10 +242,13 @@ class FusionPlan:
                 index = run.end
         return x
 
-    def backward(self, dout, need_input_grad: bool):
+    def backward(self, dout, need_input_grad: bool, grads_ready: Callable | None = None):
         """Every step's backward in reverse order, fused as planned (as chains after a chained
         forward); returns d loss / d input, or None when not ``need_input_grad``: then the
-        steps before the first one with parameters are not run, and that one computes no dx."""
+        steps before the first one with parameters are not run, and that one computes no dx.
+        ``grads_ready(params)`` is called after each step (after each chain) with the
+        parameters whose gradients it completed, so that their reduction can start while the
+        steps below run (``fastnn.distributed.GradientReducer``)."""
         first = 0 if need_input_grad else self.first_trainable
         if first is None:
             return None
@@ -247,12 +258,16 @@ class FusionPlan:
             run = ending_at.get(index)
             if run is not None:
                 dout = run.backward(dout, need_input_grad or run.start > first)
+                if grads_ready is not None:
+                    grads_ready([p for i in range(run.start, run.end) for p in self.completes[i]])
                 index = run.start - 1
                 continue
             layer, fusion = self.steps[index].layer, self.backward_fusion[index]
             need = need_input_grad or index > first
             dout = layer.backward(dout, need_input_grad=need) if fusion is None else \
                 layer._backward(dout, need_input_grad=need, **fusion)
+            if grads_ready is not None and self.completes[index]:
+                grads_ready(self.completes[index])
             index -= 1
         return dout
 
