@@ -229,11 +229,12 @@ def build_model(features: int, outputs: int, config: JobConfig) -> nn.Sequential
 
 
 def _split(X, y, config: JobConfig, stratify: bool):
-    """The train/test split, its errors in the terms of ``--test-size``."""
-    try:
-        return train_test_split(X, y, test_size=config.test_size, seed=config.seed, stratify=stratify)
-    except ValueError as exc:
-        raise ValueError(f"--test-size {config.test_size}: {exc}") from None
+    """The train/test split; too little data for ``--test-size`` is an error in its terms."""
+    n = len(X)
+    n_test = math.ceil(config.test_size * n)
+    if n_test >= n:
+        raise ValueError(f"--test-size {config.test_size} of {n} samples leaves no training data")
+    return train_test_split(X, y, test_size=config.test_size, seed=config.seed, stratify=stratify)
 
 
 def _fit_sizes(n_train: int, config: JobConfig) -> bool:
@@ -297,7 +298,7 @@ def run(config: JobConfig, X=None, y=None) -> dict:
     else:
         predicted = B.to_numpy(target_scaler.inverse_transform(B.to_numpy(predict_outputs(model, X_test))))
         test = {"loss": trainer.evaluate(X_test, target_scaler.transform(y_test))["loss"],
-                "r2": r2_score(y_test, predicted), "rmse": rmse(y_test, predicted), "mae": mae(y_test, predicted),
+                "r2": r2_score(y_test, predicted) if len(y_test) > 1 else math.nan, "rmse": rmse(y_test, predicted), "mae": mae(y_test, predicted),
                 "mse": mse(y_test, predicted)}
 
     out = config.out
@@ -305,7 +306,7 @@ def run(config: JobConfig, X=None, y=None) -> dict:
 
     try:
         curves = plot_history(history, os.path.join(out, "curves.png"), loss_name=_LOSS_NAMES[task],
-                              best_epoch=stopper.best_epoch if stopper.stopped_epoch is not None else None,
+                              best_epoch=stopper.best_epoch,  # restored, stopped early or not
                               title=f"fastnn: {config.data}, MLP {'-'.join(map(str, config.hidden))}")
     except ImportError as exc:
         curves = None

@@ -198,9 +198,12 @@ class Predictor:
         """Classification: the predicted class of each sample (N,), as one of ``classes``.
         Regression: the predicted targets, (N,) for one target, else (N, k), in the targets'
         units (``target_transform`` undone)."""
-        if self.task == "classification":
-            return self.classes[self.predict_proba(X, batch_size).argmax(axis=1)]
         out = self.decision_function(X, batch_size)
+        if self.task == "classification":  # from the logits: probabilities can round to a tie
+            if out.ndim == 2 and out.shape[1] == 1:
+                return self.classes[(out[:, 0] > 0).astype(np.int64)]
+            self._check_outputs(out)
+            return self.classes[out.argmax(axis=1)]
         if self.target_transform is not None:
             out = B.to_numpy(self.target_transform.inverse_transform(out))
         return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out

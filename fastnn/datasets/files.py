@@ -238,7 +238,10 @@ def _label_index(label_column, names: list[str], header: bool, path: Path) -> in
                              f"(0..{len(names) - 1} or negative), got {label_column!r}")
         matches = [i for i, name in enumerate(names) if name == label_column.strip()]
         if not matches:
-            raise ValueError(f"{path}: no column named {label_column!r}; the columns are {names}")
+            looks_like_data = all(_number(name) is not None for name in names)
+            raise ValueError(f"{path}: no column named {label_column!r}; the columns are {names}" +
+                             (" (the first row holds numbers: a file without a header is read with header=False, "
+                              "fastnn train --no-header)" if looks_like_data else ""))
         if len(matches) > 1:
             raise ValueError(f"{path}: {len(matches)} columns are named {label_column!r}; "
                              f"give label_column as an index ({matches})")
