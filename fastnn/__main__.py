@@ -71,7 +71,6 @@ def _option(field: str, parse):
             raise argparse.ArgumentTypeError(problem)
         return value
 
-    convert.__name__ = parse.__name__  # what argparse's messages call the type
     return convert
 
 
