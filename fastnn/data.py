@@ -270,8 +270,8 @@ def infer_task(y, task: str = "auto") -> str:
     if task not in ("auto", None):
         task = _TASK_NAMES[task]
         if task == "regression" and kind in "USOb":
-            raise ValueError(f"task 'regress' needs numeric targets, but y holds {'text' if kind != 'b' else 'booleans'}"
-                             "; use task 'classify'")
+            held = "booleans" if kind == "b" else "text"
+            raise ValueError(f"task 'regress' needs numeric targets, but y holds {held}; use task 'classify'")
         return task
     if kind in "USOb":
         return "classification"

@@ -123,8 +123,8 @@ def option_problem(field: str, value) -> str | None:
     too_low = value < low or (low_open and value == low)
     too_high = high is not None and (value > high or (high_open and value == high))
     if too_low or too_high:
-        span = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}' + (')' if high_open else ']')}"
-        return f"must be in {span}, got {value!r}"
+        upper = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        return f"must be in {'(' if low_open else '['}{low:g}, {upper}, got {value!r}"
     return None
 
 
@@ -298,8 +298,8 @@ def run(config: JobConfig, X=None, y=None) -> dict:
     else:
         predicted = B.to_numpy(target_scaler.inverse_transform(B.to_numpy(predict_outputs(model, X_test))))
         test = {"loss": trainer.evaluate(X_test, target_scaler.transform(y_test))["loss"],
-                "r2": r2_score(y_test, predicted) if len(y_test) > 1 else math.nan, "rmse": rmse(y_test, predicted), "mae": mae(y_test, predicted),
-                "mse": mse(y_test, predicted)}
+                "r2": r2_score(y_test, predicted) if len(y_test) > 1 else math.nan,
+                "rmse": rmse(y_test, predicted), "mae": mae(y_test, predicted), "mse": mse(y_test, predicted)}
 
     out = config.out
     from .plot import history as plot_history  # matplotlib: optional
