@@ -29,6 +29,9 @@ _LAZY_NAMES = {
     "gradcheck": "fastnn.gradient_check",
     "Ensemble": "fastnn.ensemble",
     "EMA": "fastnn.ensemble",
+    "save_model": "fastnn.model_file",
+    "load_model": "fastnn.model_file",
+    "Predictor": "fastnn.model_file",
 }
 
 __all__ = ["__version__", "backend_info", "get_backend", "set_backend", "use_backend", "FastnnWarning",

@@ -1,6 +1,7 @@
 """Evaluation metrics: accuracy, top-k accuracy, the confusion matrix, MSE and MAE, both as
 functions that return a float and as sums over batches kept on the device (what
-:class:`fastnn.train.Trainer` accumulates over an epoch).
+:class:`fastnn.train.Trainer` accumulates over an epoch); RMSE and R^2 as functions (neither is
+a mean over samples).
 
 Arguments come in scikit-learn's order, ``(y_true, y_pred)``. Class predictions may be given as
 labels (N,) or as scores (N, C) (logits or probabilities: the predicted class is the argmax);
@@ -29,7 +30,7 @@ import numpy as np
 from . import _backend as B
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "mse", "mae", "check_labels", "predicted_labels",
-           "probabilities", "METRICS", "BatchMetric", "batch_metric", "MetricSums"]
+           "probabilities", "METRICS", "BatchMetric", "batch_metric", "MetricSums", "rmse", "r2_score"]
 
 
 def check_labels(y, name: str = "y", num_classes: int | None = None):
@@ -209,6 +210,30 @@ def mae(y_true, y_pred) -> float:
     """Mean absolute error over all elements: mean(|y_pred - y_true|). Same shapes required.
     (torch.nn.functional.l1_loss; sklearn mean_absolute_error)"""
     return float(_errors(*_regression_pair(y_true, y_pred), power=1).mean())
+
+
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error: sqrt(mse), the error in the targets' own units. Same shapes
+    required. (sklearn.metrics.root_mean_squared_error for one output)"""
+    return float(np.sqrt(mse(y_true, y_pred)))
+
+
+def r2_score(y_true, y_pred) -> float:
+    """Coefficient of determination R^2 = 1 - sum (y - yhat)^2 / sum (y - mean(y))^2: 1 for
+    perfect predictions, 0 for always predicting the mean, negative when worse than that.
+    Targets (N,) or (N, k): for k outputs the mean of the k per-output scores. An output whose
+    true values are constant scores 1.0 when predicted exactly, else 0.0 (no division by zero).
+    Needs at least two samples. (sklearn.metrics.r2_score, force_finite=True)"""
+    y_true, y_pred = _regression_pair(y_true, y_pred)
+    if y_true.shape[0] < 2:
+        raise ValueError(f"R^2 needs at least two samples, got {y_true.shape[0]}")
+    xp = B.array_module(y_true)
+    true = y_true.astype(np.float64).reshape(y_true.shape[0], -1)
+    residual = _errors(y_true, y_pred, power=2).reshape(true.shape).sum(axis=0)
+    total = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
+    constant = total == 0
+    scores = xp.where(constant, xp.where(residual == 0, 1.0, 0.0), 1.0 - residual / xp.where(constant, 1.0, total))
+    return float(scores.mean())
 
 
 def _errors(y_true, y_pred, power: int):

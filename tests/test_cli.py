@@ -28,12 +28,13 @@ def test_train_on_digits_reaches_the_stated_accuracy(tmp_path):
     line = next(l for l in result.stdout.splitlines() if l.startswith("test accuracy:"))
     accuracy = float(line.split()[2])
     assert accuracy >= 0.95, result.stdout
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json", "model.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert metrics["samples"] == {"train": 1437, "test": 360}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"wrote {out / 'curves.png'}" in result.stdout
+    assert f"wrote {out / 'model.npz'}, {out / 'curves.png'}" in result.stdout
+    assert f"model file: {out / 'model.npz'}" in result.stdout
 
 
 def test_checkpoint_of_the_main_job_loads_back(tmp_path):
@@ -66,7 +67,7 @@ def test_train_on_a_csv_file_and_the_tiny_run_writes_everything(tmp_path, rng):
     (["--data", "cats"], "unknown dataset 'cats'"),
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
     (["--hidden", "64,x"], "comma-separated layer widths"),
-    (["--dropout", "1.5"], "p must be"),
+    (["--dropout", "1.5"], "argument --dropout: must be in [0, 1), got 1.5"),
 ])
 def test_train_errors_are_clear(tmp_path, args, message):
     result = fastnn_cli("train", *args, "--epochs", "1", "--out", str(tmp_path / "x"), "--verbose", "0")

@@ -12,7 +12,8 @@ returns d loss / d input and accumulates the parameter gradients into ``Paramete
     loss = loss_fn(model(x), labels)
     model.backward(loss_fn.backward(), need_input_grad=False)
 
-See ``fastnn.nn.module`` for how buffers are reused between calls.
+See ``fastnn.nn.module`` for how buffers are reused between calls, and ``fastnn.nn.registry``
+for architectures as data (what model files store; ``register_layer`` for custom layers).
 """
 
 from . import init
@@ -26,11 +27,12 @@ from .module import LoadResult, Module
 from .normalization import BatchNorm
 from .parameter import Parameter
 from .perceptron import Perceptron
+from .registry import register_layer
 
 __all__ = [
     "Parameter", "Module", "LoadResult", "init", "lsuv",
     "Dense", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "BatchNorm", "Dropout",
     "Residual", "Sequential",
     "Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "L1",
-    "Perceptron",
+    "Perceptron", "register_layer",
 ]
