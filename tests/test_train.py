@@ -137,7 +137,7 @@ def test_l1_l2_gradients_match_finite_differences_of_the_penalised_loss():
     assert [p.name for p in weights] == ["0.weight", "3.weight"]
     l1, l2 = 0.03, 0.2
     model.zero_grad()
-    loss.forward(model.forward(x), y)
+    loss.forward(model.forward(x, training=True), y)
     model.backward(loss.backward())
     add_penalty_grad(weights, l1, l2)
     eps = 1e-6
@@ -169,7 +169,7 @@ def test_trainer_applies_the_penalty_to_weights_only_and_reports_it():
     reference = nn.Sequential(nn.Dense(4, 5, seed=0, dtype=np.float64), nn.BatchNorm(5, dtype=np.float64),
                               nn.ReLU(), nn.Dense(5, 3, seed=1, dtype=np.float64))
     loss = nn.SoftmaxCrossEntropy()
-    data_loss = loss.forward(reference.forward(X), y)
+    data_loss = loss.forward(reference.forward(X, training=True), y)
     reference.backward(loss.backward())
     penalty_value = sum(l1 * np.abs(before[n]).sum() + l2 / 2 * (before[n] ** 2).sum() for n in ("0.weight", "3.weight"))
     assert history.history["loss"][0] == pytest.approx(data_loss + penalty_value, rel=1e-12)
