@@ -19,7 +19,7 @@ from ._warnings import FastnnRuntimeWarning, FastnnWarning
 # and never imports CuPy, PyTorch or matplotlib.
 _SUBMODULES = {
     "functional", "reference", "nn", "optim", "integrations", "cuda_graph", "data", "datasets",
-    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot",
+    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot", "seeding",
 }
 _LAZY_NAMES = {
     "set_matmul_precision": "fastnn.functional.dense",
@@ -27,6 +27,7 @@ _LAZY_NAMES = {
     "save": "fastnn.checkpoint",
     "load": "fastnn.checkpoint",
     "gradcheck": "fastnn.gradient_check",
+    "seed": "fastnn.seeding",
     "Ensemble": "fastnn.ensemble",
     "EMA": "fastnn.ensemble",
 }

@@ -375,8 +375,8 @@ def _check_kwargs(objective: Callable, kwargs: dict, where: str) -> None:
 def _seed_and_generator(seed) -> tuple[int | None, np.random.Generator]:
     if isinstance(seed, np.random.Generator):
         return None, seed
-    if seed is None:
-        seed = np.random.SeedSequence().entropy  # recorded, so that the search can be repeated
+    if seed is None:  # drawn, and recorded so that the search can be repeated
+        seed = int(as_generator(None).integers(2**63))
     return int(seed), as_generator(int(seed))
 
 
@@ -415,7 +415,8 @@ def random_search(objective: Callable, space: dict, trials: int = 20, seed=None,
     """Evaluate ``trials`` configurations drawn independently from ``space``.
 
     objective(params, **objective_kwargs[, seed=...]) -> score or {"score": ..., ...}.
-    ``seed``: int, None (fresh entropy, recorded in the result) or a numpy Generator.
+    ``seed``: int, None (drawn from ``fastnn.seed``'s sequence or fresh entropy, and recorded
+    in the result) or a numpy Generator.
     ``executor``: a ``concurrent.futures.Executor`` or None (sequential, in process). Returns a
     :class:`SearchResult`, best first. (Bergstra and Bengio, "Random search for
     hyper-parameter optimization", JMLR 2012; cs231n's coarse-to-fine advice)

@@ -24,8 +24,9 @@ class Dropout(Module):
     nothing is stored, the backward regenerates it. ``counter`` starts at 0 and advances by
     one on every training forward, so each step draws a new mask and the sequence of masks is
     reproducible from ``seed`` (or from ``rng``, which draws the seed; with neither, a draw from
-    ``fastnn.seed``'s sequence when it was called, else fresh entropy). After :meth:`counter_on_device` the counter lives beside the data and a
-    kernel advances it, which a captured CUDA graph needs; the masks are the same.
+    ``fastnn.seed``'s sequence when it was called, else fresh entropy). After
+    :meth:`counter_on_device` the counter lives beside the data and a kernel advances it,
+    which a captured CUDA graph needs; the masks are the same.
     (torch.nn.Dropout)
     """
 
