@@ -103,9 +103,12 @@ def test_evaluate_and_predict_agree_with_the_model():
     model = mlp()
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     trainer.fit(X[:300], y[:300], epochs=2, verbose=0)
-    logits = trainer.predict(X[:300], batch_size=64)
+    logits = trainer.predict_outputs(X[:300], batch_size=64)
     direct = model.forward(X[:300], training=False)
     np.testing.assert_allclose(logits, direct, rtol=1e-6, atol=1e-6)
+    labels = trainer.predict(X[:300], batch_size=64)
+    assert labels.dtype == np.int64 and labels.shape == (300,)
+    np.testing.assert_array_equal(labels, direct.argmax(axis=1))  # labels, as scikit-learn's predict
     result = trainer.evaluate(X[:300], y[:300], batch_size=64)
     assert result["loss"] == pytest.approx(nn.SoftmaxCrossEntropy().forward(direct, y[:300]), rel=1e-5)
     assert result["accuracy"] == metrics.accuracy(y[:300], direct)
@@ -293,7 +296,7 @@ def test_integer_and_float64_inputs_are_converted_to_the_models_dtype():
     model = mlp()
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     trainer.fit(X[:64].astype(np.float64), y[:64].astype(np.int32), epochs=1, verbose=0)
-    assert trainer.predict((X[:4] > 0).astype(np.uint8)).dtype == np.float32
+    assert trainer.predict_outputs((X[:4] > 0).astype(np.uint8)).dtype == np.float32
 
 
 @pytest.mark.gpu
@@ -305,7 +308,7 @@ def test_numpy_data_trains_a_gpu_model_batch_by_batch():
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     history = trainer.fit(X_train, y_train, epochs=10, batch_size=64, validation_data=(X_test, y_test), verbose=0)
     assert history.history["val_accuracy"][-1] > 0.9
-    assert isinstance(trainer.predict(X_test), cupy.ndarray)
+    assert isinstance(trainer.predict(X_test), cupy.ndarray) and trainer.predict(X_test).shape == (len(X_test),)
     cpu_model = mlp()
     cpu_trainer = Trainer(cpu_model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(cpu_model.parameters()))
     with pytest.raises(ValueError, match="never copies"):
