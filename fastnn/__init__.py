@@ -19,7 +19,7 @@ from ._warnings import FastnnRuntimeWarning, FastnnWarning
 # and never imports CuPy, PyTorch or matplotlib.
 _SUBMODULES = {
     "functional", "reference", "nn", "optim", "integrations", "cuda_graph", "data", "datasets",
-    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot", "seeding",
+    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot", "seeding", "sklearn",
 }
 _LAZY_NAMES = {
     "set_matmul_precision": "fastnn.functional.dense",
