@@ -185,7 +185,8 @@ NONFINITE_POLICIES = ("raise", "warn", "ignore")
 
 class LossWatch:
     """Finds the first batch of an epoch whose training loss is not finite and acts on it as
-    ``policy`` says: ``"raise"`` a :class:`NonFiniteLossError`, ``"warn"`` once per ``fit``
+    ``policy`` says: ``"raise"`` a :class:`NonFiniteLossError` (after ``on_raise(message)``),
+    ``"warn"`` once per ``fit``
     (a ``FastnnRuntimeWarning``) and go on, ``"ignore"``.
 
     A loss on the host is looked at as it comes (:meth:`add`), before the optimizer step, so
@@ -194,10 +195,10 @@ class LossWatch:
     summed loss is read (once per epoch), :meth:`end_epoch` finds the first bad batch among
     the kept values with one more transfer, and only when the sum is not finite."""
 
-    def __init__(self, policy: str, who: str = "fit"):
+    def __init__(self, policy: str, who: str = "fit", on_raise: Callable[[str], None] | None = None):
         if policy not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}")
-        self.policy, self.who = policy, who
+        self.policy, self.who, self.on_raise = policy, who, on_raise
         self.warned = False
         self.epoch, self._kept = 0, []
 
@@ -234,6 +235,8 @@ class LossWatch:
         message = (f"{self.who}: the training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}{note}. Lower "
                    "the learning rate, check the data for NaN/inf, or pass on_nonfinite='warn' or 'ignore' to go on")
         if self.policy == "raise":
+            if self.on_raise is not None:
+                self.on_raise(message)
             raise NonFiniteLossError(message, self.epoch, batch)
         if not self.warned:
             self.warned = True
@@ -375,7 +378,7 @@ class Trainer:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be a callable augment(X, rng), got {type(augment).__name__}")
         self.augment = augment
-        self.watch = LossWatch(on_nonfinite)
+        self.watch = LossWatch(on_nonfinite, on_raise=self._stopped_by)
         self.history = History()
         self.epoch = 0
         self.step_count = 0
@@ -434,17 +437,6 @@ class Trainer:
         self.history.stop_reason = None
         self.stop_training, self.stop_reason = False, None
         self.watch.warned = False
-        try:
-            self._fit_epochs(batches, device, weights, monitor, unchecked, validation_data, first, last, verbose,
-                             batch_size)
-        except NonFiniteLossError as exc:
-            self.stop_reason = self.history.stop_reason = str(exc)
-            raise
-        return self.history
-
-    def _fit_epochs(self, batches, device, weights, monitor, unchecked, validation_data, first, last, verbose,
-                    batch_size) -> None:
-        """The epochs of :meth:`fit`, with its callbacks."""
         logs: dict = {}
         with _device_context(self.model):
             for cb in self.callbacks:
@@ -479,6 +471,11 @@ class Trainer:
             self.history.stop_reason = self.stop_reason
             for cb in self.callbacks:
                 cb.on_train_end(logs)
+        return self.history
+
+    def _stopped_by(self, message: str) -> None:
+        """Record why training stops when ``fit`` raises (the History keeps it too)."""
+        self.stop_reason = self.history.stop_reason = message
 
     def _train_epoch(self, batches, device, weights, monitor, bar, unchecked):
         """One pass over the batches. Returns the device sums, the update-ratio measurements
