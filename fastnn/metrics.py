@@ -363,7 +363,8 @@ def _counts(y_true, y_pred, labels, threshold) -> _Counts:
         labels = present
     else:
         labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu" or np.unique(labels).size != labels.size:
+        if (labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu"
+                or np.unique(labels).size != labels.size):
             raise ValueError(f"labels must be a non-empty list of distinct integer class labels, got {labels.tolist()}")
     if labels.size == 0:
         raise ValueError("precision, recall and F1 of an empty set of samples are undefined")

@@ -232,8 +232,9 @@ class LossWatch:
                     stacklevel=4)  # the caller of Trainer.fit
 
     def _found(self, batch: int, value: float, note: str, stacklevel: int) -> None:
-        message = (f"{self.who}: the training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}{note}. Lower "
-                   "the learning rate, check the data for NaN/inf, or pass on_nonfinite='warn' or 'ignore' to go on")
+        message = (f"{self.who}: the training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}{note}. "
+                   "Lower the learning rate, check the data for NaN/inf, or pass on_nonfinite='warn' or 'ignore' "
+                   "to go on")
         if self.policy == "raise":
             if self.on_raise is not None:
                 self.on_raise(message)
@@ -596,8 +597,8 @@ class Trainer:
             bad = (y < 0) | (y >= classes)
             if y.size and bool(bad.any()):
                 row = int(xp.flatnonzero(bad)[0])
-                raise ValueError(f"{who}: {name}: label {int(y[row])} at index {row} is out of range: labels must be in "
-                                 f"[0, C) with C = {classes} classes (the model's outputs)")
+                raise ValueError(f"{who}: {name}: label {int(y[row])} at index {row} is out of range: labels must be "
+                                 f"in [0, C) with C = {classes} classes (the model's outputs)")
 
     def predict(self, X, batch_size: int = 256):
         """Predictions for X in inference mode, on the model's device, as scikit-learn's

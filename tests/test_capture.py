@@ -106,7 +106,8 @@ def test_dropout_layer_with_the_counter_in_memory_draws_the_same_masks(xp, path,
     host, kept = nn.Dropout(0.4, seed=77), nn.Dropout(0.4, seed=77).counter_on_device()
     x = randn(xp, rng, (9, 10), np.float32)
     for _ in range(3):
-        np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)), to_numpy(host.forward(x, training=True)))
+        np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                      to_numpy(host.forward(x, training=True)))
         dy = randn(xp, rng, (9, 10), np.float32)
         np.testing.assert_array_equal(to_numpy(kept.backward(dy)), to_numpy(host.backward(dy)))
     assert kept.counter == host.counter == 3
@@ -114,11 +115,13 @@ def test_dropout_layer_with_the_counter_in_memory_draws_the_same_masks(xp, path,
     assert kept.counter == 3
     kept.counter = 2**64 - 2
     host.counter = 2**64 - 2
-    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)), to_numpy(host.forward(x, training=True)))
+    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                  to_numpy(host.forward(x, training=True)))
     assert kept.counter == 2**64 - 1
     kept.counter_on_device(False)
     assert kept._words is None and kept.counter == 2**64 - 1
-    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)), to_numpy(host.forward(x, training=True)))
+    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                  to_numpy(host.forward(x, training=True)))
 
 
 def test_dropout_counter_setter_validates():

@@ -52,11 +52,10 @@ class BatchNorm(Module):
             raise ValueError(f"{self._where()}: training needs more than one sample per feature, got an input of "
                              f"shape {tuple(x.shape)} (as PyTorch; use training=False for single samples)")
         c = self.num_features
+        kept = (self._buffer("mean", (c,), x, True), self._buffer("invstd", (c,), x, True)) if training else None
         y, saved = F.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                        training=training, momentum=self.momentum, eps=self.eps, relu=relu,
-                                       out=self._output(x.shape, x, training),
-                                       saved=(self._buffer("mean", (c,), x, True), self._buffer("invstd", (c,), x, True))
-                                       if training else None)
+                                       out=self._output(x.shape, x, training), saved=kept)
         if training:
             self._saved = (x, y, saved, relu)
         return y
