@@ -513,7 +513,7 @@ class Trainer:
                 cb.on_before_step(batch, logs)
             if self.stop_training:
                 return sums, measured, False
-            self.watch.add(batch, value, deferred=not isinstance(value, np.ndarray))
+            self.watch.add(batch, value, deferred=B.is_cupy(value))
             measure = (self.step_count % monitor.every == 0) if monitor is not None else batch == last
             before = [p.data.copy() for p in params] if measure else None
             self.optimizer.step()

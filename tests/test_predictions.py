@@ -158,6 +158,16 @@ def test_a_nonfinite_loss_stops_fit_naming_the_epoch_and_batch():
         np.testing.assert_array_equal(p.data, q.data)
 
 
+def test_with_a_penalty_the_cpu_still_stops_before_the_bad_step():
+    X, _, y, _ = digits()
+    model = mlp()
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.SGD(model.parameters(), lr=0.01), l2=1e-3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 2\. Lower") as info:
+        trainer.fit(nan_rows(X[:256], [100]), y[:256], batch_size=64, shuffle=False, verbose=0)
+    assert "found when the epoch's loss was read" not in str(info.value)
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+
+
 def test_nonfinite_policies_warn_once_or_ignore():
     X, _, y, _ = digits()
     X, y = nan_rows(X[:256], [10, 200]), y[:256]
