@@ -2,9 +2,9 @@
 
 ``train_test_split`` holds out a test (or validation) set, optionally stratified by class;
 ``batches`` walks a data set in mini-batches, reshuffled every epoch. Both take a ``seed``: an
-int, ``None`` (fresh entropy) or a ``numpy.random.Generator``; the same seed gives the same
-split and the same sequence of epochs. Indices are drawn on the CPU, so NumPy and CuPy arrays
-are split and batched identically.
+int, ``None`` (``fastnn.seed``'s sequence, or fresh entropy) or a ``numpy.random.Generator``;
+the same seed gives the same split and the same sequence of epochs. Indices are drawn on the
+CPU, so NumPy and CuPy arrays are split and batched identically.
 
 Before that, data as it comes: ``features`` reads a feature matrix (and its column names) from
 an array or a pandas DataFrame, refusing text and categorical columns with what to do about
@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import seeding
 from ._backend import array_module, as_array, device_of, to_numpy
 
 __all__ = ["as_generator", "train_test_split", "batches", "Batches", "features", "check_missing", "infer_task",
@@ -33,10 +34,13 @@ MAX_INFERRED_CLASSES = 20  # whole-number targets with at most this many values 
 
 def as_generator(seed: Any) -> np.random.Generator:
     """A ``numpy.random.Generator`` from ``seed``: a Generator is returned as is (its state is
-    shared), an int or ``None`` seeds a new one (``numpy.random.default_rng``)."""
+    shared), an int seeds a new one (``numpy.random.default_rng``), ``None`` gets the next one
+    of ``fastnn.seed``'s sequence (fresh entropy when no seed is set)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is None or isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+    if seed is None:
+        return seeding.generator()
+    if isinstance(seed, (int, np.integer, np.random.SeedSequence)):
         return np.random.default_rng(seed)
     raise TypeError(f"seed must be an int, None or a numpy.random.Generator, got {type(seed).__name__}")
 

@@ -106,7 +106,8 @@ def test_dropout_layer_with_the_counter_in_memory_draws_the_same_masks(xp, path,
     host, kept = nn.Dropout(0.4, seed=77), nn.Dropout(0.4, seed=77).counter_on_device()
     x = randn(xp, rng, (9, 10), np.float32)
     for _ in range(3):
-        np.testing.assert_array_equal(to_numpy(kept.forward(x)), to_numpy(host.forward(x)))
+        np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                      to_numpy(host.forward(x, training=True)))
         dy = randn(xp, rng, (9, 10), np.float32)
         np.testing.assert_array_equal(to_numpy(kept.backward(dy)), to_numpy(host.backward(dy)))
     assert kept.counter == host.counter == 3
@@ -114,11 +115,13 @@ def test_dropout_layer_with_the_counter_in_memory_draws_the_same_masks(xp, path,
     assert kept.counter == 3
     kept.counter = 2**64 - 2
     host.counter = 2**64 - 2
-    np.testing.assert_array_equal(to_numpy(kept.forward(x)), to_numpy(host.forward(x)))
+    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                  to_numpy(host.forward(x, training=True)))
     assert kept.counter == 2**64 - 1
     kept.counter_on_device(False)
     assert kept._words is None and kept.counter == 2**64 - 1
-    np.testing.assert_array_equal(to_numpy(kept.forward(x)), to_numpy(host.forward(x)))
+    np.testing.assert_array_equal(to_numpy(kept.forward(x, training=True)),
+                                  to_numpy(host.forward(x, training=True)))
 
 
 def test_dropout_counter_setter_validates():
@@ -141,13 +144,13 @@ def test_batchnorm_and_loss_write_into_fixed_buffers(rng):
     x, y = _batch(np, rng)
     addresses = None
     for _ in range(2):
-        assert loss_fn.forward(model.forward(x), y, sync=False, out=out) is out
+        assert loss_fn.forward(model.forward(x, training=True), y, sync=False, out=out) is out
         model.backward(loss_fn.backward(), need_input_grad=False)
         saved = model[1]._saved[2]
         now = [pointer(a) for a in (*saved, model[1]._saved[1], loss_fn.backward())]
         assert addresses in (None, now)
         addresses = now
-    assert float(out) == pytest.approx(loss_fn.forward(model.forward(x), y))
+    assert float(out) == pytest.approx(loss_fn.forward(model.forward(x, training=True), y))
 
 
 def test_a_training_step_allocates_no_arrays_once_warm(rng):

@@ -203,7 +203,7 @@ def _backward(model, x, labels, zero=True):
     loss = nn.SoftmaxCrossEntropy()
     if zero:
         model.zero_grad()
-    loss.forward(model.forward(x), labels)
+    loss.forward(model.forward(x, training=True), labels)
     model.backward(loss.backward(), need_input_grad=False)
 
 
@@ -261,7 +261,7 @@ def test_reducer_accumulates_under_no_sync(two_ranks, rng):
 def test_models_without_the_hook_reduce_everything_in_synchronize(two_ranks, rng):
     model = nn.Residual(nn.Sequential(nn.Dense(4, 4, seed=0, dtype=np.float64), nn.ReLU()))
     x = rng.standard_normal((6, 4))
-    model.forward(x)
+    model.forward(x, training=True)
     model.backward(np.ones((6, 4)))
     before = [p.grad.copy() for p in model.parameters()]
     reducer = dist.GradientReducer(model)
@@ -292,7 +292,7 @@ def test_backward_reports_each_parameter_once_as_soon_as_it_is_complete(rng):
                           nn.Residual(nn.Sequential(shared)), nn.Dense(6, 3, seed=1, dtype=np.float64))
     reported = []
     model.grads_ready_hook = lambda params: reported.append([p.name for p in params])
-    model.forward(rng.standard_normal((5, 4)))
+    model.forward(rng.standard_normal((5, 4)), training=True)
     model.backward(rng.standard_normal((5, 3)), need_input_grad=False)
     assert reported == [["4.weight", "4.bias"], ["3.block.0.weight", "3.block.0.bias"], ["2.weight", "2.bias"],
                         ["0.weight", "0.bias"]]
@@ -309,7 +309,7 @@ def test_a_chain_reports_its_layers_together(chain_threads, rng):
     model = nn.Sequential(nn.Dense(4, 6, seed=0), nn.ReLU(), nn.Dense(6, 3, seed=1))
     reported = []
     model.grads_ready_hook = lambda params: reported.append([p.name for p in params])
-    model.forward(rng.standard_normal((64, 4)).astype(np.float32))
+    model.forward(rng.standard_normal((64, 4)).astype(np.float32), training=True)
     assert model._plan.chained
     model.backward(np.ones((64, 3), np.float32), need_input_grad=False)
     assert reported == [["0.weight", "0.bias", "2.weight", "2.bias"]]

@@ -145,16 +145,20 @@ class DenseRun:
         return dict(dWs=[layer.weight.grad for layer in self.layers],
                     dbs=[None if layer.bias is None else layer.bias.grad for layer in self.layers])
 
-    def forward(self, x):
-        """y = the last layer's output for x (N, in_features of the first layer)."""
+    def forward(self, x, training: bool):
+        """y = the last layer's output for x (N, in_features of the first layer); a training
+        forward keeps every layer's ``DenseSaved``, inference keeps nothing and writes only
+        new arrays."""
         first = self.layers[0]
         x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
         specs, ys, auxs = self.specs(), [], []
         for layer, (_, _, activation, _) in zip(self.layers, specs):
             shape = (x.shape[0], layer.out_features)
-            ys.append(layer._output(shape, x))
-            auxs.append(layer._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None)
+            ys.append(layer._output(shape, x, training))
+            auxs.append(layer._buffer("aux", shape, x, training) if F.dense_needs_aux(activation) else None)
         F.dense_chain_forward(x, specs, ys=ys, auxs=auxs, blocked=True)
+        if not training:
+            return ys[-1]
         below = x
         for layer, y, aux, (_, _, activation, alpha) in zip(self.layers, ys, auxs, specs):
             layer._saved = DenseSaved(below, y, aux, activation, alpha)
@@ -193,7 +197,8 @@ class FusionPlan:
     - ``completes``: for each step, the parameters whose gradients are complete once its
       backward has run (those of its layer that no earlier step shares), which
       :meth:`backward` hands to a ``grads_ready`` hook;
-    - ``chained``: whether the latest forward ran the runs as chains (its backward must)."""
+    - ``chained``: whether the latest training forward ran the runs as chains (its backward
+      must); inference leaves it alone, so that it may run beside a training step."""
 
     def __init__(self, layers: list[Module], fuse: bool):
         self.steps, self.fused_into = plan_steps(layers, fuse)
@@ -229,8 +234,10 @@ class FusionPlan:
     def forward(self, x, training: bool):
         """Every step in order, each run of Dense steps as one chain where :meth:`use_chains`;
         returns the last output."""
-        self.chained = self.use_chains(x)
-        runs = self.runs if self.chained else {}
+        chained = self.use_chains(x)
+        if training:
+            self.chained = chained
+        runs = self.runs if chained else {}
         steps, index = self.steps, 0
         while index < len(steps):
             run = runs.get(index)
@@ -238,7 +245,7 @@ class FusionPlan:
                 x = steps[index].run(x, training)
                 index += 1
             else:
-                x = run.forward(x)
+                x = run.forward(x, training)
                 index = run.end
         return x
 
@@ -286,6 +293,7 @@ class FusionPlan:
         run = self._whole_run
         first = run.layers[0]
         x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
+        loss.check_classes(run.layers[-1].out_features)
         target = loss.check_target(target, x)
         value = loss.fused_out(x)
         F.dense_chain_step(x, run.specs(), loss.name, target, **run.grads(), loss_out=value, blocked=True)
