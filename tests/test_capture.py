@@ -161,10 +161,10 @@ def test_a_training_step_allocates_no_arrays_once_warm(rng):
     model.reuse_outputs(True)
     loss_fn = nn.SoftmaxCrossEntropy().reuse_outputs(True)
     opt = optim.Adam(model.parameters(), lr=1e-3, capturable=True)
-    x, y = _batch(np, rng, n=512)
+    x, y = _batch(np, rng, n=2048)  # large enough that a step's Python objects stay far below an activation
     out = np.empty((), np.float32)
     cuda_graph._train(model, loss_fn, opt, x, y, out)
-    smallest = 512 * 5 * 4  # bytes of the smallest activation (the logits)
+    smallest = 2048 * 5 * 4  # bytes of the smallest activation (the logits)
     tracemalloc.start()
     try:
         for _ in range(3):
