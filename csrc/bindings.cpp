@@ -89,6 +89,8 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
             "Set the number of OpenMP threads (n > 0).");
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("device_count", &cuda::device_count, "Visible CUDA devices (0 without a driver).");
+  cuda_m->def("device_count_error", &cuda::device_count_error,
+              "Why cudaGetDeviceCount failed: the CUDA error's name, '' when it succeeded.");
   cuda_m->def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against.");
   cuda_m->def("driver_version", &cuda::driver_version, "Installed driver's CUDA version, or 0.");
   cuda_m->def("cublaslt_version", &cuda::cublaslt_version, "cublasLtGetVersion().");
@@ -99,6 +101,14 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cuda_m->def("set_device", &cuda::set_device, py::arg("device"));
   cuda_m->def("pointer_device", &cuda::pointer_device, py::arg("ptr"),
               "The device owning a device pointer (ValueError for host memory).");
+  cuda_m->def("stream_id", &cuda::stream_id, py::arg("stream"),
+              "cudaStreamGetId: an id no other stream of the process has or will have (the calling "
+              "thread's own for the per-thread default stream).");
+  cuda_m->def("stream_capturing", &cuda::stream_capturing, py::arg("stream"),
+              "Whether the stream is being captured into a CUDA graph.");
+  cuda_m->def("lt_workspace_count", &cuda::lt_workspace_count,
+              "cuBLASLt workspaces on the current device: (lent to streams, at most 8; pinned by "
+              "captured CUDA graphs).");
 #endif
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace fastnn {
 
@@ -14,6 +15,7 @@ void set_omp_threads(int n);
 
 namespace cuda {
 int device_count();            // 0 when no driver or no device: never throws
+std::string device_count_error();  // cudaGetDeviceCount's error name ("" when it succeeds)
 int runtime_version();         // CUDART_VERSION the module was built with
 int driver_version();          // 0 when no driver is installed
 long cublaslt_version();       // cublasLtGetVersion(), works without a GPU
@@ -22,6 +24,13 @@ int device_capability(int device);  // major * 10 + minor
 int get_device();                   // the calling thread's current device
 void set_device(int device);
 int pointer_device(uintptr_t ptr);  // the device that owns a device pointer
+// cudaStreamGetId: unique for the life of the process (a new stream never gets a destroyed
+// one's id, whatever its handle), and the calling thread's own for the per-thread default stream.
+uint64_t stream_id(uintptr_t stream);
+bool stream_capturing(uintptr_t stream);  // whether work on the stream is being captured
+// cuBLASLt workspaces on the current device (csrc/cuda/context.cu): lent to streams (at most
+// 8), and pinned by captured CUDA graphs.
+std::pair<int, int> lt_workspace_count();
 }  // namespace cuda
 
 }  // namespace fastnn
