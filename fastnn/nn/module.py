@@ -16,7 +16,9 @@ Buffers are reused, so a training step allocates nothing once the shapes are set
   addresses, which is what CUDA graph capture needs.
 
 A layer used inside a container (``Sequential``, ``Residual``) reuses its output buffer even
-when called on its own: copy what you keep.
+when called on its own: copy what you keep. A CUDA graph captured from a model
+(``fastnn.cuda_graph.capture``) takes the buffers the model held then; the model's later
+calls allocate their own.
 """
 
 from __future__ import annotations
@@ -369,6 +371,15 @@ class Module:
         if reuse:
             self._workspace[role] = array
         return array
+
+    def _hand_over_buffers(self) -> list:
+        """The arrays this module keeps for reuse, which it forgets: a captured CUDA graph
+        (``fastnn.cuda_graph``) writes into them at every replay and so takes them for its
+        lifetime, and the module's later calls allocate their own instead of writing into the
+        graph's (or replacing one while the graph still uses it)."""
+        kept = list(self._workspace.values())
+        self._workspace = {}
+        return kept
 
     def _output(self, shape: tuple, like):
         """The array forward writes its result into."""
