@@ -55,7 +55,7 @@ def test_adam_over_many_tensors_matches_the_reference(rng, count, dtype, amsgrad
     run(lists)
     with fastnn.use_backend("reference"):
         run(expected)
-    tol = dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)  # as test_optim
     for name, got, want in zip(["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"], lists, expected):
         for k, (a, b) in enumerate(zip(got, want)):
             np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), err_msg=f"{name} {k}", **tol)
@@ -74,7 +74,7 @@ def test_sgd_momentum_over_many_tensors_matches_the_reference(rng, count):
         OF.sgd_(*want, lr=0.1, momentum=0.9, nesterov=True)
     for got, exp in zip([params, bufs], [want[0], want[2]]):
         for a, b in zip(got, exp):
-            np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), rtol=2e-6, atol=1e-7)
+            np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), rtol=2e-5, atol=2e-6)
 
 
 def test_capturable_adam_over_many_tensors_counts_one_step_per_call(rng):
@@ -90,4 +90,4 @@ def test_capturable_adam_over_many_tensors_counts_one_step_per_call(rng):
         host.step(grads)
     assert device.state_dict()["state"][0]["step"] == 3
     for a, b in zip(params, twins):
-        np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(cupy.asnumpy(a), cupy.asnumpy(b), rtol=2e-5, atol=2e-6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -70,6 +71,7 @@ def capturing(a: Any) -> bool:
 # buffers' addresses, so it holds references to them (fastnn.cuda_graph).
 MAX_STREAMS = 8
 _stream_buffers: OrderedDict = OrderedDict()  # (device, stream id) -> {role: buffer}, oldest first
+_stream_buffers_lock = threading.Lock()  # threads on streams of their own share the table
 
 
 def _on_array_device(a: Any, call, *args):
@@ -117,14 +119,15 @@ def stream_buffer(like: Any, role: str, nbytes: int):
     ``like``'s stream and reused by later calls (a larger request replaces it)."""
     device, stream, sid = _stream_key(like)
     key = (device, sid)
-    buffers = _stream_buffers.get(key)
-    if buffers is None:
-        buffers = _stream_buffers[key] = {}
-        kept = [k for k in _stream_buffers if k[0] == device]
-        for old in kept[:max(0, len(kept) - MAX_STREAMS)]:
-            del _stream_buffers[old]
-    else:
-        _stream_buffers.move_to_end(key)
+    with _stream_buffers_lock:
+        buffers = _stream_buffers.get(key)
+        if buffers is None:
+            buffers = _stream_buffers[key] = {}
+            kept = [k for k in _stream_buffers if k[0] == device]
+            for old in kept[:max(0, len(kept) - MAX_STREAMS)]:
+                del _stream_buffers[old]
+        else:
+            _stream_buffers.move_to_end(key)
     buf = buffers.get(role)
     if buf is None or buf.nbytes < nbytes:
         with on_device(like), _allocating_on(stream, device):
