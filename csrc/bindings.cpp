@@ -107,8 +107,11 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cuda_m->def("stream_capturing", &cuda::stream_capturing, py::arg("stream"),
               "Whether the stream is being captured into a CUDA graph.");
   cuda_m->def("lt_workspace_count", &cuda::lt_workspace_count,
-              "cuBLASLt workspaces on the current device: (lent to streams, at most 8; pinned by "
-              "captured CUDA graphs).");
+              "cuBLASLt workspaces on the current device: (lent to streams, 8 at most unless "
+              "captures released theirs to them; pinned by captured CUDA graphs).");
+  cuda_m->def("lt_release_capture", &cuda::lt_release_capture, py::arg("stream"),
+              "Unpin the cuBLASLt workspace that captures on `stream` pinned (no graph captured "
+              "there replays any more), for other streams to take over after the stream's work.");
 #endif
 }
 

@@ -28,9 +28,11 @@ int pointer_device(uintptr_t ptr);  // the device that owns a device pointer
 // one's id, whatever its handle), and the calling thread's own for the per-thread default stream.
 uint64_t stream_id(uintptr_t stream);
 bool stream_capturing(uintptr_t stream);  // whether work on the stream is being captured
-// cuBLASLt workspaces on the current device (csrc/cuda/context.cu): lent to streams (at most
-// 8), and pinned by captured CUDA graphs.
+// cuBLASLt workspaces on the current device (csrc/cuda/context.cu): lent to streams (8 at
+// most, more only if captures released theirs to them), and pinned by captured CUDA graphs.
 std::pair<int, int> lt_workspace_count();
+// Unpins the workspace a capture on `stream` pinned, once no graph captured there will replay.
+void lt_release_capture(uintptr_t stream);
 }  // namespace cuda
 
 }  // namespace fastnn

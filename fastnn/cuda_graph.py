@@ -38,7 +38,8 @@ What :func:`capture` does, so that replays compute what eager steps would:
   cuBLASLt's workspace, so that the captured step allocates nothing (memory CuPy's pool handed
   out during a capture could be handed out again while the graph still writes it) and never
   synchronises with the host. These warm-up steps are real training steps;
-- the step owns every array the graph reads or writes for as long as it lives: it holds them
+- the step owns every array the graph reads or writes for as long as it lives (when it is
+  collected, it waits for its last replay before letting them go): it holds them
   (parameters and gradients, buffers, optimizer state, the dropout counters, the per-stream
   scratch), and takes the layers' and the loss's reused buffers from them, putting
   ``reuse_outputs`` back as it was. Eager calls after the capture (a validation pass, a last
@@ -63,6 +64,8 @@ saying which is missing. (PyTorch: ``torch.cuda.graph`` around a step whose opti
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import _backend as B
@@ -70,6 +73,14 @@ from . import _backend as B
 __all__ = ["capture", "CapturedStep"]
 
 _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _release(cupy, device: int, stream) -> None:
+    """When a captured step is collected: wait for its last replay, then let other streams have
+    the cuBLASLt workspace its capture pinned (its arrays go back to CuPy's pool after this)."""
+    with cupy.cuda.Device(device):
+        stream.synchronize()
+        B._C.cuda.lt_release_capture(stream.ptr)
 
 
 def _train(model, loss, optimizer, x, y, loss_out) -> None:
@@ -181,6 +192,9 @@ class CapturedStep:
         finally:
             for m, out, dx in reuse:
                 m._reuse_out, m._reuse_dx = out, dx
+        if B.is_cupy(self.loss):
+            release = weakref.finalize(self, _release, cupy, device, self.stream)
+            release.atexit = False  # at exit the driver may be gone; nothing needs the memory then
 
     def _static(self, example, name: str, label_dtype):
         """The device buffer the graph reads ``name`` from, holding the example."""

@@ -534,3 +534,25 @@ def test_a_non_capturable_torch_integration_step_is_refused_under_torch_cuda_gra
         with torch.cuda.graph(graph):
             opt.step()
     assert float(opt.state[p]["step"]) == 1
+
+
+@pytest.mark.gpu
+def test_a_collected_captured_step_unpins_its_cublaslt_workspace(rng):
+    # A capture pins its stream's cuBLASLt workspace (the graph replays GEMMs at its address);
+    # once the step is collected, the workspace may go to other streams again, so captures
+    # made one after another do not keep 32 MiB each.
+    import gc
+
+    import cupy
+
+    C = B._C
+    pinned = C.cuda.lt_workspace_count()[1]
+    for k in range(3):
+        model = _model(12 + k).to("cuda")
+        step = cuda_graph.capture(model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), capturable=True),
+                                  *_batch(cupy, rng, n=64))
+        step()
+        assert C.cuda.lt_workspace_count()[1] == pinned + 1
+        del step
+        gc.collect()
+        assert C.cuda.lt_workspace_count()[1] == pinned

@@ -91,6 +91,7 @@ def test_cublaslt_workspaces_are_bounded_and_reused_in_stream_order(rng):
     import cupy
 
     C = _backend._C
+    lent_before, _ = C.cuda.lt_workspace_count()
     x = cupy.asarray(rng.standard_normal((256, 512)).astype(np.float32))
     weights = [cupy.asarray(rng.standard_normal((512, 384)).astype(np.float32)) for _ in range(3)]
     expected = [cupy.asnumpy(x) @ cupy.asnumpy(w) for w in weights]
@@ -104,8 +105,9 @@ def test_cublaslt_workspaces_are_bounded_and_reused_in_stream_order(rng):
     cupy.cuda.runtime.deviceSynchronize()
     for k, y in results:
         np.testing.assert_allclose(cupy.asnumpy(y), expected[k], rtol=1e-4, atol=1e-3)
-    lent, pinned = C.cuda.lt_workspace_count()
-    assert 1 <= lent <= 8  # the bound (graphs captured by other tests pin their own)
+    lent, _ = C.cuda.lt_workspace_count()
+    # 8 at most for streams; workspaces that captures pinned and released join them
+    assert 1 <= lent <= max(lent_before, 8)
 
 
 @pytest.mark.gpu

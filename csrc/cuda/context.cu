@@ -138,6 +138,19 @@ LtWorkspace lt_workspace(cudaStream_t stream) {
   return LtWorkspace(w.ptr, bytes, device, slot, stream);
 }
 
+void lt_release_capture(uintptr_t stream_handle) {
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  unsigned long long id = 0;
+  check(cudaStreamGetId(stream, &id), "cudaStreamGetId");
+  DeviceState& s = device_state(current_device());
+  std::lock_guard<std::mutex> lock(s.mutex);
+  for (Slot& w : s.slots) {
+    if (w.stream != id || !w.pinned) continue;
+    check(cudaEventRecord(w.done, stream), "cudaEventRecord");  // after the graph's last replay
+    w.pinned = false;
+  }
+}
+
 std::pair<int, int> lt_workspace_count() {
   DeviceState& s = device_state(current_device());
   std::lock_guard<std::mutex> lock(s.mutex);

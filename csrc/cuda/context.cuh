@@ -10,12 +10,14 @@
 //   per-thread default stream is one handle for many threads' streams. A stream keeps the
 //   workspace it used last; a new stream gets a new one up to kMaxWorkspaces per device, then
 //   takes over the least recently used one after waiting, on the device, for that workspace's
-//   last GEMM (stream-ordered reuse: nothing is freed, the total stays bounded).
+//   last GEMM (stream-ordered reuse: nothing is freed, and the total never exceeds the most
+//   ever in use at once).
 // - Capture: a stream being captured into a CUDA graph uses the workspace it already has and
 //   pins it (the graph replays GEMMs at that address for as long as it lives, so no other
-//   stream ever gets it; replay the graph on the stream it was captured on). A stream first
-//   seen while it is captured gets none (cudaMalloc would break the capture) and cuBLASLt runs
-//   without one: run one step before capturing.
+//   stream gets it until lt_release_capture says no graph captured there replays any more:
+//   fastnn.cuda_graph does when a captured step is collected; replay a graph on the stream it
+//   was captured on). A stream first seen while it is captured gets none (cudaMalloc would
+//   break the capture) and cuBLASLt runs without one: run one step before capturing.
 // - Algorithms: cublasLtMatmulAlgoGetHeuristic's first answer, cached under everything that
 //   decides it (types, transposes, sizes, leading dimensions, epilogue, pointer alignments,
 //   workspace size). A configuration cuBLASLt cannot run is cached as such.
