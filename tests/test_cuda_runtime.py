@@ -81,7 +81,16 @@ def test_the_real_runtime_answers_consistently():
 
 
 # ---------------------------------------------------------------------------------------------
-# On a GPU: cuBLASLt's workspaces stay bounded and are handed between streams in order.
+# On a GPU: no reason is given, and cuBLASLt's workspaces stay bounded and are handed between
+# streams in order.
+
+
+@pytest.mark.gpu
+def test_with_a_gpu_the_runtime_reports_no_error():
+    C = _backend._C
+    assert C.cuda.device_count() > 0 and C.cuda.device_count_error() == ""
+    assert C.cuda.driver_version() // 1000 >= C.cuda.runtime_version() // 1000  # minor versions may differ
+    assert native.cuda_unavailable_reason() is None and _backend.gpu_unavailable_reason() is None
 
 
 @pytest.mark.gpu
