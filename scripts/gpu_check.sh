@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine (toolkit, CuPy, PyTorch, pybind11, scikit-build-core, pytest and
 # compute-sanitizer; no network): build fastnn for the GPU that is there, run the gpu tests,
-# run compute-sanitizer's memcheck and racecheck over a subset of them, run both GPU
-# benchmarks, and print a short summary last.
+# run both GPU benchmarks, run compute-sanitizer's memcheck and racecheck over a subset of the
+# tests, and print a short summary last.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]      (default: $OUT, else ./gpu-results)
 #
 # Every stage has a time cap, shortened when the shortest useful run of the stages after it
 # would not fit, so the whole ends within GPU_CHECK_BUDGET seconds (default 540: a device
 # call runs 600 s at most, and the lease's 15 minutes include the machine's start). Typical
-# times on an H100 are planned as: build 1-2 min, gpu tests 2-3 min (8 workers), memcheck 50 s,
-# racecheck 40 s, optimizer bench 1.5 min, MLP bench 1.5-2.5 min. A stage that runs out of
-# time is reported as such and the next one starts.
+# times on an H100 are planned as: build 1-2 min, gpu tests 2-2.5 min (8 workers), optimizer
+# bench 1.5-2 min, MLP bench 1.5-2.5 min, memcheck 1 min, racecheck 45 s (the sanitizers run
+# last and stop where their cap falls). A stage that runs out of time is reported as such and
+# the next one starts.
 #
 # Writes seven files into OUT_DIR, no more (the device tool brings back eight): gpu_check.log
 # (build tail, backend report, test, sanitizer and benchmark output, the summary) and
@@ -67,14 +68,14 @@ stage_status() {
 # A pytest stage's summary: its last "N passed/failed ..." line, and how it ended.
 pytest_result() {
   local line
-  line=$(grep -E "[0-9]+ (passed|failed|error|skipped)|no tests ran" "$stage_out" | tail -n 1)
+  line=$(grep -E "[0-9]+ (passed|failed|error|skipped)|no tests ran" "$stage_out" | grep -v "SUMMARY" | tail -n 1)
   echo "${line:-no pytest summary}; $(stage_status)"
 }
 
 # ---- build ------------------------------------------------------------------------------------
 # For this GPU's architecture only, so that the build takes a minute or two, not five.
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
-stage build 240 245 python3 -m pip install --no-build-isolation --no-deps -v -e . \
+stage build 240 290 python3 -m pip install --no-build-isolation --no-deps -v -e . \
   -Ccmake.define.FASTNN_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="${arch:-native}"
 if ((stage_rc == 0)); then
   summary+=("build: ok ($(grep -o 'CUDA kernels ON.*' "$stage_out" | head -1))")
@@ -91,8 +92,14 @@ summary+=("devices: $(python3 -c 'import fastnn; print(fastnn.backend_info()["cu
 summary+=("torch $(python3 -c 'import torch; print(torch.__version__)' 2>&1 | tail -n 1), cupy $(python3 -c 'import cupy; print(cupy.__version__)' 2>&1 | tail -n 1)")
 
 # ---- the gpu tests ----------------------------------------------------------------------------
-stage "gpu tests" 180 185 python3 -m pytest -m gpu "${pytest_opts[@]}" "${workers[@]}"
+stage "gpu tests" 150 230 python3 -m pytest -m gpu "${pytest_opts[@]}" "${workers[@]}"
 summary+=("gpu tests: $(pytest_result)")
+
+# ---- benchmarks (before the sanitizers: a benchmark cut short writes nothing) ------------------
+stage "bench optim" 130 130 python3 bench/optim.py --device cuda --out "$out" --no-progress
+summary+=("bench optim: $(stage_status)")
+stage "bench mlp" 160 40 python3 bench/mlp.py --device cuda --out "$out" --no-progress --min-time 0.5
+summary+=("bench mlp: $(stage_status)")
 
 # ---- compute-sanitizer --------------------------------------------------------------------------
 # Without CuPy's and torch's memory pools, so that every array is its own allocation and memcheck
@@ -100,35 +107,25 @@ summary+=("gpu tests: $(pytest_result)")
 # training step, the stream and runtime tests, the multi-tensor launcher, then dense layers;
 # racecheck (shared-memory hazards), the kernels with block reductions (batch norm, losses,
 # the dense bias gradient).
-sanitize() {
-  local tool=$1
-  shift
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 \
-    python3 -c 'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(sys.argv[1:]))' \
-    -m gpu -q -p no:cacheprovider -rfE "$@"
-}
+sanitizer=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --print-limit 20 --error-exitcode 3)
+sanitized_pytest=(python3 -c 'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(sys.argv[1:]))'
+  -m gpu -q -p no:cacheprovider -rfE)
 sanitizer_result() {
   local errors
   errors=$(grep -E "(ERROR|RACECHECK) SUMMARY" "$stage_out" | tail -n 1 | sed 's/^=* *//')
   echo "${errors:-no sanitizer summary} | tests: $(pytest_result)"
 }
 if command -v compute-sanitizer >/dev/null; then
-  stage "memcheck" 50 165 sanitize memcheck tests/test_capture.py \
+  stage "memcheck" 60 15 "${sanitizer[@]}" --tool memcheck "${sanitized_pytest[@]}" tests/test_capture.py \
     tests/test_cuda_streams.py tests/test_cuda_runtime.py tests/test_cuda_multi_tensor.py \
     tests/test_dense.py -k "not 700 and not 1600 and (capture or cuda_ or (native and float32))"
   summary+=("memcheck: $(sanitizer_result)")
-  stage "racecheck" 40 150 sanitize racecheck tests/test_batchnorm.py tests/test_losses.py \
-    tests/test_dense.py -k "native and float32 and (batchnorm or loss or backward)"
+  stage "racecheck" 45 0 "${sanitizer[@]}" --tool racecheck "${sanitized_pytest[@]}" tests/test_batchnorm.py \
+    tests/test_losses.py tests/test_dense.py -k "native and float32 and (batchnorm or loss or backward)"
   summary+=("racecheck: $(sanitizer_result)")
 else
   summary+=("compute-sanitizer: not found on PATH")
 fi
-
-# ---- benchmarks -------------------------------------------------------------------------------
-stage "bench optim" 110 90 python3 bench/optim.py --device cuda --out "$out" --no-progress
-summary+=("bench optim: $(stage_status)")
-stage "bench mlp" 200 0 python3 bench/mlp.py --device cuda --out "$out" --no-progress --min-time 0.5
-summary+=("bench mlp: $(stage_status)")
 
 {
   echo
