@@ -16,14 +16,13 @@ after their work.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .native import _C, cuda_device_count, cuda_unavailable_reason, native_available
+from .native import _C, cuda_device_count, cuda_unavailable_reason
 
 
 class Device(NamedTuple):
