@@ -99,6 +99,8 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
       py::arg("b"), py::arg("c"), py::arg("s"), py::arg("n"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("device_count", &cuda::device_count, "Visible CUDA devices (0 without a driver).");
+  cuda_m->def("device_count_error", &cuda::device_count_error,
+              "Why cudaGetDeviceCount failed: the CUDA error's name, '' when it succeeded.");
   cuda_m->def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against.");
   cuda_m->def("driver_version", &cuda::driver_version, "Installed driver's CUDA version, or 0.");
   cuda_m->def("cublaslt_version", &cuda::cublaslt_version, "cublasLtGetVersion().");
@@ -109,6 +111,17 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cuda_m->def("set_device", &cuda::set_device, py::arg("device"));
   cuda_m->def("pointer_device", &cuda::pointer_device, py::arg("ptr"),
               "The device owning a device pointer (ValueError for host memory).");
+  cuda_m->def("stream_id", &cuda::stream_id, py::arg("stream"),
+              "cudaStreamGetId: an id no other stream of the process has or will have (the calling "
+              "thread's own for the per-thread default stream).");
+  cuda_m->def("stream_capturing", &cuda::stream_capturing, py::arg("stream"),
+              "Whether the stream is being captured into a CUDA graph.");
+  cuda_m->def("lt_workspace_count", &cuda::lt_workspace_count,
+              "cuBLASLt workspaces on the current device: (lent to streams, 8 at most unless "
+              "captures released theirs to them; pinned by captured CUDA graphs).");
+  cuda_m->def("lt_release_capture", &cuda::lt_release_capture, py::arg("stream"),
+              "Unpin the cuBLASLt workspace that captures on `stream` pinned (no graph captured "
+              "there replays any more), for other streams to take over after the stream's work.");
 #endif
 }
 

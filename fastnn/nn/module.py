@@ -29,6 +29,8 @@ settled:
 
 A layer used inside a container (``Sequential``, ``Residual``) reuses its output buffer in
 training calls even when called on its own: copy what you keep. Inference returns new arrays.
+A CUDA graph captured from a model (``fastnn.cuda_graph.capture``) takes the buffers the model
+held then; the model's later calls allocate their own.
 """
 
 from __future__ import annotations
@@ -476,6 +478,15 @@ class Module:
         if reuse:
             self._workspace[role] = array
         return array
+
+    def _hand_over_buffers(self) -> list:
+        """The arrays this module keeps for reuse, which it forgets: a captured CUDA graph
+        (``fastnn.cuda_graph``) writes into them at every replay and so takes them for its
+        lifetime, and the module's later calls allocate their own instead of writing into the
+        graph's (or replacing one while the graph still uses it)."""
+        kept = list(self._workspace.values())
+        self._workspace = {}
+        return kept
 
     def _output(self, shape: tuple, like, training: bool):
         """The array forward writes its result into: a reused buffer only in training calls
