@@ -75,7 +75,7 @@ class _Encoder:
             return {"scalar": self.array(name, np.asarray(value))}
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
-        if isinstance(value, np.ndarray) or B._is_cupy(value):
+        if isinstance(value, np.ndarray) or B.is_cupy(value):
             return {"array": self.array(name, value)}
         if isinstance(value, dict):
             items = []

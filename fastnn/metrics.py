@@ -350,7 +350,7 @@ class MetricSums:
 
 def host_floats(values: dict) -> dict[str, float]:
     """Python floats from a dict of 0-d arrays (and floats), with one device-to-host transfer."""
-    on_device = [name for name, v in values.items() if B._is_cupy(v)]
+    on_device = [name for name, v in values.items() if B.is_cupy(v)]
     out = {name: float(v) for name, v in values.items() if name not in on_device}
     if on_device:
         cp = sys.modules["cupy"]
