@@ -16,6 +16,7 @@
 
 #include "activations.h"
 #include "batchnorm.h"
+#include "cpu/bf16.h"
 #include "dropout.h"
 #include "dense.h"
 #include "losses.h"
@@ -87,8 +88,19 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cpu_m.def("omp_threads", &cpu::omp_threads, "OpenMP threads a parallel CPU kernel uses.");
   cpu_m.def("set_omp_threads", &cpu::set_omp_threads, py::arg("n"),
             "Set the number of OpenMP threads (n > 0).");
+  cpu_m.def(
+      "stream_triad",
+      [](uintptr_t a, uintptr_t b, uintptr_t c, double s, int64_t n) {
+        cpu::stream_triad(reinterpret_cast<double*>(a), reinterpret_cast<const double*>(b),
+                          reinterpret_cast<const double*>(c), s, n);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "a = b + s c over n float64s on every OpenMP thread (STREAM's triad).", py::arg("a"),
+      py::arg("b"), py::arg("c"), py::arg("s"), py::arg("n"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("device_count", &cuda::device_count, "Visible CUDA devices (0 without a driver).");
+  cuda_m->def("device_count_error", &cuda::device_count_error,
+              "Why cudaGetDeviceCount failed: the CUDA error's name, '' when it succeeded.");
   cuda_m->def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against.");
   cuda_m->def("driver_version", &cuda::driver_version, "Installed driver's CUDA version, or 0.");
   cuda_m->def("cublaslt_version", &cuda::cublaslt_version, "cublasLtGetVersion().");
@@ -99,6 +111,17 @@ void bind_runtime(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::modul
   cuda_m->def("set_device", &cuda::set_device, py::arg("device"));
   cuda_m->def("pointer_device", &cuda::pointer_device, py::arg("ptr"),
               "The device owning a device pointer (ValueError for host memory).");
+  cuda_m->def("stream_id", &cuda::stream_id, py::arg("stream"),
+              "cudaStreamGetId: an id no other stream of the process has or will have (the calling "
+              "thread's own for the per-thread default stream).");
+  cuda_m->def("stream_capturing", &cuda::stream_capturing, py::arg("stream"),
+              "Whether the stream is being captured into a CUDA graph.");
+  cuda_m->def("lt_workspace_count", &cuda::lt_workspace_count,
+              "cuBLASLt workspaces on the current device: (lent to streams, 8 at most unless "
+              "captures released theirs to them; pinned by captured CUDA graphs).");
+  cuda_m->def("lt_release_capture", &cuda::lt_release_capture, py::arg("stream"),
+              "Unpin the cuBLASLt workspace that captures on `stream` pinned (no graph captured "
+              "there replays any more), for other streams to take over after the stream's work.");
 #endif
 }
 
@@ -253,15 +276,47 @@ void bind_dropout(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 
 void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
   FASTNN_DEF(cpu_m, cpu, bias_activation_forward,
-             "p = z + bias (bias may be 0), aux = p (when aux != 0), y = act(p); (rows, cols). "
-             "z may be y or aux.",
+             "p = z + bias (bias may be 0), aux = p (when aux != 0), y = act(p), y16 = bf16(y) "
+             "(when y16 != 0; float32 only); (rows, cols). z may be y or aux.",
              py::arg("act"), py::arg("z"), py::arg("bias"), py::arg("y"), py::arg("aux"),
-             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+             py::arg("y16"), py::arg("rows"), py::arg("cols"), py::arg("alpha"));
   FASTNN_DEF(cpu_m, cpu, bias_activation_backward,
-             "dz = dy act'(saved) (=, skipped when dz == 0), db += column sums of dz (skipped "
-             "when db == 0); (rows, cols).",
-             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dz"), py::arg("db"),
-             py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+             "dz = dy act'(saved) (=, skipped when dz == 0; in bf16 into dz16 instead when dz16 "
+             "!= 0, float32 only), db += column sums of dz (skipped when db == 0); (rows, cols).",
+             py::arg("act"), py::arg("dy"), py::arg("saved"), py::arg("dz"), py::arg("dz16"),
+             py::arg("db"), py::arg("rows"), py::arg("cols"), py::arg("alpha"));
+  cpu_m.def("set_bf16_gemm", &cpu::set_bf16_gemm, py::arg("gemm"),
+            "Address of oneDNN's dnnl_gemm_bf16bf16f32, for the medium-precision GEMMs (0: none).");
+  cpu_m.def("bf16_gemm_available", &cpu::bf16_gemm_available,
+            "Whether set_bf16_gemm gave the medium-precision GEMMs oneDNN.");
+  cpu_m.def("bf16_gemm_calls", &cpu::bf16_gemm_calls,
+            "bf16 GEMMs run since the process started (the path taken, for tests).");
+  cpu_m.def("cpu_has_avx512_bf16", &cpu::cpu_has_avx512_bf16,
+            "Whether this CPU has the AVX512_BF16 instructions.");
+  cpu_m.def(
+      "gemm_bf16",
+      [](bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, uintptr_t a,
+         int64_t lda, uintptr_t b, int64_t ldb, double beta, uintptr_t c, int64_t ldc) {
+        cpu::gemm_bf16_checked(trans_a, trans_b, m, n, k, float(alpha),
+                               reinterpret_cast<const uint16_t*>(a), lda,
+                               reinterpret_cast<const uint16_t*>(b), ldb, float(beta),
+                               reinterpret_cast<float*>(c), ldc);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "Row-major c (m, n) = alpha op(a) op(b) + beta c, a and b bf16 (uint16), c float32, "
+      "through oneDNN on OpenMP's threads.",
+      py::arg("trans_a"), py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"),
+      py::arg("alpha"), py::arg("a"), py::arg("lda"), py::arg("b"), py::arg("ldb"),
+      py::arg("beta"), py::arg("c"), py::arg("ldc"));
+  cpu_m.def(
+      "to_bf16",
+      [](uintptr_t x, uintptr_t out, int64_t n) {
+        cpu::to_bf16_array(reinterpret_cast<const float*>(x), reinterpret_cast<uint16_t*>(out),
+                           n);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "out[i] = x[i] (float32) rounded to the nearest bf16 (uint16), ties to even.",
+      py::arg("x"), py::arg("out"), py::arg("n"));
   cpu_m.def("set_blas", &cpu::set_blas, py::arg("sgemm"), py::arg("dgemm"), py::arg("ilp64"),
             py::arg("set_threads"), py::arg("get_threads"),
             "Addresses of NumPy's cblas_sgemm/cblas_dgemm and OpenBLAS's thread-count setter and "
@@ -305,26 +360,27 @@ void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
       "dense_chain_forward",
       [=](const std::string& dtype, uintptr_t x, int64_t n, const Ptrs& W, const Ptrs& b,
           const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& y,
-          const Ptrs& aux, const std::vector<int64_t>& widths, int64_t block_rows) {
+          const Ptrs& aux, const std::vector<int64_t>& widths, int64_t block_rows, bool bf16) {
         chain_call(dtype, "dense_chain_forward", [&](auto zero) {
           using T = decltype(zero);
           const Ptrs none(W.size(), 0);
           const auto layers = chain_layers(zero, W, b, acts, alphas, y, aux, none, none, widths);
           py::gil_scoped_release release;
-          cpu::dense_chain_forward<T>(reinterpret_cast<const T*>(x), n, layers, block_rows);
+          cpu::dense_chain_forward<T>(reinterpret_cast<const T*>(x), n, layers, block_rows, bf16);
         });
       },
       "Layer i: y_i = act_i(y_{i-1} W_i + b_i) (=), aux_i = the pre-activation (=) where "
-      "given; y_{-1} = x (n, widths[0]). Row blocks of block_rows (0: chain_block_rows).",
+      "given; y_{-1} = x (n, widths[0]). Row blocks of block_rows (0: chain_block_rows). bf16: "
+      "GEMMs on bf16 operands, float32 sums (float32 only).",
       py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("b"), py::arg("acts"),
       py::arg("alphas"), py::arg("y"), py::arg("aux"), py::arg("widths"),
-      py::arg("block_rows"));
+      py::arg("block_rows"), py::arg("bf16"));
   cpu_m.def(
       "dense_chain_backward",
       [=](const std::string& dtype, uintptr_t dy, uintptr_t x, int64_t n, const Ptrs& W,
           const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& y,
           const Ptrs& aux, const Ptrs& dW, const Ptrs& db, uintptr_t dx,
-          const std::vector<int64_t>& widths, int64_t block_rows) {
+          const std::vector<int64_t>& widths, int64_t block_rows, bool bf16) {
         chain_call(dtype, "dense_chain_backward", [&](auto zero) {
           using T = decltype(zero);
           const Ptrs none(W.size(), 0);
@@ -332,21 +388,21 @@ void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
           py::gil_scoped_release release;
           cpu::dense_chain_backward<T>(reinterpret_cast<const T*>(dy),
                                        reinterpret_cast<const T*>(x), n, layers,
-                                       reinterpret_cast<T*>(dx), block_rows);
+                                       reinterpret_cast<T*>(dx), block_rows, bf16);
         });
       },
       "From dy = dL/d(last y): dW_i += y_{i-1}^T dz_i, db_i += sum_rows dz_i (db_i 0: no "
-      "bias), dx = dz_0 W_0^T (=) unless dx is 0.",
+      "bias), dx = dz_0 W_0^T (=) unless dx is 0. bf16 as for dense_chain_forward.",
       py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("acts"),
       py::arg("alphas"), py::arg("y"), py::arg("aux"), py::arg("dW"), py::arg("db"),
-      py::arg("dx"), py::arg("widths"), py::arg("block_rows"));
+      py::arg("dx"), py::arg("widths"), py::arg("block_rows"), py::arg("bf16"));
   cpu_m.def(
       "dense_chain_step",
       [=](const std::string& dtype, uintptr_t x, int64_t n, const Ptrs& W, const Ptrs& b,
           const std::vector<int>& acts, const std::vector<double>& alphas, const Ptrs& dW,
           const Ptrs& db, const std::vector<int64_t>& widths, int loss, uintptr_t labels,
           bool labels64, uintptr_t targets, uintptr_t loss_out, uintptr_t out, uintptr_t dx,
-          int64_t block_rows) {
+          int64_t block_rows, bool bf16) {
         chain_call(dtype, "dense_chain_step", [&](auto zero) {
           using T = decltype(zero);
           const Ptrs none(W.size(), 0);
@@ -356,16 +412,16 @@ void bind_dense(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
                                    cpu::ChainLoss(loss), reinterpret_cast<const void*>(labels),
                                    labels64, reinterpret_cast<const T*>(targets),
                                    reinterpret_cast<T*>(loss_out), reinterpret_cast<T*>(out),
-                                   reinterpret_cast<T*>(dx), block_rows);
+                                   reinterpret_cast<T*>(dx), block_rows, bf16);
         });
       },
       "Forward, mean loss (loss code: ChainLoss) and backward of the chain in one pass over "
       "row blocks: loss_out (=), out = last layer's output (=) unless 0, dW/db (+=), dx (=) "
-      "unless 0.",
+      "unless 0. bf16 as for dense_chain_forward.",
       py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("W"), py::arg("b"), py::arg("acts"),
       py::arg("alphas"), py::arg("dW"), py::arg("db"), py::arg("widths"), py::arg("loss"),
       py::arg("labels"), py::arg("labels64"), py::arg("targets"), py::arg("loss_out"),
-      py::arg("out"), py::arg("dx"), py::arg("block_rows"));
+      py::arg("out"), py::arg("dx"), py::arg("block_rows"), py::arg("bf16"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def("dense_forward_workspace", &cuda::dense_forward_workspace, py::arg("n"),
               py::arg("in_features"), py::arg("out_features"), py::arg("precision"),

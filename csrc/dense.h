@@ -49,6 +49,9 @@
 //   medium   bf16 operands (converted into the workspace: x and W by a small kernel, dz by the
 //            fused backward pass itself), CUBLAS_COMPUTE_32F accumulation, fp32 outputs.
 //            CUBLAS_COMPUTE_32F_FAST_16BF would be simpler, but cuBLAS may run it as TF32.
+// On the CPU "high" is "highest"; "medium" is the same bf16 operands with float32 sums
+// through oneDNN's GEMM where fastnn/_bf16.py found it and the CPU has AVX512_BF16 (else
+// "highest"): the y16 / dz16 outputs of the passes and the chain's bf16 flag below.
 #pragma once
 
 #include <cstddef>
@@ -61,12 +64,16 @@
 namespace fastnn {
 
 namespace cpu {
+// y16 (bias_activation_forward) and dz16 (bias_activation_backward), uint16 bf16 arrays
+// (rows, cols) or null: with one, the pass also writes the bf16 rounding of y (the next
+// layer's GEMM operand), or writes dz in bf16 only (dz must then be null), the operand of the
+// layer's own dW and dx GEMMs. Only for float32.
 template <class T>
 void bias_activation_forward(Activation act, const T* z, const T* bias, T* y, T* aux,
-                             int64_t rows, int64_t cols, T alpha);
+                             uint16_t* y16, int64_t rows, int64_t cols, T alpha);
 template <class T>
-void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz, T* db,
-                              int64_t rows, int64_t cols, T alpha);
+void bias_activation_backward(Activation act, const T* dy, const T* saved, T* dz,
+                              uint16_t* dz16, T* db, int64_t rows, int64_t cols, T alpha);
 
 // A chain of dense layers run row block by row block (cpu/dense_chain.cpp): layer i maps
 // (n, in) to (n, out) and reads layer i-1's y. aux is given exactly when act needs the
@@ -84,15 +91,21 @@ struct ChainLayer {
   int64_t in, out;
 };
 
+// bf16_gemms (float32 only; oneDNN set): every GEMM takes bf16 operands and sums in float32 (the
+// "medium" precision): the weights are rounded once per call, each block's GEMM inputs by the
+// pass that writes them (the bias-and-activation pass, the dz pass) or, for the chain's input
+// and the backward's saved activations, by one pass over the block while it is in cache.
+//
 // Forward: every layer's y (and aux) for the chain's input x (n, layers[0].in).
 template <class T>
 void dense_chain_forward(const T* x, int64_t n, const std::vector<ChainLayer<T>>& layers,
-                         int64_t block_rows);
+                         int64_t block_rows, bool bf16_gemms);
 // Backward from dy = dL/d(last y): every layer's dW += x_i^T dz_i and db += sum_rows dz_i, and
 // dx = dz_0 W_0^T (=) unless dx is null.
 template <class T>
 void dense_chain_backward(const T* dy, const T* x, int64_t n,
-                          const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows);
+                          const std::vector<ChainLayer<T>>& layers, T* dx, int64_t block_rows,
+                          bool bf16_gemms);
 // The loss a fused step ends in (exported as fastnn._C.ChainLoss, read by
 // fastnn/functional/dense.py).
 enum class ChainLoss : int {
@@ -111,7 +124,7 @@ enum class ChainLoss : int {
 template <class T>
 void dense_chain_step(const T* x, int64_t n, const std::vector<ChainLayer<T>>& layers,
                       ChainLoss loss, const void* labels, bool labels64, const T* targets,
-                      T* loss_out, T* out, T* dx, int64_t block_rows);
+                      T* loss_out, T* out, T* dx, int64_t block_rows, bool bf16_gemms);
 // Rows per block when block_rows is 0: a block of the widest layer's activations is about
 // kChainBlockBytes.
 int64_t chain_block_rows(int64_t widest, size_t itemsize);
@@ -121,6 +134,18 @@ int64_t chain_block_rows(int64_t widest, size_t itemsize);
 void set_blas(uintptr_t sgemm, uintptr_t dgemm, bool ilp64, uintptr_t set_threads,
               uintptr_t get_threads);
 bool blas_available();
+
+// oneDNN's dnnl_gemm_bf16bf16f32 for the "medium" GEMMs (cpu/blas.h); address found by
+// fastnn/_bf16.py, 0: none. bf16_gemm_calls counts the calls since the process started.
+void set_bf16_gemm(uintptr_t gemm);
+bool bf16_gemm_available();
+int64_t bf16_gemm_calls();
+// Whether this CPU has the AVX512_BF16 instructions oneDNN's bf16 GEMM runs on at full speed.
+bool cpu_has_avx512_bf16();
+// gemm_bf16 (cpu/blas.h) for one call from Python: throws where it fails.
+void gemm_bf16_checked(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                       const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                       float beta, float* c, int64_t ldc);
 }  // namespace cpu
 
 namespace cuda {

@@ -16,10 +16,12 @@ from ._version import __version__
 from ._warnings import FastnnRuntimeWarning, FastnnWarning
 
 # Subpackages and top-level names are imported on first use, so `import fastnn` stays cheap
-# and never imports CuPy, PyTorch or matplotlib.
+# and never imports CuPy, PyTorch or matplotlib. `fastnn.sklearn` is imported by name only
+# (`from fastnn.sklearn import MLPClassifier`): it needs scikit-learn as soon as it loads.
 _SUBMODULES = {
     "functional", "reference", "nn", "optim", "integrations", "cuda_graph", "data", "datasets",
-    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot",
+    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot", "distributed",
+    "seeding",
 }
 _LAZY_NAMES = {
     "set_matmul_precision": "fastnn.functional.dense",
@@ -27,8 +29,12 @@ _LAZY_NAMES = {
     "save": "fastnn.checkpoint",
     "load": "fastnn.checkpoint",
     "gradcheck": "fastnn.gradient_check",
+    "seed": "fastnn.seeding",
     "Ensemble": "fastnn.ensemble",
     "EMA": "fastnn.ensemble",
+    "save_model": "fastnn.model_file",
+    "load_model": "fastnn.model_file",
+    "Predictor": "fastnn.model_file",
 }
 
 __all__ = ["__version__", "backend_info", "get_backend", "set_backend", "use_backend", "FastnnWarning",

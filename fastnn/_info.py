@@ -6,7 +6,7 @@ import importlib.util
 
 import numpy as np
 
-from . import _backend, _blas
+from . import _backend, _bf16, _blas
 from ._version import __version__
 
 
@@ -26,7 +26,9 @@ def backend_info() -> dict:
     ``native_cpu`` (compiled CPU kernels importable), ``native_error`` (why not, else None);
     ``simd`` (instruction set the CPU kernels target), ``omp_threads``; ``blas`` (NumPy's BLAS,
     used for CPU GEMMs), ``chain_blas`` (its GEMM the row-blocked dense chain calls, None when
-    that chain cannot run); ``cuda_compiled`` (CUDA kernels built in), ``cuda_runtime``,
+    that chain cannot run); ``cpu_medium_precision`` (what ``set_matmul_precision("medium")``
+    computes on the CPU: bf16 GEMMs through oneDNN, or float32 and why, see ``fastnn._bf16``);
+    ``cuda_compiled`` (CUDA kernels built in), ``cuda_runtime``,
     ``cuda_driver`` (0 without a driver), ``cuda_devices`` (visible GPUs),
     ``cuda_device_names``, ``cublaslt_version`` (None without CUDA); ``cupy_installed``.
     Nothing here imports CuPy.
@@ -41,6 +43,7 @@ def backend_info() -> dict:
         "omp_threads": C.cpu.omp_threads() if C is not None else None,
         "blas": _numpy_blas(),
         "chain_blas": _blas.describe(),
+        "cpu_medium_precision": _bf16.describe(),
         "cuda_compiled": bool(C is not None and C.cuda_compiled),
         "cuda_runtime": None,
         "cuda_driver": None,

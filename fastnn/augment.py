@@ -1,10 +1,11 @@
-"""Data augmentation for array batches: Gaussian noise, and random crops, shifts and horizontal
-flips for images; seeded, on NumPy or CuPy arrays.
+"""Data augmentation for array batches: Gaussian noise, and random crops, shifts, horizontal
+flips and affine maps (rotation, scaling, shear) for images; seeded, on NumPy or CuPy arrays.
 
 Image batches are (N, H, W) or (N, C, H, W); a flat batch (N, D) is read as images when
 ``image_shape=(H, W)`` or ``(C, H, W)`` is given, and comes back flat. Every function takes
-``rng``: a ``numpy.random.Generator`` or a seed (int or None). Offsets and flip decisions are
-drawn on the CPU, so crops, shifts and flips are the same on NumPy and CuPy for the same seed;
+``rng``: a ``numpy.random.Generator`` or a seed (int or None). Offsets, flip decisions and
+affine parameters are drawn on the CPU, so crops, shifts, flips and affine maps are the same
+on NumPy and CuPy for the same seed;
 Gaussian noise is drawn on the array's device (a CuPy RandomState seeded from ``rng``), so it is
 reproducible per device. Inputs are never modified; a new array comes back.
 
@@ -22,8 +23,8 @@ import numpy as np
 from . import _backend as B
 from .data import as_generator
 
-__all__ = ["gaussian_noise", "random_crop", "random_shift", "horizontal_flip",
-           "GaussianNoise", "RandomCrop", "RandomShift", "HorizontalFlip", "Augment"]
+__all__ = ["gaussian_noise", "random_crop", "random_shift", "horizontal_flip", "affine", "random_affine",
+           "GaussianNoise", "RandomCrop", "RandomShift", "HorizontalFlip", "RandomAffine", "Augment"]
 
 
 def _float_batch(X, name: str = "X"):
@@ -120,6 +121,97 @@ def horizontal_flip(X, p: float = 0.5, rng=None, image_shape=None):
     return restore(flipped)
 
 
+def _per_image(value, n: int, name: str) -> np.ndarray:
+    """A float64 (n,) host array from a scalar or n values."""
+    values = np.asarray(B.to_numpy(value) if B.is_cupy(value) else value, dtype=np.float64)
+    if values.ndim == 0:
+        values = np.full(n, float(values))
+    if values.shape != (n,) or not np.isfinite(values).all():
+        raise ValueError(f"{name} must be a finite number or one per image ({n},), got {value!r}")
+    return values
+
+
+def affine(X, angle=0.0, scale=1.0, shear=0.0, image_shape=None, fill: float = 0.0):
+    """Each image mapped by a rotation, a scaling and a shear about its centre, with bilinear
+    resampling.
+
+    In pixel coordinates relative to the centre ((H - 1) / 2, (W - 1) / 2), x along the
+    columns and y down the rows, a point (x, y) of the input goes to M (x, y) with
+    M = scale * R(angle) * Sh(shear), R(a) = [[cos a, sin a], [-sin a, cos a]] (the content
+    turns counterclockwise as displayed for a positive angle: ``angle=90`` is ``np.rot90`` on
+    square images) and Sh(s) = [[1, tan s], [0, 1]] (each row slides sideways in proportion to
+    its height above the centre). Each output pixel o reads the input at M^-1 o by bilinear
+    interpolation between its four neighbours, a neighbour outside the image counting as
+    ``fill`` (scipy.ndimage's mode "grid-constant"). ``angle`` and ``shear`` in degrees,
+    ``scale`` > 0: numbers, or one value per image (N,). ``scale=1, angle=0, shear=0`` is the
+    identity.
+
+    X: images (N, H, W) / (N, C, H, W), or (N, D) with ``image_shape``; the result has X's
+    shape, dtype and device (every channel of an image moves together).
+    (torchvision.transforms.functional.affine without translation; scipy.ndimage.affine_transform
+    with order=1)"""
+    images, restore = _as_images(X, image_shape)
+    n, c, height, width = images.shape
+    angle = np.deg2rad(_per_image(angle, n, "angle"))
+    shear = np.deg2rad(_per_image(shear, n, "shear"))
+    scale = _per_image(scale, n, "scale")
+    if (scale <= 0).any():
+        raise ValueError(f"scale must be > 0, got {scale[scale <= 0][0]}")
+    if (np.abs(np.cos(shear)) < 1e-6).any():
+        raise ValueError("shear must stay away from +-90 degrees")
+    fill = B.check_scalar(fill, "fill")
+    # M^-1 = Sh(s)^-1 R(a)^-1 / scale, as (N, 2, 2) acting on (x, y).
+    cos, sin, tan = np.cos(angle), np.sin(angle), np.tan(shear)
+    inverse = np.stack([np.stack([cos - tan * sin, -sin - tan * cos], axis=1),
+                        np.stack([sin, cos], axis=1)], axis=1) / scale[:, None, None]
+    xp = B.array_module(images)
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    ys, xs = np.meshgrid(np.arange(height) - cy, np.arange(width) - cx, indexing="ij")
+    grid = xp.asarray(np.stack([xs.reshape(-1), ys.reshape(-1)]))  # (2, H*W): x, y
+    source = xp.asarray(inverse) @ grid  # (N, 2, H*W)
+    x, y = source[:, 0] + cx, source[:, 1] + cy
+    x0, y0 = xp.floor(x), xp.floor(y)
+    wx, wy = (x - x0).astype(images.dtype), (y - y0).astype(images.dtype)
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    flat = images.reshape(n, c, height * width)
+    out = xp.zeros((n, c, height * width), images.dtype)
+    for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)),
+                           (1, 1, wy * wx)):
+        row, col = y0 + dy, x0 + dx
+        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        index = xp.where(inside, row * width + col, 0)
+        values = xp.take_along_axis(flat, xp.broadcast_to(index[:, None, :], flat.shape), axis=2)
+        out += weight[:, None, :] * xp.where(inside[:, None, :], values, images.dtype.type(fill))
+    return restore(out.reshape(n, c, height, width))
+
+
+def _range(value, name: str, around: float = 0.0, low: float | None = None) -> tuple[float, float]:
+    """(low, high) from a number d (around - d, around + d) or a pair."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        d = B.check_scalar(value, name, low=0.0)
+        pair = (around - d, around + d)
+    else:
+        pair = tuple(B.check_scalar(v, name) for v in value)
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ValueError(f"{name} must be a number or a pair (low, high) with low <= high, got {value!r}")
+    if low is not None and pair[0] <= low:
+        raise ValueError(f"{name} must stay above {low}, got the range {pair}")
+    return pair
+
+
+def random_affine(X, degrees=0.0, scale=(1.0, 1.0), shear=0.0, rng=None, image_shape=None, fill: float = 0.0):
+    """:func:`affine` with parameters drawn for each image: the angle uniform in
+    [-degrees, degrees] (or a range (low, high)), the scale uniform in ``scale`` = (low, high),
+    the shear uniform in [-shear, shear] degrees (or a range). Shapes as in :func:`affine`.
+    (torchvision.transforms.RandomAffine(degrees, scale=scale, shear=shear), no translation)"""
+    images, restore = _as_images(X, image_shape)
+    n = images.shape[0]
+    angles, scales, shears = _range(degrees, "degrees"), _range(scale, "scale", low=0.0), _range(shear, "shear")
+    rng = as_generator(rng)
+    return restore(affine(images, angle=rng.uniform(*angles, size=n), scale=rng.uniform(*scales, size=n),
+                          shear=rng.uniform(*shears, size=n), fill=fill))
+
+
 class GaussianNoise:
     """Pipeline step: :func:`gaussian_noise` with ``std``."""
 
@@ -172,6 +264,23 @@ class HorizontalFlip:
 
     def __repr__(self):
         return f"HorizontalFlip(p={self.p})"
+
+
+class RandomAffine:
+    """Pipeline step: :func:`random_affine` with ``degrees``, ``scale`` and ``shear`` ranges (on
+    (N, C, H, W) images)."""
+
+    def __init__(self, degrees=0.0, scale=(1.0, 1.0), shear=0.0, fill: float = 0.0):
+        self.degrees = _range(degrees, "degrees")
+        self.scale = _range(scale, "scale", low=0.0)
+        self.shear = _range(shear, "shear")
+        self.fill = B.check_scalar(fill, "fill")
+
+    def __call__(self, images, rng):
+        return random_affine(images, self.degrees, self.scale, self.shear, rng, fill=self.fill)
+
+    def __repr__(self):
+        return f"RandomAffine(degrees={self.degrees}, scale={self.scale}, shear={self.shear}, fill={self.fill})"
 
 
 class Augment:

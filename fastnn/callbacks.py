@@ -180,7 +180,8 @@ class ModelCheckpoint(Callback):
     (from 0), ``logs`` and ``trainer`` (:meth:`Trainer.state_dict`: epoch count, shuffling
     generator, dropout counters, History), so ``fastnn.load`` plus
     ``trainer.load_state_dict(extras["trainer"])`` resumes training exactly. ``last_path`` is
-    the file last written. (keras.callbacks.ModelCheckpoint)
+    the file last written. In distributed training only rank 0 writes (the trainer's
+    ``is_main_process``). (keras.callbacks.ModelCheckpoint)
     """
 
     def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
@@ -195,6 +196,8 @@ class ModelCheckpoint(Callback):
         self._best.reset()
 
     def on_epoch_end(self, epoch, logs):
+        if not self.trainer.is_main_process:
+            return
         if self.save_best_only:
             value = self._best.read(logs, "ModelCheckpoint")
             if not self._best.improves(value):

@@ -38,10 +38,11 @@ import numpy as np
 from . import _backend as B
 from ._version import __version__
 
-__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION", "MAX_DEPTH"]
 
 FORMAT = "fastnn-checkpoint"
 VERSION = 1
+MAX_DEPTH = 64  # nesting of saved trees; real state dicts nest a few levels
 _MANIFEST = "__manifest__"
 
 
@@ -66,12 +67,15 @@ class _Encoder:
         self.arrays.append((name, host))
         return len(self.arrays) - 1
 
-    def tree(self, value: Any, name: str):
+    def tree(self, value: Any, name: str, depth: int = 0):
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{name}: nested deeper than {MAX_DEPTH} levels (a checkpoint refuses to load such "
+                             "a tree, so it is not written either)")
         if isinstance(value, np.generic):  # before float: numpy.float64 is a float
             return {"scalar": self.array(name, np.asarray(value))}
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
-        if isinstance(value, np.ndarray) or B._is_cupy(value):
+        if isinstance(value, np.ndarray) or B.is_cupy(value):
             return {"array": self.array(name, value)}
         if isinstance(value, dict):
             items = []
@@ -79,35 +83,58 @@ class _Encoder:
                 if not (key is None or isinstance(key, (bool, int, float, str))):
                     raise TypeError(f"{name}: dict keys must be str, int, float, bool or None, got "
                                     f"{type(key).__name__}")
-                items.append([key, self.tree(item, f"{name}/{key}")])
+                items.append([key, self.tree(item, f"{name}/{key}", depth + 1)])
             return {"dict": items}
         if isinstance(value, (list, tuple)):
-            items = [self.tree(item, f"{name}/{i}") for i, item in enumerate(value)]
+            items = [self.tree(item, f"{name}/{i}", depth + 1) for i, item in enumerate(value)]
             return {"tuple": items} if isinstance(value, tuple) else items
         if callable(getattr(value, "state_dict", None)):
-            return self.tree(value.state_dict(), name)
+            return self.tree(value.state_dict(), name, depth)
         raise TypeError(f"{name}: cannot save a {type(value).__name__} (checkpoints hold arrays, numbers, "
                         "strings, None, lists, tuples, dicts and objects with a state_dict() method)")
 
 
-def _decode(node, arrays: list, where: str):
-    """The value a tree stands for (arrays as NumPy arrays)."""
-    if isinstance(node, list):
-        return [_decode(item, arrays, where) for item in node]
-    if not isinstance(node, dict):
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _decode(node, arrays: list, where: str, depth: int = 0):
+    """The value a tree stands for (arrays as NumPy arrays). A manifest is untrusted input:
+    anything but the trees :class:`_Encoder` writes (an unknown tag, a tag whose body has the
+    wrong type, an array index the file does not have, nesting deeper than :data:`MAX_DEPTH`)
+    is a :class:`CheckpointError` naming ``where``."""
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(node, _SCALARS):
         return node
-    if len(node) != 1:
-        raise CheckpointError(f"{where}: malformed manifest entry {node!r}")
+    if isinstance(node, list):
+        return [_decode(item, arrays, where, depth + 1) for item in node]
+    if not isinstance(node, dict) or len(node) != 1:
+        raise CheckpointError(f"{where}: malformed manifest entry {_brief(node)}")
     (tag, body), = node.items()
     if tag == "dict":
-        return {key: _decode(item, arrays, where) for key, item in body}
+        if not isinstance(body, list) or not all(isinstance(pair, list) and len(pair) == 2 and
+                                                 isinstance(pair[0], _SCALARS) for pair in body):
+            raise CheckpointError(f"{where}: a dict entry must be a list of [key, value] pairs with scalar keys, "
+                                  f"got {_brief(body)}")
+        return {key: _decode(item, arrays, where, depth + 1) for key, item in body}
     if tag == "tuple":
-        return tuple(_decode(item, arrays, where) for item in body)
+        if not isinstance(body, list):
+            raise CheckpointError(f"{where}: a tuple entry must be a list, got {_brief(body)}")
+        return tuple(_decode(item, arrays, where, depth + 1) for item in body)
     if tag in ("array", "scalar"):
-        if not isinstance(body, int) or not 0 <= body < len(arrays):
-            raise CheckpointError(f"{where}: the manifest refers to array {body!r}, which the file does not have")
+        if type(body) is not int or not 0 <= body < len(arrays):
+            raise CheckpointError(f"{where}: the manifest refers to array {_brief(body)}, which the file does not "
+                                  "have")
+        if tag == "scalar" and arrays[body].ndim != 0:
+            raise CheckpointError(f"{where}: scalar entry {body} refers to an array of shape {arrays[body].shape}")
         return arrays[body] if tag == "array" else arrays[body][()]
-    raise CheckpointError(f"{where}: unknown manifest tag {tag!r}")
+    raise CheckpointError(f"{where}: unknown manifest tag {_brief(tag)}")
+
+
+def _brief(value, limit: int = 80) -> str:
+    """``repr(value)``, cut short (hostile manifests can be large)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,12 +146,18 @@ def save(path, model=None, optimizer=None, **extras) -> str:
     ``extras`` to one ``.npz`` file at ``path`` (the name is used as given), atomically.
 
     Extras may be numbers, strings, None, NumPy or CuPy arrays and scalars, lists, tuples and
-    dicts of those, and objects with a ``state_dict()`` method (preprocessing transformers,
-    ``History``, ``Trainer``, LR schedules, ``EMA``, other models), which are stored as their
-    state dict. Arrays are saved from the host (GPU arrays are copied). Returns ``path``.
+    dicts of those (nested at most :data:`MAX_DEPTH` deep), and objects with a ``state_dict()``
+    method (preprocessing transformers, ``History``, ``Trainer``, LR schedules, ``EMA``, other
+    models), which are stored as their state dict. Arrays are saved from the host (GPU arrays
+    are copied). Returns ``path``.
     """
-    path = os.fspath(path)
     encoder = _Encoder()
+    return _write(path, _manifest(encoder, model, optimizer, extras), encoder)
+
+
+def _manifest(encoder: _Encoder, model, optimizer, extras: dict) -> dict:
+    """The manifest of a checkpoint without its array list (:func:`_write` adds it); other
+    files built on the format (``fastnn.model_file``) add their own sections."""
     manifest = {"format": FORMAT, "version": VERSION, "fastnn": __version__, "model": None, "optimizer": None}
     if model is not None:
         manifest["model"] = {"type": type(model).__name__, "state": encoder.tree(model.state_dict(), "model")}
@@ -132,6 +165,13 @@ def save(path, model=None, optimizer=None, **extras) -> str:
         manifest["optimizer"] = {"type": type(optimizer).__name__,
                                  "state": encoder.tree(optimizer.state_dict(), "optimizer")}
     manifest["extras"] = encoder.tree(extras, "extras")
+    return manifest
+
+
+def _write(path, manifest: dict, encoder: _Encoder) -> str:
+    """Write ``manifest`` (plus the list of ``encoder``'s arrays) and the arrays to ``path``,
+    atomically. Returns ``path`` as a string."""
+    path = os.fspath(path)
     manifest["arrays"] = [{"name": name, "shape": list(a.shape), "dtype": a.dtype.str,
                            "crc32": zlib.crc32(a.data)} for name, a in encoder.arrays]
     members = {f"a{i}": a for i, (_, a) in enumerate(encoder.arrays)}
@@ -181,7 +221,10 @@ def _sync_directory(directory: str) -> None:
 # load
 
 
-_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError)
+# RecursionError: json.loads of a manifest nested deeper than Python's recursion limit;
+# MemoryError: an array header claiming more elements than memory holds.
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError,
+                RecursionError, MemoryError)
 
 
 def _unreadable(path: str, what: str, exc: Exception) -> Exception:
@@ -209,7 +252,7 @@ def _read(path: str) -> tuple[dict, list]:
             raise _unreadable(path, "the manifest", exc) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a fastnn checkpoint (its manifest names no format {FORMAT!r})")
-        if manifest.get("version") != VERSION:
+        if type(manifest.get("version")) is not int or manifest["version"] != VERSION:
             raise CheckpointError(f"{path} has checkpoint format version {manifest.get('version')!r}; this fastnn "
                                   f"({__version__}) reads version {VERSION}")
         specs = manifest.get("arrays")
@@ -221,6 +264,7 @@ def _read(path: str) -> tuple[dict, list]:
                                   f"{sorted(expected - names)} are missing")
         arrays = []
         for i, spec in enumerate(specs):
+            spec = _array_spec(spec, i, path)
             try:
                 a = npz[f"a{i}"]
             except _READ_ERRORS as exc:
@@ -233,6 +277,35 @@ def _read(path: str) -> tuple[dict, list]:
                                       "manifest)")
             arrays.append(a)
     return manifest, arrays
+
+
+def _array_spec(spec, i: int, path: str) -> dict:
+    """Entry ``i`` of the manifest's array list, checked: a dict with a string ``name``, a
+    ``shape`` of non-negative ints, a string ``dtype`` and an int ``crc32``."""
+    fields = {"name": str, "shape": list, "dtype": str, "crc32": int}
+    if not isinstance(spec, dict) or set(spec) != set(fields) or \
+            any(type(spec[key]) is not kind for key, kind in fields.items()) or \
+            any(type(n) is not int or n < 0 for n in spec["shape"]):
+        raise CheckpointError(f"{path}: malformed manifest: array entry {i} must be a dict "
+                              "{name: str, shape: [non-negative ints], dtype: str, crc32: int}, got "
+                              f"{_brief(spec)}")
+    return spec
+
+
+def _section(manifest: dict, key: str, arrays: list, path: str) -> dict | None:
+    """The manifest's ``model`` or ``optimizer`` section with its state decoded: None, or
+    ``{"type": name, "state": dict}``."""
+    section = manifest.get(key)
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("type"), str) or "state" not in section:
+        raise CheckpointError(f"{path}: malformed manifest: the {key} section must be a dict with a 'type' "
+                              f"string and a 'state', got {_brief(section)}")
+    state = _decode(section["state"], arrays, f"{path}: {key}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: malformed manifest: the {key} state must be a dict, got "
+                              f"{type(state).__name__}")
+    return {**section, "state": state}
 
 
 def load(path, model=None, optimizer=None) -> dict:
@@ -248,13 +321,10 @@ def load(path, model=None, optimizer=None) -> dict:
     """
     path = os.fspath(path)
     manifest, arrays = _read(path)
-    try:
-        sections = {key: None if manifest.get(key) is None else
-                    {**manifest[key], "state": _decode(manifest[key]["state"], arrays, f"{path}: {key}")}
-                    for key in ("model", "optimizer")}
-        extras = _decode(manifest.get("extras", {"dict": []}), arrays, f"{path}: extras")
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: malformed manifest: {exc}") from None
+    sections = {key: _section(manifest, key, arrays, path) for key in ("model", "optimizer")}
+    extras = _decode(manifest.get("extras", {"dict": []}), arrays, f"{path}: extras")
+    if not isinstance(extras, dict):
+        raise CheckpointError(f"{path}: malformed manifest: the extras must be a dict, got {type(extras).__name__}")
     for key, given in (("model", model), ("optimizer", optimizer)):
         if given is not None and sections[key] is None:
             raise CheckpointError(f"{path} holds no {key} state (it was saved without {key}=); nothing was loaded")

@@ -37,7 +37,15 @@ What :func:`capture` does, so that replays compute what eager steps would:
   on: they create the optimizer state, the layers' buffers, the per-stream scratch and
   cuBLASLt's workspace, so that the captured step allocates nothing (memory CuPy's pool handed
   out during a capture could be handed out again while the graph still writes it) and never
-  synchronises with the host. These warm-up steps are real training steps.
+  synchronises with the host. These warm-up steps are real training steps;
+- the step owns every array the graph reads or writes for as long as it lives (when it is
+  collected, it waits for its last replay before letting them go): it holds them
+  (parameters and gradients, buffers, optimizer state, the dropout counters, the per-stream
+  scratch), and takes the layers' and the loss's reused buffers from them, putting
+  ``reuse_outputs`` back as it was. Eager calls after the capture (a validation pass, a last
+  partial batch) therefore allocate their own buffers: they never write into the graph's, and
+  replacing an array of the model (``model.to(...)``) cannot hand the graph's memory to
+  anything else (the graph goes on updating the old arrays: capture again).
 
 Replays run on ``step.stream``, a blocking CUDA stream: work on CuPy's default (legacy) stream,
 such as ``float(step.loss)`` or a scheduler writing lr, is ordered with them.
@@ -56,6 +64,8 @@ saying which is missing. (PyTorch: ``torch.cuda.graph`` around a step whose opti
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import _backend as B
@@ -63,6 +73,14 @@ from . import _backend as B
 __all__ = ["capture", "CapturedStep"]
 
 _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _release(cupy, device: int, stream) -> None:
+    """When a captured step is collected: wait for its last replay, then let other streams have
+    the cuBLASLt workspace its capture pinned (its arrays go back to CuPy's pool after this)."""
+    with cupy.cuda.Device(device):
+        stream.synchronize()
+        B._C.cuda.lt_release_capture(stream.ptr)
 
 
 def _train(model, loss, optimizer, x, y, loss_out) -> None:
@@ -145,8 +163,10 @@ class CapturedStep:
     (host-to-device or device-to-device; x and y must have the examples' shapes), the
     optimizer's lr is brought up to date on the device, and the graph is launched. Returns
     ``step.loss``, the 0-d CuPy array the loss is written into (no synchronisation; it is
-    overwritten by the next step). ``step()`` replays on whatever ``step.x`` and ``step.y``
-    hold."""
+    overwritten by the next step: copy it, or read it with :meth:`item`, to keep it).
+    ``step()`` replays on whatever ``step.x`` and ``step.y`` hold. The prediction and the
+    gradients of a replay live in buffers the step owns, rewritten by every replay and never
+    returned; the model's own ``forward`` after the capture computes on buffers of its own."""
 
     def __init__(self, cupy, device: int, model, loss, optimizer, x, y, warmup: int, dropouts):
         self.model, self.loss_fn, self.optimizer = model, loss, optimizer
@@ -157,15 +177,24 @@ class CapturedStep:
             self.x = self._static(x, "x", None)
             self.y = self._static(y, "y", np.dtype(np.int64) if loss.labels else None)
             self.loss = cupy.empty((), dtype=model.dtype)
+        modules = [*model.modules(), loss]
+        reuse = [(m, m._reuse_out, m._reuse_dx) for m in modules]
         model.reuse_outputs(True)
         loss.reuse_outputs(True)
         for layer in dropouts:
             layer.counter_on_device(True)
-        with self._device, self.stream:
-            for _ in range(warmup):
-                self._train()
-            self.graph = self._record()
-        self._keep = self._scratch_in_use()
+        try:
+            with self._device, self.stream:
+                for _ in range(warmup):
+                    self._train()
+                self.graph = self._record()
+                self._held = self._take_arrays(modules, dropouts)
+        finally:
+            for m, out, dx in reuse:
+                m._reuse_out, m._reuse_dx = out, dx
+        if B.is_cupy(self.loss):
+            release = weakref.finalize(self, _release, cupy, device, self.stream)
+            release.atexit = False  # at exit the driver may be gone; nothing needs the memory then
 
     def _static(self, example, name: str, label_dtype):
         """The device buffer the graph reads ``name`` from, holding the example."""
@@ -203,10 +232,22 @@ class CapturedStep:
             raise
         return self.stream.end_capture()
 
-    def _scratch_in_use(self) -> list:
-        """The per-stream scratch buffers the graph writes: held here so that they outlive any
-        growth of the shared cache (the graph keeps their addresses)."""
-        return B.stream_buffers(self._device.id, self.stream.ptr)
+    def _take_arrays(self, modules, dropouts) -> list:
+        """Every array the graph reads or writes, held for the step's lifetime (the graph keeps
+        their addresses): the modules' reused buffers, which they hand over (their next eager
+        calls allocate their own), the parameters, gradients and buffers, the dropout counters,
+        the optimizer's state and device scalars, and the stream's scratch (held in case the
+        stream's cache drops or replaces it). Run on the capture stream."""
+        held = [self.x, self.y, self.loss]
+        for module in modules:
+            held += module._hand_over_buffers()
+        held += [a for p in self.model.parameters() for a in (p.data, p.grad)]
+        held += [a for _, a in self.model.named_buffers()]
+        held += [layer._words for layer in dropouts]
+        held += [a for state in self.optimizer.state.values() for a in state.values() if hasattr(a, "shape")]
+        held += list(self.optimizer._scalars.values())
+        held += B.stream_buffers(self.model.parameters()[0].data)
+        return held
 
     def __call__(self, x=None, y=None):
         with self._device, self.stream:

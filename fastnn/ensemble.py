@@ -1,5 +1,5 @@
-"""Averaging models: ``Ensemble`` (several trained classifiers, their probabilities averaged)
-and ``EMA`` (an exponential moving average of one model's weights over training)."""
+"""Averaging models: ``Ensemble`` (several trained models: classifiers' probabilities or
+regressors' outputs averaged) and ``EMA`` (an exponential moving average of one model's weights over training)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,34 @@ import numpy as np
 
 from . import _backend as B
 from .callbacks import Callback
+from .nn.losses import BCEWithLogits, Loss, SoftmaxCrossEntropy
 from .nn.module import Module
-from .metrics import predicted_labels, probabilities
-from .train import _device_context, predict_outputs
+from .train import _device_context, loss_task, outputs_to_predictions, outputs_to_probabilities, predict_outputs
 
 __all__ = ["Ensemble", "EMA"]
 
 
 class Ensemble:
-    """Independently trained classifiers combined by averaging their class probabilities
-    (soft voting): p(x) = (1/M) sum_m probs_m(x), where probs is the softmax of C > 1 logits or
-    the sigmoid of a single logit. The models must give outputs of one shape, and live on one
-    device; they run in inference mode. (sklearn VotingClassifier(voting="soft"); cs231n's
+    """Independently trained models combined by averaging.
+
+    Their predictions mean what :class:`fastnn.train.Trainer`'s do for ``loss``, the loss they
+    were trained with (:func:`fastnn.train.outputs_to_predictions`):
+
+    - classifiers (``SoftmaxCrossEntropy``, ``BCEWithLogits``) average their class
+      probabilities (soft voting): p(x) = (1/M) sum_m probs_m(x); ``predict`` gives the argmax
+      class (N,) (softmax) or 1 where p > 0.5, per output (sigmoid), ``predict_proba`` p;
+    - ``Hinge`` classifiers average their scores, and ``predict`` gives the argmax (they have
+      no probabilities);
+    - regressors (``MSE``, ``L1``, ...) average their outputs, which ``predict`` returns.
+
+    ``loss=None`` reads the models as classifiers by their output width: C > 1 outputs as
+    softmax logits, one output as a sigmoid logit. ``predict_outputs`` is the mean of the raw
+    outputs. The models must give outputs of one shape, and live on one device; they run in
+    inference mode. (sklearn VotingClassifier(voting="soft") / VotingRegressor; cs231n's
     model ensembles)
     """
 
-    def __init__(self, models):
+    def __init__(self, models, loss: Loss | None = None):
         self.models = list(models)
         if not self.models:
             raise ValueError("Ensemble needs at least one model")
@@ -35,26 +47,50 @@ class Ensemble:
         if len(devices) > 1:
             raise ValueError(f"Ensemble: the models are on different devices {sorted(map(str, devices))}; move "
                              "them to one with model.to(...)")
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"Ensemble: loss must be the fastnn.nn loss the models were trained with, got "
+                            f"{type(loss).__name__}")
+        self.loss = loss
 
     def __len__(self) -> int:
         return len(self.models)
 
-    def predict_proba(self, X, batch_size: int = 256):
-        """The averaged probabilities, (N, C) (or (N, 1)/(N,) for one logit), on the models'
-        device (X may be NumPy with GPU models)."""
-        total = None
+    def _mean(self, X, batch_size: int, transform):
+        """(1/M) sum_m transform(outputs_m), float64, and the loss that gives them meaning."""
+        total, loss = None, self.loss
         for i, model in enumerate(self.models):
-            p = probabilities(predict_outputs(model, X, batch_size)).astype(np.float64)
-            if total is not None and p.shape != total.shape:
-                raise ValueError(f"Ensemble: models[{i}] gives outputs of shape {tuple(p.shape)}, models[0] "
+            outputs = predict_outputs(model, X, batch_size)
+            if loss is None:
+                loss = SoftmaxCrossEntropy() if outputs.ndim == 2 and outputs.shape[1] > 1 else BCEWithLogits()
+            value = transform(outputs, loss).astype(np.float64)
+            if total is not None and value.shape != total.shape:
+                raise ValueError(f"Ensemble: models[{i}] gives outputs of shape {tuple(value.shape)}, models[0] "
                                  f"{tuple(total.shape)}")
-            total = p if total is None else total + p
-        return total / len(self.models)
+            total = value if total is None else total + value
+        return total / len(self.models), loss
+
+    def predict_proba(self, X, batch_size: int = 256):
+        """The averaged probabilities, (N, C) (or the outputs' shape for sigmoid logits), on the
+        models' device (X may be NumPy with GPU models); a ``TypeError`` for losses without
+        probabilities."""
+        return self._mean(X, batch_size, outputs_to_probabilities)[0]
+
+    def predict_outputs(self, X, batch_size: int = 256):
+        """The mean of the models' raw outputs (logits for classifiers), float64."""
+        return self._mean(X, batch_size, lambda outputs, loss: outputs)[0]
 
     def predict(self, X, batch_size: int = 256):
-        """The predicted classes, (N,) int64: the argmax of the averaged probabilities, or
-        probability > 0.5 for one logit."""
-        return predicted_labels(self.predict_proba(X, batch_size), threshold=0.5)
+        """Class labels for classifiers (int64: the argmax (N,), or 0/1 per sigmoid output),
+        the averaged outputs for regressors (see the class docstring)."""
+        loss = self.loss
+        if loss is not None and loss_task(loss) == "regression":
+            return self.predict_outputs(X, batch_size)
+        if loss is not None and loss.labels and not isinstance(loss, SoftmaxCrossEntropy):  # Hinge: no probabilities
+            return outputs_to_predictions(self.predict_outputs(X, batch_size), loss)
+        proba, loss = self._mean(X, batch_size, outputs_to_probabilities)
+        if loss_task(loss) == "binary":
+            return (proba > 0.5).astype(np.int64)
+        return B.array_module(proba).argmax(proba, axis=1).astype(np.int64)
 
 
 class EMA(Callback):

@@ -1,6 +1,8 @@
 """Evaluation metrics: accuracy, top-k accuracy, the confusion matrix, MSE and MAE, both as
 functions that return a float and as sums over batches kept on the device (what
-:class:`fastnn.train.Trainer` accumulates over an epoch).
+:class:`fastnn.train.Trainer` accumulates over an epoch); RMSE and R^2 as functions (neither is
+a mean over samples); and, over a whole set of predictions, precision, recall, F1, ROC AUC and
+the classification report (checked against scikit-learn's values).
 
 Arguments come in scikit-learn's order, ``(y_true, y_pred)``. Class predictions may be given as
 labels (N,) or as scores (N, C) (logits or probabilities: the predicted class is the argmax);
@@ -29,7 +31,8 @@ import numpy as np
 from . import _backend as B
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "mse", "mae", "check_labels", "predicted_labels",
-           "probabilities", "METRICS", "BatchMetric", "batch_metric", "MetricSums"]
+           "probabilities", "METRICS", "BatchMetric", "batch_metric", "MetricSums", "rmse", "r2_score",
+           "precision", "recall", "f1_score", "roc_auc_score", "classification_report"]
 
 
 def check_labels(y, name: str = "y", num_classes: int | None = None):
@@ -211,6 +214,30 @@ def mae(y_true, y_pred) -> float:
     return float(_errors(*_regression_pair(y_true, y_pred), power=1).mean())
 
 
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error: sqrt(mse), the error in the targets' own units. Same shapes
+    required. (sklearn.metrics.root_mean_squared_error for one output)"""
+    return float(np.sqrt(mse(y_true, y_pred)))
+
+
+def r2_score(y_true, y_pred) -> float:
+    """Coefficient of determination R^2 = 1 - sum (y - yhat)^2 / sum (y - mean(y))^2: 1 for
+    perfect predictions, 0 for always predicting the mean, negative when worse than that.
+    Targets (N,) or (N, k): for k outputs the mean of the k per-output scores. An output whose
+    true values are constant scores 1.0 when predicted exactly, else 0.0 (no division by zero).
+    Needs at least two samples. (sklearn.metrics.r2_score, force_finite=True)"""
+    y_true, y_pred = _regression_pair(y_true, y_pred)
+    if y_true.shape[0] < 2:
+        raise ValueError(f"R^2 needs at least two samples, got {y_true.shape[0]}")
+    xp = B.array_module(y_true)
+    true = y_true.astype(np.float64).reshape(y_true.shape[0], -1)
+    residual = _errors(y_true, y_pred, power=2).reshape(true.shape).sum(axis=0)
+    total = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
+    constant = total == 0
+    scores = xp.where(constant, xp.where(residual == 0, 1.0, 0.0), 1.0 - residual / xp.where(constant, 1.0, total))
+    return float(scores.mean())
+
+
 def _errors(y_true, y_pred, power: int):
     """(y_pred - y_true)^2 (power 2) or |y_pred - y_true| (power 1) per element, in float64."""
     diff = y_pred.astype(np.float64) - y_true.astype(np.float64)
@@ -323,10 +350,231 @@ class MetricSums:
 
 def host_floats(values: dict) -> dict[str, float]:
     """Python floats from a dict of 0-d arrays (and floats), with one device-to-host transfer."""
-    on_device = [name for name, v in values.items() if B._is_cupy(v)]
+    on_device = [name for name, v in values.items() if B.is_cupy(v)]
     out = {name: float(v) for name, v in values.items() if name not in on_device}
     if on_device:
         cp = sys.modules["cupy"]
         fetched = cp.stack([cp.asarray(values[name], dtype=cp.float64) for name in on_device]).get()
         out.update(zip(on_device, map(float, fetched)))
     return {name: out[name] for name in values}
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification reports: precision, recall, F1, ROC AUC, over a whole set of predictions.
+#
+# These are not means of per-sample values, so they are not batch metrics of the Trainer:
+# compute them on ``trainer.predict(X)`` (labels) or ``trainer.predict_proba(X)`` (scores).
+# Labels and scores are brought to the host (N integers or floats); the results are floats.
+
+AVERAGES = ("macro", "micro", "weighted", "binary", None)
+
+
+class _Counts(NamedTuple):
+    """Per class of ``labels``: true positives, predicted count, true count (support); and
+    ``every_class``, whether ``labels`` covers every class present in y_true or y_pred."""
+
+    labels: np.ndarray
+    tp: np.ndarray
+    predicted: np.ndarray
+    support: np.ndarray
+    every_class: bool
+
+
+def _counts(y_true, y_pred, labels, threshold) -> _Counts:
+    true, predicted = (B.to_numpy(a) for a in _labels_pair(y_true, y_pred, threshold))
+    present = np.union1d(true, predicted)
+    if labels is None:
+        labels = present
+    else:
+        labels = np.asarray(labels)
+        if (labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu"
+                or np.unique(labels).size != labels.size):
+            raise ValueError(f"labels must be a non-empty list of distinct integer class labels, got {labels.tolist()}")
+    if labels.size == 0:
+        raise ValueError("precision, recall and F1 of an empty set of samples are undefined")
+    index = {int(label): i for i, label in enumerate(labels)}
+    tp, pred_count, support = (np.zeros(labels.size, np.int64) for _ in range(3))
+    for counts, values in ((support, true), (pred_count, predicted), (tp, true[true == predicted])):
+        found, how_many = np.unique(values, return_counts=True)
+        for label, count in zip(found.tolist(), how_many.tolist()):
+            if label in index:
+                counts[index[label]] = count
+    return _Counts(labels, tp, pred_count, support, set(present.tolist()) <= set(labels.tolist()))
+
+
+def _ratio(numerator, denominator) -> np.ndarray:
+    """numerator / denominator elementwise, 0 where the denominator is 0 (scikit-learn's
+    ``zero_division=0``, without its warning)."""
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
+
+
+def _average(name: str, c: _Counts, per_class: np.ndarray, micro: Callable, pos_label: int):
+    if name is None:
+        return per_class
+    if name == "micro":
+        return float(micro(c.tp.sum(), c.predicted.sum(), c.support.sum()))
+    if name == "macro":
+        return float(per_class.mean())
+    if name == "weighted":
+        return float(_ratio((per_class * c.support).sum(), c.support.sum()))
+    if c.labels.size > 2 or not set(c.labels.tolist()) <= {0, 1}:
+        raise ValueError(f"average='binary' needs the labels 0 and 1 alone, got {c.labels.tolist()}; choose "
+                         "average='macro', 'micro', 'weighted' or None")
+    found = np.flatnonzero(c.labels == pos_label)
+    return float(per_class[found[0]]) if found.size else 0.0
+
+
+def _check_average(average) -> None:
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+
+
+def precision(y_true, y_pred, *, average: str | None = "macro", labels=None, threshold: float | None = None,
+              pos_label: int = 1):
+    """Precision tp / (tp + fp) per class (0 where a class is never predicted), averaged:
+    ``"macro"`` (the mean over classes), ``"micro"`` (over all decisions: total tp / total
+    predicted), ``"weighted"`` (by each class's support), ``"binary"`` (the ``pos_label``
+    class alone, for labels 0 and 1) or None (an array, one value per class of ``labels``).
+
+    y_true, y_pred as in :func:`accuracy` (labels, scores (argmax), or binary scores with
+    ``threshold``). ``labels``: the classes to report, default the sorted classes present in
+    either. (sklearn.metrics.precision_score with zero_division=0; its default average is
+    "binary", fastnn's "macro")"""
+    _check_average(average)
+    c = _counts(y_true, y_pred, labels, threshold)
+    return _average(average, c, _ratio(c.tp, c.predicted), lambda tp, p, s: _ratio(tp, p), pos_label)
+
+
+def recall(y_true, y_pred, *, average: str | None = "macro", labels=None, threshold: float | None = None,
+           pos_label: int = 1):
+    """Recall tp / (tp + fn) per class (0 for a class absent from y_true), averaged as in
+    :func:`precision`; micro recall over every class equals accuracy. (sklearn.metrics.
+    recall_score with zero_division=0)"""
+    _check_average(average)
+    c = _counts(y_true, y_pred, labels, threshold)
+    return _average(average, c, _ratio(c.tp, c.support), lambda tp, p, s: _ratio(tp, s), pos_label)
+
+
+def f1_score(y_true, y_pred, *, average: str | None = "macro", labels=None, threshold: float | None = None,
+             pos_label: int = 1):
+    """F1, the harmonic mean of precision and recall, per class: 2 tp / (2 tp + fp + fn) (0 for
+    a class neither present nor predicted), averaged as in :func:`precision` (macro: the mean
+    of the per-class F1; micro: from the total counts). (sklearn.metrics.f1_score with
+    zero_division=0)"""
+    _check_average(average)
+    c = _counts(y_true, y_pred, labels, threshold)
+    f1 = _ratio(2 * c.tp, c.predicted + c.support)
+    return _average(average, c, f1, lambda tp, p, s: _ratio(2 * tp, p + s), pos_label)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size, np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray, what: str) -> float:
+    """The area under the ROC curve of ``score`` for the boolean ``positive``: the probability
+    that a random positive scores above a random negative, ties counting one half (the
+    Mann-Whitney U statistic / (n_pos n_neg))."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"roc_auc_score: {what} has {'no' if n_pos == 0 else 'only'} positive samples; the ROC AUC "
+                         "needs both positives and negatives")
+    if not np.isfinite(score).all():
+        raise ValueError("roc_auc_score: y_score contains NaN or infinity")
+    rank_sum = _average_ranks(score)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc_score(y_true, y_score, *, average: str | None = "macro"):
+    """Area under the ROC curve (Hanley & McNeil 1982): the probability that a random
+    positive sample scores above a random negative one (ties count one half).
+
+    Binary: y_true labels in {0, 1}, y_score the score of class 1, (N,) or (N, 1) (a
+    probability or a logit: only the order matters), or (N, 2) (its second column).
+    Multiclass, one-vs-rest: y_true labels in [0, C) with every class present, y_score (N, C)
+    (probabilities, as scikit-learn requires, or any scores: the per-class ordering is what is
+    measured); the AUC of each class against the rest, averaged by ``average``: "macro" (mean),
+    "weighted" (by prevalence), or None (an array, one per class). (sklearn.metrics.
+    roc_auc_score, multi_class="ovr")"""
+    if average not in ("macro", "weighted", None):
+        raise ValueError(f"roc_auc_score: average must be 'macro', 'weighted' or None, got {average!r}")
+    y_true, y_score = _pair(y_true, y_score)
+    true = B.to_numpy(_true_labels(y_true))
+    score = B.to_numpy(y_score).astype(np.float64)
+    if score.ndim not in (1, 2) or score.shape[0] != true.shape[0]:
+        raise ValueError(f"roc_auc_score: y_score must be (N,), (N, 1) or (N, C) with the N = {true.shape[0]} rows of "
+                         f"y_true, got shape {tuple(score.shape)}")
+    if score.ndim == 1 or score.shape[1] == 1:
+        if not set(np.unique(true).tolist()) <= {0, 1}:
+            raise ValueError(f"roc_auc_score: binary scores need labels 0 and 1, got {np.unique(true).tolist()}; give "
+                             "one score column per class for a multiclass AUC")
+        return _binary_auc(true == 1, score.reshape(-1), "y_true")
+    classes = score.shape[1]
+    check_labels(true, "y_true", classes)
+    if classes == 2:
+        return _binary_auc(true == 1, score[:, 1], "y_true")
+    aucs = np.array([_binary_auc(true == c, score[:, c], f"class {c}") for c in range(classes)])
+    if average is None:
+        return aucs
+    if average == "macro":
+        return float(aucs.mean())
+    return float((aucs * np.bincount(true, minlength=classes)).sum() / true.size)
+
+
+def classification_report(y_true, y_pred, *, labels=None, target_names=None, digits: int = 2,
+                          output_dict: bool = False, threshold: float | None = None):
+    """Precision, recall, F1 and support per class, then the accuracy (or, when ``labels``
+    leaves classes out, the micro average), the macro and the support-weighted averages: a
+    text table, or with ``output_dict=True`` a dict ``{"<class>": {"precision", "recall",
+    "f1-score", "support"}, "accuracy": ..., "macro avg": {...}, "weighted avg": {...}}``.
+    ``target_names``: a name per class of ``labels`` (default the labels themselves);
+    ``digits``: decimals in the text. y_true, y_pred as in :func:`accuracy`.
+    (sklearn.metrics.classification_report with zero_division=0, the same layout)"""
+    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 0:
+        raise ValueError(f"digits must be an int >= 0, got {digits!r}")
+    c = _counts(y_true, y_pred, labels, threshold)
+    names = [str(label) for label in c.labels.tolist()] if target_names is None else [str(n) for n in target_names]
+    if len(names) != c.labels.size:
+        raise ValueError(f"target_names has {len(names)} names for {c.labels.size} classes {c.labels.tolist()}")
+    p, r = _ratio(c.tp, c.predicted), _ratio(c.tp, c.support)
+    f1 = _ratio(2 * c.tp, c.predicted + c.support)
+    total = int(c.support.sum())
+    rows = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1-score": float(f1[i]),
+                   "support": int(c.support[i])} for i, name in enumerate(names)}
+    averages = {}
+    if c.every_class:
+        averages["accuracy"] = float(_ratio(c.tp.sum(), total))
+    else:
+        averages["micro avg"] = {"precision": float(_ratio(c.tp.sum(), c.predicted.sum())),
+                                 "recall": float(_ratio(c.tp.sum(), total)),
+                                 "f1-score": float(_ratio(2 * c.tp.sum(), c.predicted.sum() + total)), "support": total}
+    averages["macro avg"] = {"precision": float(p.mean()), "recall": float(r.mean()), "f1-score": float(f1.mean()),
+                             "support": total}
+    averages["weighted avg"] = {key: float(_ratio((value * c.support).sum(), total))
+                                for key, value in (("precision", p), ("recall", r), ("f1-score", f1))}
+    averages["weighted avg"]["support"] = total
+    if output_dict:
+        return {**rows, **averages}
+    width = max(len(name) for name in [*names, "weighted avg"])
+
+    def line(name, *cells):
+        return f"{name:>{width}} " + "".join(f" {cell:>9}" for cell in cells)
+
+    def row(name, values):
+        return line(name, *(f"{values[k]:.{digits}f}" for k in ("precision", "recall", "f1-score")), values["support"])
+
+    lines = [line("", "precision", "recall", "f1-score", "support"), ""]
+    lines += [row(name, values) for name, values in rows.items()] + [""]
+    if "accuracy" in averages:
+        lines.append(line("accuracy", "", "", f"{averages['accuracy']:.{digits}f}", total))
+    lines += [row(name, values) for name, values in averages.items() if name != "accuracy"]
+    return "\n".join(lines) + "\n"

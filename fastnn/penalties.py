@@ -9,7 +9,7 @@ equivalent).
 ::
 
     weights = [p for _, p in weight_parameters(model)]
-    loss = loss_fn.forward(model(x), y) + float(penalty(weights, l1=1e-5, l2=1e-4))
+    loss = loss_fn.forward(model(x, training=True), y) + float(penalty(weights, l1=1e-5, l2=1e-4))
     model.backward(loss_fn.backward())
     add_penalty_grad(weights, l1=1e-5, l2=1e-4)
 """

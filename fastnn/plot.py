@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
-__all__ = ["history", "update_ratios", "search"]
+__all__ = ["history", "history_figure", "update_ratios", "search"]
 
 _COLUMNS = 4  # panels per row
 
@@ -46,13 +46,33 @@ def _positive(values) -> bool:
     return all(float(v) > 0 for v in values)
 
 
-def history(hist, path, title: str | None = None):
+_AXIS_LABELS = {"loss": "loss", "accuracy": "accuracy", "lr": "learning rate",
+                "update_ratio": "||update|| / ||weight||"}
+
+
+def history(hist, path, title: str | None = None, *, loss_name: str | None = None, best_epoch: int | None = None,
+            guide: float = 1e-3):
+    """Learning curves written to a PNG at ``path`` (returns ``path``): :func:`history_figure`'s
+    figure, whose arguments these are."""
+    return _save(history_figure(hist, title, loss_name=loss_name, best_epoch=best_epoch, guide=guide), path)
+
+
+def history_figure(hist, title: str | None = None, *, loss_name: str | None = None, best_epoch: int | None = None,
+                   guide: float = 1e-3):
     """Learning curves, one panel per quantity: ``loss``, ``accuracy`` and every other series,
-    training and validation (``val_``) curves together, against the epoch. ``lr`` and
-    ``update_ratio`` use a log axis.
+    training and validation (``val_``) curves together, against the epoch (from 1), each
+    panel with labelled axes. ``lr`` and ``update_ratio`` use a log axis.
+
+    - ``loss_name`` (e.g. "softmax cross-entropy") names the loss in its panel's title and
+      y axis.
+    - ``best_epoch`` (from 0, as ``EarlyStopping.best_epoch``): the epoch whose weights were
+      restored, marked by a vertical line on every panel.
+    - The update-ratio panel shows the band around ``guide`` (1e-3: from guide / sqrt(10) to
+      guide * sqrt(10), with a dashed line at guide) where a healthy layer's ratio sits (much
+      lower and it learns too slowly, much higher and the learning rate is probably too high).
 
     hist: a ``History`` (anything with a ``.history`` dict) or a dict name -> per-epoch values.
-    Writes a PNG to ``path`` and returns ``path``.
+    Returns the matplotlib ``Figure`` (on an Agg canvas; nothing is shown).
     """
     series = getattr(hist, "history", hist)
     if not isinstance(series, Mapping):
@@ -60,6 +80,8 @@ def history(hist, path, title: str | None = None):
     series = {name: list(values) for name, values in series.items() if _numbers(values)}
     if not series:
         raise ValueError("hist has no per-epoch numeric series to plot")
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int) or best_epoch < 0):
+        raise ValueError(f"best_epoch must be an epoch number (from 0) or None, got {best_epoch!r}")
     families = []
     for name in series:
         family = name[4:] if name.startswith("val_") else name
@@ -75,15 +97,23 @@ def history(hist, path, title: str | None = None):
                     markersize=3, label=label)
         if family in ("lr", "update_ratio") and all(_positive(values) for values in curves.values()):
             ax.set_yscale("log")
+        if family == "update_ratio":
+            ax.axhspan(guide / math.sqrt(10), guide * math.sqrt(10), color="tab:green", alpha=0.15,
+                       label=f"healthy band around {guide:g}")
+            ax.axhline(guide, color="tab:green", linestyle="--", linewidth=1)
+        if best_epoch is not None:
+            ax.axvline(best_epoch + 1, color="crimson", linestyle=":", label=f"restored best (epoch {best_epoch + 1})")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
-        ax.set_title(family)
+        label = _AXIS_LABELS.get(family, family)
+        ax.set_ylabel(f"{label} ({loss_name})" if family == "loss" and loss_name else label)
+        ax.set_title(f"loss: {loss_name}" if family == "loss" and loss_name else label)
         ax.grid(alpha=0.3)
-        if len(curves) > 1:
-            ax.legend()
+        if len(ax.get_legend_handles_labels()[1]) > 1:
+            ax.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return figure
 
 
 def update_ratios(ratios, path, guide: float = 1e-3, title: str | None = None):

@@ -18,7 +18,13 @@ transformer             transform                                       scikit-l
 ``MeanCenter``          x - mean, per feature                           ``StandardScaler(with_std=False)``
 ``MinMaxScaler``        a + (x - min) (b - a) / (max - min)             ``MinMaxScaler``
 ``PCAWhitening``        (x - mean) U / sqrt(lambda + eps)               ``PCA(whiten=True)``
+``SimpleImputer``       NaN -> the feature's mean or median             ``SimpleImputer``
 ======================= =============================================== =================================
+
+X may also be a pandas DataFrame of numeric columns (a text or categorical column is a
+ValueError that says to one-hot encode or drop it). ``get_config()`` returns a transformer's
+constructor arguments; with ``TRANSFORMERS`` (name -> class) and the state dict, that is how
+model files (``fastnn.save_model``) store fitted preprocessing.
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend as B
+from .data import features
 from .metrics import check_labels
 
-__all__ = ["Standardizer", "MeanCenter", "MinMaxScaler", "PCAWhitening", "one_hot"]
+__all__ = ["Standardizer", "MeanCenter", "MinMaxScaler", "PCAWhitening", "SimpleImputer", "one_hot", "TRANSFORMERS"]
 
 
 def _as_features(X, min_ndim: int = 2):
-    """X as a float array (N, ...): float32/float64 kept, integers and bools made float32."""
-    a = B.as_array(X, "X")
+    """X as a float array (N, ...): float32/float64 kept, integers and bools made float32
+    (a DataFrame's columns: float64)."""
+    a, _ = features(X, "X")
     xp = B.array_module(a)
     kind = np.dtype(a.dtype).kind
     if kind in "biu":
@@ -98,6 +106,11 @@ class _Transformer:
     def fit_transform(self, X):
         """``fit(X)`` then ``transform(X)``."""
         return self.fit(X).transform(X)
+
+    def get_config(self) -> dict:
+        """The constructor's arguments (JSON values): ``type(self)(**get_config())`` is this
+        transformer unfitted."""
+        return {}
 
     def inverse_transform(self, Z):
         """Undo ``transform``: map transformed data back to the original units."""
@@ -193,6 +206,9 @@ class Standardizer(_Transformer):
         super().__init__()
         self.eps = B.check_scalar(eps, "eps", low=0.0)
 
+    def get_config(self) -> dict:
+        return {"eps": self.eps}
+
     def _fit(self, X, xp):
         std = X.std(axis=0)
         return {"mean": X.mean(axis=0), "scale": xp.where(std > self.eps, std, 1.0)}
@@ -243,6 +259,9 @@ class MinMaxScaler(_Transformer):
             raise ValueError(f"feature_range must have low < high, got {feature_range!r}")
         self.feature_range = (low, high)
 
+    def get_config(self) -> dict:
+        return {"feature_range": list(self.feature_range)}
+
     def _fit(self, X, xp):
         return {"data_min": X.min(axis=0), "data_max": X.max(axis=0)}
 
@@ -285,6 +304,9 @@ class PCAWhitening(_Transformer):
         self.n_components = None if n_components is None else int(n_components)
         self.eps = B.check_scalar(eps, "eps", low=0.0)
 
+    def get_config(self) -> dict:
+        return {"n_components": self.n_components, "eps": self.eps}
+
     def fit(self, X):
         """Learn the mean and the principal axes of the training data X (N, F). Returns self."""
         X = _as_features(X)
@@ -323,6 +345,48 @@ class PCAWhitening(_Transformer):
 
     def _inverse(self, Z, xp):
         return (Z * xp.sqrt(self.explained_variance + self.eps)) @ self.components.T + self.mean
+
+
+class SimpleImputer(_Transformer):
+    """Missing values filled from the training data: every NaN of feature j becomes
+    ``statistics[j]``, the mean (``strategy="mean"``) or the median (``"median"``) of the
+    values present in feature j of the training data. A feature with no value at all in the
+    training data is a ``ValueError`` at ``fit`` (there is nothing to fill it with). Other
+    values pass through unchanged; ``inverse_transform`` is the identity (which values were
+    filled is not kept). Put it first in a chain: the transformers after it need numbers.
+
+    State: ``statistics`` of the feature shape. (sklearn.impute.SimpleImputer)
+    """
+
+    _state = ("statistics",)
+    STRATEGIES = ("mean", "median")
+
+    def __init__(self, strategy: str = "mean"):
+        super().__init__()
+        if strategy not in self.STRATEGIES:
+            raise ValueError(f"SimpleImputer: strategy must be one of {self.STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
+
+    def get_config(self) -> dict:
+        return {"strategy": self.strategy}
+
+    def _fit(self, X, xp):
+        empty = xp.isnan(X).all(axis=0)
+        if bool(empty.any()):
+            index = tuple(int(i) for i in np.argwhere(B.to_numpy(empty))[0])
+            raise ValueError(f"SimpleImputer: feature {index[0] if len(index) == 1 else index} has no value in the "
+                             "training data (all NaN), so there is nothing to fill it with; drop it")
+        return {"statistics": xp.nanmean(X, axis=0) if self.strategy == "mean" else xp.nanmedian(X, axis=0)}
+
+    def _transform(self, X, xp):
+        return xp.where(xp.isnan(X), self.statistics, X)
+
+    def _inverse(self, Z, xp):
+        return Z
+
+
+TRANSFORMERS = {cls.__name__: cls for cls in (Standardizer, MeanCenter, MinMaxScaler, PCAWhitening, SimpleImputer)}
+"""The transformers by class name (what model files store with each one's config and state)."""
 
 
 def one_hot(y, num_classes: int | None = None, dtype=np.float32):

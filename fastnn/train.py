@@ -24,6 +24,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -31,15 +32,16 @@ import numpy as np
 from . import _backend as B
 from . import data as D
 from .callbacks import Callback, UpdateRatioMonitor
+from ._warnings import FastnnRuntimeWarning
 from .metrics import MetricSums, batch_metric, check_targets, host_floats, probabilities
 from .nn.dropout import Dropout
-from .nn.losses import BCEWithLogits, Loss
+from .nn.losses import BCEWithLogits, Loss, SoftmaxCrossEntropy
 from .nn.module import Module
 from .penalties import add_penalty_grad, penalty, weight_parameters
 
 # The penalty functions and probabilities lived here first: still importable from fastnn.train.
-__all__ = ["Trainer", "History", "weight_parameters", "penalty", "add_penalty_grad", "probabilities",
-           "predict_outputs"]
+__all__ = ["Trainer", "History", "NonFiniteLossError", "weight_parameters", "penalty", "add_penalty_grad",
+           "probabilities", "predict_outputs", "loss_task", "outputs_to_predictions", "outputs_to_probabilities"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,11 +92,15 @@ def _to_device(a, device):
 
 
 def predict_outputs(model: Module, X, batch_size: int = 256):
-    """The model's outputs for X in inference mode (``training=False``: running statistics, no
-    dropout), computed ``batch_size`` rows at a time, as one array on the model's device (X
-    may be NumPy when the model is on a GPU). X: (N, ...) -> (N, out)."""
+    """The model's raw outputs (logits for a classifier) for X in inference mode
+    (``training=False``: running statistics, no dropout), computed ``batch_size`` rows at a
+    time, as one array on the model's device (X may be NumPy when the model is on a GPU).
+    X: (N, ...) -> (N, out); an empty X gives an empty (0, out)."""
     device, _ = _model_place(model, "predict")
     X, _ = _prepare(model, X, None, "predict")
+    if X.shape[0] == 0:
+        with _device_context(model):
+            return model.forward(_to_device(X, device), training=False)
     out = None
     with _device_context(model):
         for start, xb in _chunks(X, batch_size):
@@ -103,6 +109,49 @@ def predict_outputs(model: Module, X, batch_size: int = 256):
                 out = B.array_module(pred).empty((X.shape[0], *pred.shape[1:]), pred.dtype)
             out[start:start + pred.shape[0]] = pred
     return out
+
+
+def loss_task(loss: Loss | None) -> str:
+    """What a model trained with ``loss`` predicts: ``"multiclass"`` for a loss on integer
+    class labels (``SoftmaxCrossEntropy``, ``Hinge``: one score per class), ``"binary"`` for
+    ``BCEWithLogits`` (one logit per output, each its own yes/no), ``"regression"`` for the
+    others (``MSE``, ``L1``, a loss of your own on float targets)."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"expected a fastnn.nn loss, got {type(loss).__name__}")
+    if loss.labels:
+        return "multiclass"
+    return "binary" if isinstance(loss, BCEWithLogits) else "regression"
+
+
+def outputs_to_predictions(outputs, loss: Loss):
+    """What ``predict`` returns from the model's raw ``outputs`` (N, C) for a model trained with
+    ``loss`` (scikit-learn's meaning: labels for a classifier, values for a regressor):
+    ``"multiclass"`` the argmax class (N,) int64; ``"binary"`` 1 where a logit is above 0
+    (probability above 0.5), 0 elsewhere, int64 of the outputs' shape; ``"regression"`` the
+    outputs themselves. On the outputs' device. (See :func:`loss_task`.)"""
+    xp = B.array_module(outputs)
+    task = loss_task(loss)
+    if task == "multiclass":
+        return xp.argmax(outputs, axis=1).astype(xp.int64, copy=False)
+    if task == "binary":
+        return (outputs > 0).astype(xp.int64)
+    return outputs
+
+
+def outputs_to_probabilities(outputs, loss: Loss):
+    """Class probabilities from the raw ``outputs`` of a model trained with ``loss``: the
+    softmax over the classes for ``SoftmaxCrossEntropy`` (N, C), the sigmoid of each logit for
+    ``BCEWithLogits`` (the outputs' shape). ``TypeError`` for ``Hinge`` (its margins are not
+    probabilities; scikit-learn's LinearSVC has no predict_proba either) and for regression."""
+    task = loss_task(loss)
+    if task == "binary":
+        return 1 / (1 + B.array_module(outputs).exp(-outputs))
+    if task == "multiclass" and isinstance(loss, SoftmaxCrossEntropy):
+        return probabilities(outputs)
+    what = "a regression loss: its outputs are values" if task == "regression" else \
+        "a margin loss: its scores are not probabilities"
+    raise TypeError(f"predict_proba: {type(loss).__name__} is {what}; use predict (or predict_outputs for the raw "
+                    "outputs)")
 
 
 def _chunks(X, batch_size):
@@ -116,6 +165,83 @@ def _positive(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A loss that is not finite.
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``epoch`` and ``batch`` (from 0) say where
+    first. Raised by ``Trainer.fit`` unless ``on_nonfinite`` says otherwise."""
+
+    def __init__(self, message: str, epoch: int, batch: int):
+        super().__init__(message)
+        self.epoch, self.batch = epoch, batch
+
+
+NONFINITE_POLICIES = ("raise", "warn", "ignore")
+
+
+class LossWatch:
+    """Finds the first batch of an epoch whose training loss is not finite and acts on it as
+    ``policy`` says: ``"raise"`` a :class:`NonFiniteLossError` (after ``on_raise(message)``),
+    ``"warn"`` once per ``fit``
+    (a ``FastnnRuntimeWarning``) and go on, ``"ignore"``.
+
+    A loss on the host is looked at as it comes (:meth:`add`), before the optimizer step, so
+    with ``"raise"`` the bad update is never applied. A loss on the device is only kept
+    (``deferred=True``): reading it would cost a synchronisation per batch. When the epoch's
+    summed loss is read (once per epoch), :meth:`end_epoch` finds the first bad batch among
+    the kept values with one more transfer, and only when the sum is not finite."""
+
+    def __init__(self, policy: str, who: str = "fit", on_raise: Callable[[str], None] | None = None):
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}")
+        self.policy, self.who, self.on_raise = policy, who, on_raise
+        self.warned = False
+        self.epoch, self._kept = 0, []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self._kept = epoch, []
+
+    def add(self, batch: int, value, deferred: bool) -> None:
+        """Look at batch ``batch``'s loss now, or keep it for :meth:`end_epoch` when
+        ``deferred``."""
+        if self.policy == "ignore":
+            return
+        if deferred:
+            self._kept.append(value)
+        elif not math.isfinite(float(value)):
+            self._found(batch, float(value), "", stacklevel=5)  # the caller of Trainer.fit
+
+    def end_epoch(self, epoch_loss: float) -> None:
+        """Given the epoch's mean loss as read from the device: find the first non-finite kept
+        batch loss when it is not finite."""
+        kept, self._kept = self._kept, []
+        if self.policy == "ignore" or math.isfinite(epoch_loss) or not kept:
+            return
+        values = B.to_numpy(B.array_module(kept[0]).stack([B.array_module(kept[0]).asarray(v) for v in kept]))
+        bad = np.flatnonzero(~np.isfinite(values))
+        if not bad.size:  # every batch finite: the float64 sum itself overflowed
+            return
+        batch = int(bad[0])
+        self._found(batch, float(values[batch]), " (found when the epoch's loss was read: on the GPU the loss stays on "
+                    "the device during an epoch, so the weights took this batch's update and the later ones; "
+                    "callbacks=[fastnn.callbacks.NaNGuard()] stops at once and keeps the last good weights)",
+                    stacklevel=4)  # the caller of Trainer.fit
+
+    def _found(self, batch: int, value: float, note: str, stacklevel: int) -> None:
+        message = (f"{self.who}: the training loss is {value} at epoch {self.epoch + 1}, batch {batch + 1}{note}. "
+                   "Lower the learning rate, check the data for NaN/inf, or pass on_nonfinite='warn' or 'ignore' "
+                   "to go on")
+        if self.policy == "raise":
+            if self.on_raise is not None:
+                self.on_raise(message)
+            raise NonFiniteLossError(message, self.epoch, batch)
+        if not self.warned:
+            self.warned = True
+            warnings.warn(message, FastnnRuntimeWarning, stacklevel=stacklevel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +310,9 @@ class Trainer:
       "top_3_accuracy", "mse", "mae"), functions ``fn(y_true, y_pred) -> float`` or
       ``(name, fn)`` pairs (see :func:`fastnn.metrics.batch_metric`). Named metrics are summed on
       the device; functions run per batch (a host synchronisation each). Binary outputs ((N,)
-      or (N, 1)) count as class 1 above 0 (logits) with ``BCEWithLogits``, above 0.5 otherwise.
+      or (N, 1)) count as class 1 above 0 (logits) with ``BCEWithLogits``, above 0.5 with a
+      regression loss; with ``SoftmaxCrossEntropy`` and ``Hinge`` the class is always the
+      argmax (a one-output model is refused by the loss: one class is no classifier).
     - ``callbacks``: :class:`fastnn.callbacks.Callback` objects, called in order.
     - ``l1``, ``l2``: the penalty l1 * sum |W| + (l2 / 2) * sum W^2 over the weights W (the
       parameters with two or more dimensions: not biases, BatchNorm's gamma and beta or PReLU
@@ -195,7 +323,34 @@ class Trainer:
     - ``seed``: an int, None or a ``numpy.random.Generator``, for the shuffling and ``augment``.
     - ``augment``: a callable ``augment(X_batch, rng) -> X_batch`` (e.g.
       ``fastnn.augment.Augment``) applied to every training batch, with the trainer's generator.
+    - ``distributed=True``: data-parallel training over the processes of a job launched with
+      ``mpiexec``/``mpirun`` or ``torchrun`` (:mod:`fastnn.distributed`; the backend is chosen
+      by ``fastnn.distributed.init``, joined here if not yet). Every rank calls ``fit`` with
+      the same data: each epoch's order is split into global batches of ``batch_size`` times
+      the number of processes (``batch_size`` is per process), each rank trains on its part
+      (:class:`fastnn.distributed.DistributedBatches`, padded to equal shares), and the
+      gradients are averaged over the ranks before every step. ``fit`` starts from rank 0's
+      weights, optimizer state and trainer state (so resuming needs them loaded on rank 0
+      only); the logged loss and metrics, validation and ``evaluate`` are computed over all
+      ranks' samples (``evaluate`` is then collective: every rank calls it); BatchNorm's running
+      statistics are averaged over the ranks after each epoch; a stop requested on one rank
+      stops all; only rank 0 shows progress and ``ModelCheckpoint`` writes only there
+      (``is_main_process``).
+    - ``on_nonfinite``: what a NaN or infinite training loss does. ``"raise"`` (the default)
+      stops ``fit`` with a :class:`NonFiniteLossError` naming the epoch and batch (the History
+      keeps the finished epochs; on the CPU the bad step is not applied; on the GPU, where the
+      loss is read once per epoch, at the end of that epoch); ``"warn"`` warns once and goes
+      on; ``"ignore"`` goes on. (The ``NaNGuard`` callback checks every step and keeps the
+      last good weights, at a synchronisation per batch.)
 
+    Predictions follow scikit-learn's meaning (:func:`outputs_to_predictions`): ``predict``
+    gives class labels for a classification loss and values for a regression loss,
+    ``predict_proba`` probabilities (classification only), ``predict_outputs`` the raw outputs
+    (logits).
+
+    Class labels are checked against the model's number of outputs once per ``fit`` and
+    ``evaluate``, on the whole of y: a label out of range is a ``ValueError`` naming its row in
+    y, on the CPU and the GPU alike.
     ``fit`` continues where the last one stopped: epochs count on, the History grows, the
     generator's state carries over. :meth:`state_dict` holds what a checkpoint needs beside the
     model and the optimizer to resume exactly. Attributes: ``history``, ``epoch`` (epochs done),
@@ -205,7 +360,8 @@ class Trainer:
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer, metrics=("accuracy",), callbacks=(), l1: float = 0.0,
-                 l2: float = 0.0, seed=None, augment: Callable | None = None):
+                 l2: float = 0.0, seed=None, augment: Callable | None = None, on_nonfinite: str = "raise",
+                 distributed: bool = False):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastnn.nn.Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -222,7 +378,7 @@ class Trainer:
             metrics = ()
         elif isinstance(metrics, str) or callable(metrics):
             metrics = [metrics]
-        threshold = 0.0 if isinstance(loss, BCEWithLogits) else 0.5
+        threshold = {"binary": 0.0, "multiclass": None, "regression": 0.5}[loss_task(loss)]
         self.metrics = [batch_metric(m, threshold) for m in metrics]
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names) or "loss" in names:
@@ -237,12 +393,23 @@ class Trainer:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be a callable augment(X, rng), got {type(augment).__name__}")
         self.augment = augment
+        self.watch = LossWatch(on_nonfinite, on_raise=self._stopped_by)
         self.history = History()
         self.epoch = 0
         self.step_count = 0
         self.stop_training = False
         self.stop_reason: str | None = None
         self.measured_update_ratios: list[tuple[int, dict[str, float]]] = []
+        self._sync = None
+        if distributed:
+            from .distributed.trainer_sync import TrainerSync
+
+            self._sync = TrainerSync(model, optimizer)
+
+    @property
+    def is_main_process(self) -> bool:
+        """False on the ranks other than 0 of a distributed trainer (which write no files)."""
+        return self._sync is None or self._sync.is_main
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -282,18 +449,30 @@ class Trainer:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             validation_data = _prepare(self.model, *validation_data, "fit: validation_data")
         check_targets(self.metrics, y, "fit")
-        batches = D.batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
+        # labels are checked against the model's outputs once, on the first batch's prediction
+        unchecked = [("y", y)] + ([("validation y", validation_data[1])] if validation_data is not None else [])
+        make_batches = D.batches
+        if self._sync is not None:
+            self._sync.begin(self, {"samples": int(X.shape[0]), "batch_size": batch_size, "epochs": epochs,
+                                    "shuffle": bool(shuffle), "drop_last": bool(drop_last), "l1": self.l1,
+                                    "l2": self.l2, "metrics": [m.name for m in self.metrics],
+                                    "validation_samples": 0 if validation_data is None else len(validation_data[0])})
+            make_batches = self._sync.batches
+            verbose = verbose if self._sync.is_main else 0
+        batches = make_batches(X, y, batch_size=batch_size, shuffle=shuffle, seed=self.rng, drop_last=drop_last)
         monitor = next((cb for cb in self.callbacks if isinstance(cb, UpdateRatioMonitor)), None)
         weights = weight_parameters(self.model)
         first, last = self.epoch, self.epoch + epochs
         self.history.params = {"epochs": last, "batch_size": batch_size, "steps": len(batches),
                                "samples": batches.num_samples,
                                "validation_samples": 0 if validation_data is None else len(validation_data[0]),
-                               "metrics": [m.name for m in self.metrics], "l1": self.l1, "l2": self.l2}
+                               "metrics": [m.name for m in self.metrics], "l1": self.l1, "l2": self.l2,
+                               **({} if self._sync is None else {"world_size": self._sync.world_size})}
         self.history.stop_reason = None
         self.stop_training, self.stop_reason = False, None
+        self.watch.warned = False
         logs: dict = {}
-        with _device_context(self.model):
+        with _device_context(self.model), _ending(self._sync):
             for cb in self.callbacks:
                 cb.set_trainer(self)
                 cb.on_train_begin(logs)
@@ -303,12 +482,18 @@ class Trainer:
                     cb.on_epoch_begin(epoch, logs)
                 logs = {"lr": float(self.optimizer.param_groups[0].get("lr", math.nan)), **logs}
                 started = time.perf_counter()
+                self.watch.start_epoch(epoch)
                 with _progress(verbose, epoch, last, len(batches)) as bar:
-                    sums, measured, completed = self._train_epoch(batches, device, weights, monitor, bar)
+                    sums, measured, completed = self._train_epoch(batches, device, weights, monitor, bar, unchecked)
                     if not completed:
                         break
+                    if self._sync is not None:
+                        sums = self._sync.totals(sums, ["loss", *(m.name for m in self.metrics)] +
+                                                 (["penalty"] if self.l1 or self.l2 else []))
+                        self._sync.average_buffers()
                     rate = sums.count / max(time.perf_counter() - started, 1e-12)
                     logs, ratios = self._epoch_logs(sums, logs, measured, weights)
+                    self.watch.end_epoch(logs["loss"])
                     if validation_data is not None:
                         logs = _insert_validation(logs, self.evaluate(*validation_data, batch_size=batch_size))
                     bar.set_postfix_str(_describe(logs, rate), refresh=True)
@@ -319,6 +504,8 @@ class Trainer:
                 self.epoch = epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_end(epoch, logs)
+                if self._sync is not None:
+                    self._sync.agree_stop(self)
                 if self.stop_training:
                     break
             self.history.stop_reason = self.stop_reason
@@ -326,10 +513,15 @@ class Trainer:
                 cb.on_train_end(logs)
         return self.history
 
-    def _train_epoch(self, batches, device, weights, monitor, bar):
+    def _stopped_by(self, message: str) -> None:
+        """Record why training stops when ``fit`` raises (the History keeps it too)."""
+        self.stop_reason = self.history.stop_reason = message
+
+    def _train_epoch(self, batches, device, weights, monitor, bar, unchecked):
         """One pass over the batches. Returns the device sums, the update-ratio measurements
         [(step, {weight: 0-d array})] and whether every batch ran (no stop requested before the
-        last one ended)."""
+        last one ended). The labels in ``unchecked`` ((name, y) pairs) are checked against the
+        first prediction, and the list emptied."""
         sums, measured = MetricSums(), []
         refreshed = time.perf_counter()
         last = len(batches) - 1
@@ -342,11 +534,16 @@ class Trainer:
             if self.augment is not None:
                 xb = self.augment(xb, self.rng)
             pred = self.model.forward(xb, training=True)
+            if unchecked:
+                self._check_label_range(unchecked, pred, "fit")
+                unchecked.clear()
             value = self.loss.forward(pred, yb, sync=False)
             for m in self.metrics:
                 sums.add(m.name, m.batch_sum(yb, pred))
             self.model.zero_grad()
             self.model.backward(self.loss.backward(), need_input_grad=False)
+            if self._sync is not None:
+                self._sync.reducer.synchronize()  # p.grad: the mean over the ranks
             if self.l1 or self.l2:
                 extra = penalty(params, self.l1, self.l2)
                 add_penalty_grad(params, self.l1, self.l2)
@@ -355,8 +552,11 @@ class Trainer:
             logs["loss"] = value
             for cb in self.callbacks:
                 cb.on_before_step(batch, logs)
+            if self._sync is not None:
+                self._sync.agree_stop(self)
             if self.stop_training:
                 return sums, measured, False
+            self.watch.add(batch, value, deferred=B.is_cupy(value))
             measure = (self.step_count % monitor.every == 0) if monitor is not None else batch == last
             before = [p.data.copy() for p in params] if measure else None
             self.optimizer.step()
@@ -368,6 +568,8 @@ class Trainer:
             sums.count += logs["size"]
             for cb in self.callbacks:
                 cb.on_batch_end(batch, logs)
+            if self._sync is not None and batch < last:
+                self._sync.agree_stop(self)
             if self.stop_training and batch < last:
                 return sums, measured, False
             bar.update(1)
@@ -402,33 +604,68 @@ class Trainer:
 
     def evaluate(self, X, y, batch_size: int = 256) -> dict[str, float]:
         """The mean data loss (no penalty) and the metrics on (X, y) in inference mode
-        (``training=False``), ``batch_size`` rows at a time: ``{"loss": ..., "accuracy": ...}``."""
+        (``training=False``), ``batch_size`` rows at a time: ``{"loss": ..., "accuracy": ...}``.
+        Nothing in the model or the loss changes. An empty X is a ``ValueError`` (a mean over no
+        samples is undefined)."""
         device, _ = _model_place(self.model, "evaluate")
         X, y = _prepare(self.model, X, y, "evaluate")
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"evaluate: X has {X.shape[0]} samples but y has {y.shape[0]}")
+        if X.shape[0] == 0:
+            raise ValueError("evaluate: X and y are empty (0 samples); the mean loss and metrics of no samples are "
+                             "undefined")
         check_targets(self.metrics, y, "evaluate")
+        if self._sync is not None:
+            X, y = self._sync.shard(X, y)
         sums = MetricSums()
         with _device_context(self.model):
             for start, xb in _chunks(X, batch_size):
                 xb, yb = _to_device(xb, device), _to_device(y[start:start + batch_size], device)
                 pred = self.model.forward(xb, training=False)
-                sums.add("loss", self.loss.forward(pred, yb, sync=False) * xb.shape[0])
+                if start == 0:
+                    self._check_label_range([("y", y)], pred, "evaluate")
+                sums.add("loss", self.loss.value(pred, yb) * xb.shape[0])
                 for m in self.metrics:
                     sums.add(m.name, m.batch_sum(yb, pred))
                 sums.count += xb.shape[0]
+        if self._sync is not None:
+            sums = self._sync.totals(sums, ["loss", *(m.name for m in self.metrics)])
         means = sums.means()
         return {"loss": means["loss"], **{m.name: means[m.name] for m in self.metrics}}
 
+    def _check_label_range(self, named, pred, who: str) -> None:
+        """For a loss on class labels: every label of each (name, y) in ``named`` in [0, C),
+        C = the number of outputs of the prediction ``pred``; a ``ValueError`` naming the first
+        bad row otherwise (a pass over y and one host synchronisation, once per call)."""
+        if not self.loss.labels or pred.ndim != 2:
+            return
+        classes = int(pred.shape[1])
+        self.loss.check_classes(classes)
+        for name, y in named:
+            xp = B.array_module(y)
+            bad = (y < 0) | (y >= classes)
+            if y.size and bool(bad.any()):
+                row = int(xp.flatnonzero(bad)[0])
+                raise ValueError(f"{who}: {name}: label {int(y[row])} at index {row} is out of range: labels must be "
+                                 f"in [0, C) with C = {classes} classes (the model's outputs)")
+
     def predict(self, X, batch_size: int = 256):
-        """The model's outputs (logits for a classifier) for X in inference mode, on the model's
-        device: (N, out)."""
-        return predict_outputs(self.model, X, batch_size)
+        """Predictions for X in inference mode, on the model's device, as scikit-learn's
+        ``predict``: class labels (N,) for ``SoftmaxCrossEntropy`` and ``Hinge`` (the argmax),
+        0/1 per output for ``BCEWithLogits`` (probability above 0.5), the outputs themselves for
+        a regression loss (:func:`outputs_to_predictions`). An empty X gives an empty result."""
+        return outputs_to_predictions(self.predict_outputs(X, batch_size), self.loss)
 
     def predict_proba(self, X, batch_size: int = 256):
-        """Class probabilities for X: :func:`probabilities` of :meth:`predict` (softmax over C > 1
-        logits, the sigmoid of a single logit)."""
-        return probabilities(self.predict(X, batch_size))
+        """Class probabilities for X: the softmax of the logits (N, C) for
+        ``SoftmaxCrossEntropy``, the sigmoid of each logit for ``BCEWithLogits``; a
+        ``TypeError`` for other losses (:func:`outputs_to_probabilities`)."""
+        return outputs_to_probabilities(self.predict_outputs(X, batch_size), self.loss)
+
+    def predict_outputs(self, X, batch_size: int = 256):
+        """The model's raw outputs (logits for a classifier) for X in inference mode, (N, out) on
+        the model's device (:func:`predict_outputs`); (0, out) for an empty X."""
+        return predict_outputs(self.model, X, batch_size)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -459,6 +696,16 @@ class Trainer:
         for path, (seed, counter) in saved.items():
             dropouts[path].seed, dropouts[path].counter = int(seed), int(counter)
         self.epoch, self.step_count, self.history = int(state["epoch"]), int(state["step_count"]), history
+
+
+@contextlib.contextmanager
+def _ending(sync):
+    """Unhooks a distributed trainer's gradient reducer when ``fit`` ends, however it ends."""
+    try:
+        yield
+    finally:
+        if sync is not None:
+            sync.end()
 
 
 def _insert_validation(logs: dict, results: dict) -> dict:

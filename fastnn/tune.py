@@ -1,4 +1,4 @@
-"""Hyperparameter search: random search on log scales, and coarse-to-fine narrowing.
+"""Hyperparameter search: random search on log scales, coarse-to-fine narrowing, and the grid.
 
 A search space maps names to dimensions::
 
@@ -9,6 +9,13 @@ A search space maps names to dimensions::
              "activation": Choice(["relu", "gelu"])}
     result = fnn.tune.random_search(objective, space, trials=50, seed=0)
     result.best_params, result.best_score; print(result.table())
+
+    grid = {"lr": LogUniform(1e-4, 1e-1).grid(4), "activation": ["relu", "gelu"]}   # 8 trials
+    result = fnn.tune.grid_search(objective, grid, seed=0)
+
+Random search is usually the better use of a budget (Bergstra & Bengio 2012: a grid spends
+most trials repeating the values of the hyperparameters that matter); a grid is for a few
+settings to compare exhaustively.
 
 ``objective(params, **kwargs)`` gets one configuration as a dict and returns a score (lower is
 better unless ``maximize=True``), or a dict with a ``"score"`` and anything else worth keeping
@@ -29,6 +36,7 @@ diverging configuration); if every trial fails, the search raises.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +48,7 @@ from ._warnings import FastnnRuntimeWarning
 from .data import as_generator
 
 __all__ = ["Uniform", "LogUniform", "OneMinusLogUniform", "IntLogUniform", "Choice",
-           "Trial", "SearchResult", "CoarseToFineResult", "random_search", "coarse_to_fine"]
+           "Trial", "SearchResult", "CoarseToFineResult", "random_search", "coarse_to_fine", "grid_search"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +67,11 @@ class Dimension:
 
     def narrow(self, values: list, shrink: float) -> "Dimension":
         """A narrower dimension around ``values`` (the best trials' values)."""
+        raise NotImplementedError
+
+    def grid(self, n: int) -> list:
+        """``n`` values spread evenly over the dimension in its own scale, for
+        :func:`grid_search`."""
         raise NotImplementedError
 
 
@@ -90,6 +103,13 @@ class _Numeric(Dimension):
     def sample(self, rng, n):
         u_low, u_high = self._u_bounds()
         return self._values(rng.uniform(u_low, u_high, size=n))
+
+    def grid(self, n):
+        """``n`` values evenly spaced in the warped coordinate, both bounds included (the
+        middle of the range for n = 1), in increasing order."""
+        n = _positive_int(n, "grid: n")
+        u_low, u_high = self._u_bounds()
+        return sorted(self._values(np.linspace(u_low, u_high, n) if n > 1 else np.array([(u_low + u_high) / 2])))
 
     def _between(self, u_low: float, u_high: float) -> "Dimension":
         low, high = sorted(float(v) for v in self._unwarp(np.array([u_low, u_high])))
@@ -176,6 +196,14 @@ class IntLogUniform(_Numeric):
     def _u_bounds(self):
         return math.log(self.low), math.log(self.high + 1)
 
+    def grid(self, n):
+        """``n`` integers spread evenly on a log scale from ``low`` to ``high`` (rounded; duplicates
+        dropped)."""
+        n = _positive_int(n, "grid: n")
+        u = np.linspace(math.log(self.low), math.log(self.high), n) if n > 1 else \
+            np.array([(math.log(self.low) + math.log(self.high)) / 2])
+        return list(dict.fromkeys(int(v) for v in np.clip(np.round(np.exp(u)), self.low, self.high)))
+
     def _values(self, u):
         return [int(v) for v in np.clip(np.floor(np.exp(u)), self.low, self.high)]
 
@@ -206,6 +234,10 @@ class Choice(Dimension):
 
     def narrow(self, values, shrink):
         return Choice([option for option in self.options if option in values])
+
+    def grid(self, n=None):
+        """Every option (``n`` is ignored)."""
+        return list(self.options)
 
     def __repr__(self):
         return f"Choice({self.options!r})"
@@ -375,18 +407,29 @@ def _check_kwargs(objective: Callable, kwargs: dict, where: str) -> None:
 def _seed_and_generator(seed) -> tuple[int | None, np.random.Generator]:
     if isinstance(seed, np.random.Generator):
         return None, seed
-    if seed is None:
-        seed = np.random.SeedSequence().entropy  # recorded, so that the search can be repeated
+    if seed is None:  # drawn, and recorded so that the search can be repeated
+        seed = int(as_generator(None).integers(2**63))
     return int(seed), as_generator(int(seed))
 
 
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _search(objective, space, trials, rng, executor, kwargs, stage=0) -> list[Trial]:
-    """Sample ``trials`` configurations and their seeds from ``rng``, then evaluate them."""
-    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise ValueError(f"trials must be a positive int, got {trials!r}")
-    columns = {name: dim.sample(rng, int(trials)) for name, dim in space.items()}
+    """Sample ``trials`` configurations from ``rng``, then evaluate them (:func:`_run`)."""
+    trials = _positive_int(trials, "trials")
+    columns = {name: dim.sample(rng, trials) for name, dim in space.items()}
     configs = [{name: column[i] for name, column in columns.items()} for i in range(trials)]
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=trials)]
+    return _run(objective, configs, rng, executor, kwargs, stage)
+
+
+def _run(objective, configs, rng, executor, kwargs, stage=0) -> list[Trial]:
+    """Draw a seed per configuration from ``rng``, then evaluate every configuration, in
+    order, in this process or on ``executor``."""
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(configs))]
     pass_seed = _accepts(objective, "seed")
     calls = [{**kwargs, "seed": s} if pass_seed else dict(kwargs) for s in seeds]
     if executor is None:
@@ -415,7 +458,8 @@ def random_search(objective: Callable, space: dict, trials: int = 20, seed=None,
     """Evaluate ``trials`` configurations drawn independently from ``space``.
 
     objective(params, **objective_kwargs[, seed=...]) -> score or {"score": ..., ...}.
-    ``seed``: int, None (fresh entropy, recorded in the result) or a numpy Generator.
+    ``seed``: int, None (drawn from ``fastnn.seed``'s sequence or fresh entropy, and recorded
+    in the result) or a numpy Generator.
     ``executor``: a ``concurrent.futures.Executor`` or None (sequential, in process). Returns a
     :class:`SearchResult`, best first. (Bergstra and Bengio, "Random search for
     hyper-parameter optimization", JMLR 2012; cs231n's coarse-to-fine advice)
@@ -468,3 +512,38 @@ def coarse_to_fine(objective: Callable, space: dict, stages: list[dict], seed=No
                    for name, dim in current.items()}
     everything = _ranked([t for result in results for t in result.trials], maximize)
     return CoarseToFineResult(everything, space, bool(maximize), recorded, stages=results)
+
+
+def grid_search(objective: Callable, grid: dict, seed=None, maximize: bool = False, executor=None,
+                objective_kwargs: dict | None = None) -> SearchResult:
+    """Evaluate every combination of the values in ``grid``.
+
+    ``grid`` maps each name to its values: a list or tuple, a ``Choice`` (its options) or a
+    numeric dimension's ``.grid(n)`` (``LogUniform(1e-4, 1e-1).grid(4)``: 4 values evenly
+    spaced on its scale). The trials are the Cartesian product in a fixed order: the first
+    name varies slowest, the last fastest (``itertools.product``), and ``Trial.index`` is the
+    position in it. Each trial gets a seed drawn from ``seed`` (int, None: drawn and recorded,
+    or a numpy Generator), so with a deterministic objective the same seed gives the same
+    result with any ``executor``. Returns a :class:`SearchResult` (best first) whose ``space``
+    holds each name's values as a ``Choice``. (sklearn.model_selection.ParameterGrid /
+    GridSearchCV without the cross-validation)
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise TypeError("grid must be a non-empty dict mapping names to lists of values, e.g. "
+                        "{'lr': [1e-3, 1e-2], 'hidden': [64, 128]}")
+    space = {}
+    for name, values in grid.items():
+        if isinstance(values, Choice):
+            values = values.options
+        elif isinstance(values, Dimension):
+            raise TypeError(f"grid[{name!r}] is {values!r}, a range: give its values, e.g. {values!r}.grid(5)")
+        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+            raise TypeError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
+        space[name] = Choice(values)
+    kwargs = dict(objective_kwargs or {})
+    _check_kwargs(objective, kwargs, "objective_kwargs")
+    recorded, rng = _seed_and_generator(seed)
+    names = list(space)
+    configs = [dict(zip(names, combination)) for combination in itertools.product(*(space[n].options for n in names))]
+    found = _run(objective, configs, rng, executor, kwargs)
+    return _checked_result(SearchResult(_ranked(found, maximize), space, bool(maximize), recorded))

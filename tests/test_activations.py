@@ -104,7 +104,7 @@ def test_nan_propagates(xp, path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(6,), (4, 5), (3, 4, 5), (512, 96)])
+@pytest.mark.parametrize("shape", [(6,), (4, 5), (3, 4, 5), (512, 96), (0, 5), (0, 3, 2)])  # empty: no crash
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu_matches_reference(xp, path, rng, dtype, shape, shared):
     channels = 1 if shared or len(shape) < 2 else shape[1]

@@ -121,3 +121,95 @@ def test_errors():
         A.HorizontalFlip(2)
     with pytest.raises(TypeError, match="callables"):
         A.Augment("flip")
+
+
+# ---------------------------------------------------------------------------------------------
+# Affine maps: rotation, scaling, shear.
+
+
+def images(rng, shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_affine_identity_and_quarter_turns_are_exact(xp, rng, dtype):
+    X = xp.asarray(images(rng, (3, 2, 7, 7), dtype))
+    assert to_numpy(A.affine(X)).tobytes() == to_numpy(X).tobytes()  # scale 1, angle 0, shear 0
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for angle, k in ((90, 1), (180, 2), (270, 3), (-90, -1)):
+        np.testing.assert_allclose(to_numpy(A.affine(X, angle=angle)), np.rot90(to_numpy(X), k, axes=(2, 3)),
+                                   atol=tol, err_msg=f"angle={angle}")
+    assert A.affine(X, angle=90).dtype == dtype and A.affine(X, angle=90).shape == X.shape
+
+
+def scipy_affine(image, angle, scale, shear, fill):
+    """The same map by scipy.ndimage.affine_transform (an independent implementation): it takes
+    the matrix from output (row, col) to input (row, col) coordinates and an offset."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    a, s = np.deg2rad(angle), np.deg2rad(shear)
+    rotate = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    forward_xy = scale * rotate @ np.array([[1, np.tan(s)], [0, 1]])
+    swap = np.array([[0, 1], [1, 0]])  # (x, y) <-> (row, col)
+    matrix = swap @ np.linalg.inv(forward_xy) @ swap
+    centre = (np.array(image.shape) - 1) / 2
+    return ndimage.affine_transform(image, matrix, offset=centre - matrix @ centre, order=1, mode="grid-constant",
+                                    cval=fill)
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (8, 13)])
+def test_affine_matches_scipy_ndimage(rng, shape):
+    X = images(rng, (4, *shape))
+    angle, scale, shear = rng.uniform(-40, 40, 4), rng.uniform(0.7, 1.4, 4), rng.uniform(-20, 20, 4)
+    got = A.affine(X, angle=angle, scale=scale, shear=shear, fill=0.5)
+    for i in range(4):
+        expected = scipy_affine(X[i], angle[i], scale[i], shear[i], 0.5)
+        np.testing.assert_allclose(got[i], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_affine_scaling_and_shear_move_points_where_the_formula_says(rng):
+    X = np.zeros((1, 9, 9))
+    X[0, 4, 6] = 1.0  # two columns right of the centre (4, 4)
+    np.testing.assert_allclose(A.affine(X, scale=1.5)[0, 4, 7], 1.0)  # x: 2 -> 3
+    Y = np.zeros((1, 9, 9))
+    Y[0, 2, 4] = 1.0  # two rows above the centre: y = -2
+    np.testing.assert_allclose(A.affine(Y, shear=45)[0, 2, 2], 1.0, atol=1e-12)  # x: 0 + tan(45) * -2
+    flat = images(rng, (3, 2 * 5 * 6))
+    out = A.affine(flat, angle=30, image_shape=(2, 5, 6))
+    assert out.shape == flat.shape
+    np.testing.assert_allclose(out, A.affine(flat.reshape(3, 2, 5, 6), angle=30).reshape(3, -1))
+
+
+def test_random_affine_is_seeded_and_draws_within_its_ranges(xp, rng):
+    X = xp.asarray(images(rng, (6, 1, 8, 8)))
+    a = A.random_affine(X, degrees=30, scale=(0.8, 1.2), shear=10, rng=5)
+    b = A.random_affine(X, degrees=30, scale=(0.8, 1.2), shear=10, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    on_host = A.random_affine(to_numpy(X), degrees=30, scale=(0.8, 1.2), shear=10, rng=5)
+    np.testing.assert_allclose(to_numpy(a), on_host, atol=1e-12)  # the same parameters on every device
+    draw = np.random.default_rng(5)
+    angle, scale, shear = draw.uniform(-30, 30, 6), draw.uniform(0.8, 1.2, 6), draw.uniform(-10, 10, 6)
+    np.testing.assert_allclose(to_numpy(a), to_numpy(A.affine(X, angle=angle, scale=scale, shear=shear)), atol=1e-12)
+    assert not np.allclose(to_numpy(a), to_numpy(A.random_affine(X, degrees=30, rng=6)))
+    np.testing.assert_array_equal(to_numpy(A.random_affine(X, rng=1)), to_numpy(X))  # nothing asked: identity
+    step = A.Augment(A.RandomAffine(degrees=(-20, 20), scale=(0.9, 1.1), shear=5), A.HorizontalFlip(), seed=3)
+    again = A.Augment(A.RandomAffine(degrees=(-20, 20), scale=(0.9, 1.1), shear=5), A.HorizontalFlip(), seed=3)
+    np.testing.assert_array_equal(to_numpy(step(X)), to_numpy(again(X)))
+    assert "RandomAffine(degrees=(-20.0, 20.0)" in repr(step)
+
+
+def test_affine_errors(rng):
+    X = images(rng, (2, 5, 5))
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        A.affine(X, scale=0)
+    with pytest.raises(ValueError, match=r"angle must be a finite number or one per image \(2,\)"):
+        A.affine(X, angle=np.zeros(3))
+    with pytest.raises(ValueError, match="shear must stay away from"):
+        A.affine(X, shear=90)
+    with pytest.raises(ValueError, match="scale must stay above 0"):
+        A.random_affine(X, scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"degrees must be a number or a pair \(low, high\)"):
+        A.random_affine(X, degrees=(10, -10))
+    with pytest.raises(ValueError, match="degrees must be >= 0"):
+        A.RandomAffine(degrees=-5)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        A.affine(X.astype(np.int64))

@@ -28,12 +28,13 @@ def test_train_on_digits_reaches_the_stated_accuracy(tmp_path):
     line = next(l for l in result.stdout.splitlines() if l.startswith("test accuracy:"))
     accuracy = float(line.split()[2])
     assert accuracy >= 0.95, result.stdout
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.json", "model.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert metrics["samples"] == {"train": 1437, "test": 360}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"wrote {out / 'curves.png'}" in result.stdout
+    assert f"wrote {out / 'model.npz'}, {out / 'curves.png'}" in result.stdout
+    assert f"model file: {out / 'model.npz'}" in result.stdout
 
 
 def test_checkpoint_of_the_main_job_loads_back(tmp_path):
@@ -66,7 +67,7 @@ def test_train_on_a_csv_file_and_the_tiny_run_writes_everything(tmp_path, rng):
     (["--data", "cats"], "unknown dataset 'cats'"),
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
     (["--hidden", "64,x"], "comma-separated layer widths"),
-    (["--dropout", "1.5"], "p must be"),
+    (["--dropout", "1.5"], "argument --dropout: must be in [0, 1), got 1.5"),
 ])
 def test_train_errors_are_clear(tmp_path, args, message):
     result = fastnn_cli("train", *args, "--epochs", "1", "--out", str(tmp_path / "x"), "--verbose", "0")
@@ -91,15 +92,28 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
         assert "--device cuda:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_memory_bandwidth_is_a_stream_triad():
+    if _backend._C is None:
+        pytest.skip("no native CPU kernels")
+    n = 100_003
+    a, b, c = np.empty(n), np.random.default_rng(0).random(n), np.random.default_rng(1).random(n)
+    _backend._C.cpu.stream_triad(a.ctypes.data, b.ctypes.data, c.ctypes.data, 3.0, n)
+    np.testing.assert_allclose(a, b + 3.0 * c, rtol=1e-15)  # one rounding (FMA) or two
+    gbs, how = H.memory_bandwidth("cpu", array_bytes=1 << 20, repeats=1)  # small: only the plumbing
+    assert gbs > 0 and how.startswith("STREAM triad, 3 x 0.00 GiB float64, best of 1: fastnn's OpenMP triad")
+
+
 def test_bench_files_json_markdown_and_chart(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [H.Result("demo", "case A", "fastnn", "cpu", ms=2.0, bytes=4_000_000),
             H.Result("demo", "case A", "NumPy", "cpu", ms=5.0, bytes=4_000_000),
             H.skipped("demo", "case A", "PyTorch", "cpu", "torch not installed")]
-    paths = H.write("demo", "cpu", rows, str(tmp_path), copy=(10.0, "test"))
+    paths = H.write("demo", "cpu", rows, str(tmp_path), bandwidth=(10.0, "test"))
     data = json.loads(open(paths["json"]).read())
     assert [r["impl"] for r in data["results"]] == ["fastnn", "NumPy", "PyTorch"]
     assert data["results"][0]["gbs"] == pytest.approx(2.0)
+    assert data["bandwidth_gbs"] == 10.0 and data["bandwidth_measured_with"] == "test"
     markdown = open(paths["md"]).read()
     assert "| case A | NumPy | 5.000 |" in markdown and "2.50x" in markdown and "skipped: torch not installed" in markdown
+    assert "% of bandwidth" in markdown and "| case A | fastnn | 2.000 | 2.0 | - | 20 | 1.00x |" in markdown
     assert open(paths["png"], "rb").read()[:4] == b"\x89PNG"

@@ -212,7 +212,7 @@ def test_npz_errors(tmp_path):
         ds.load_npz(npz_file(tmp_path, X=X, labels=y))
     with pytest.raises(ValueError, match="X must hold numbers, got dtype <U"):
         ds.load_npz(npz_file(tmp_path, X=np.array([["a", "b"]] * 4), y=y))
-    with pytest.raises(ValueError, match="y must hold numbers, got dtype complex128"):
+    with pytest.raises(ValueError, match="y must hold numbers or text labels, got dtype complex128"):
         ds.load_npz(npz_file(tmp_path, X=X, y=y + 1j))
     with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
         ds.load_npz(npz_file(tmp_path, X=np.array([[1, "a"]] * 4, dtype=object), y=y))
@@ -226,10 +226,17 @@ def test_npz_errors(tmp_path):
         ds.load_npz(npz_file(tmp_path, X=X, y=y[:3]))
     X_nan = X.copy()
     X_nan[2, 1] = np.nan
-    with pytest.raises(ValueError, match="X has a NaN or infinite value in sample 2"):
+    with pytest.raises(ValueError, match=re.escape("X has missing values (NaN) in column 1 (rows 2; 1 in all)")):
         ds.load_npz(npz_file(tmp_path, X=X_nan, y=y))
-    with pytest.raises(ValueError, match="y has a NaN or infinite value in sample 0"):
+    X_kept, _ = ds.load_npz(npz_file(tmp_path, X=X_nan, y=y), missing="keep")
+    assert np.isnan(X_kept[2, 1]) and np.isnan(X_kept).sum() == 1
+    X_nan[3, 0] = np.inf
+    with pytest.raises(ValueError, match=re.escape("X has infinite values in column 0 (rows 3")):
+        ds.load_npz(npz_file(tmp_path, X=X_nan, y=y), missing="keep")
+    with pytest.raises(ValueError, match=re.escape("y has infinite values in column 0 (rows 0")):
         ds.load_npz(npz_file(tmp_path, X=X, y=np.array([np.inf, 0, 0, 0])))
+    with pytest.raises(ValueError, match="missing must be 'error' or 'keep'"):
+        ds.load_npz(npz_file(tmp_path, X=X, y=y), missing="drop")
     np.save(tmp_path / "single.npy", X)
     (tmp_path / "single.npy").rename(tmp_path / "single.npz")
     with pytest.raises(ValueError, match="not an .npz archive"):
@@ -299,14 +306,18 @@ def test_csv_without_header(tmp_path):
      "label_column must be a column name or index, got float"),
     ("label,x,label\n1,2,3\n", {}, ValueError,
      "2 columns are named 'label'; give label_column as an index ([0, 2])"),
-    ("x,label\n1,0\n2,one\n", {}, ValueError,
-     "row 2 (line 3), column 'label': 'one' is not a number"),
     ("x,label\n1,0\n\n,1\n", {}, ValueError,
-     "row 2 (line 4), column 'x': '' is not a number"),
+     "X has missing values (NaN) in column 'x' (rows 2 (line 4); 1 in all): fill or drop them, or impute them"),
     ("1,0\n2,x\n", dict(label_column=0, header=False), ValueError,
-     "row 2 (line 2), column 'column 1': 'x' is not a number"),
+     "row 2 (line 2), column 'column 1': 'x' is not a number (1 text field in that column); a text or "
+     "categorical feature must be one-hot encoded"),
     ("x,label\n1,0\nnan,1\n", {}, ValueError,
-     "row 2 (line 3), column 'x': 'nan' is NaN or infinite"),
+     "X has missing values (NaN) in column 'x' (rows 2 (line 3); 1 in all)"),
+    ("x,label\n1,0\ninf,1\n", {}, ValueError,
+     "X has infinite values in column 'x' (rows 2 (line 3); 1 in all)"),
+    ("x,label\n1,0\n2,NA\n3,\n", {}, ValueError,
+     "the label column 'label' has missing values in rows 2 (line 3), 3 (line 4) (2 in all); drop those rows"),
+    ("x,label\n1,0\n2,-inf\n", {}, ValueError, "row 2 (line 3), column 'label': '-inf' is infinite"),
     ("x,y,label\n1,2,0\n1,2\n", {}, ValueError,
      "line 3 has 2 fields, expected 3 (like the header)"),
     ("1,2,0\n1,2,0,4\n", dict(label_column=2, header=False), ValueError,
@@ -322,6 +333,33 @@ def test_csv_errors(tmp_path, text, options, error, message):
     with pytest.raises(error, match=re.escape(message)) as info:
         ds.load_csv(path, **options)
     assert str(path) in str(info.value) or error is TypeError
+
+
+def test_csv_text_labels_missing_values_and_column_names(tmp_path):
+    path = write(tmp_path, "sepal, petal ,species\n5.1,1.4,setosa\n7.0,NA,versicolor\n,1.5, setosa\n"
+                           "6.3,?,1\n")
+    X, y = ds.load_csv(path, label_column="species", missing="keep")
+    assert y.dtype.kind == "U" and list(y) == ["setosa", "versicolor", "setosa", "1"]
+    np.testing.assert_array_equal(np.isnan(X), [[False, False], [False, True], [True, False], [False, True]])
+    table = ds.read_csv(path, "species", missing="keep")
+    assert table.feature_names == ["sepal", "petal"] and table.label_name == "species" and table.lines == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match=re.escape("X has missing values (NaN) in column 'sepal' (rows 3 (line 4); "
+                                                   "1 in all), column 'petal' (rows 2 (line 3), 4 (line 5); 2 in all)")):
+        ds.load_csv(path, label_column="species")
+    # Picking feature columns by name: any order, others (the label) ignored, absent ones named.
+    features = ds.read_csv(path, None, columns=["petal", "sepal"], missing="keep")
+    np.testing.assert_array_equal(features.X, X[:, ::-1])
+    assert features.y is None and features.feature_names == ["petal", "sepal"]
+    with pytest.raises(ValueError, match="missing must be 'error' or 'keep'"):
+        ds.load_csv(path, label_column="species", missing="impute")
+    with pytest.raises(ValueError, match=re.escape("the columns ['width', 'height'] are missing; the file has "
+                                                   "['sepal', 'petal', 'species']")):
+        ds.read_csv(path, None, columns=["sepal", "width", "height"])
+    # Numbers that are not whole stay float targets; a label 10**7 is just a number.
+    path = write(tmp_path, "x,label\n1,0.5\n2,10000000\n", "t.csv")
+    assert ds.load_csv(path)[1].dtype == np.float32
+    path = write(tmp_path, "x,label\n1,3\n2,10000000\n", "u.csv")
+    assert ds.load_csv(path)[1].tolist() == [3, 10**7]
 
 
 def test_csv_unreadable_files(tmp_path):

@@ -195,8 +195,10 @@ def test_matmul_precision_setting(rng):
     for precision in ["high", "medium", "highest"]:
         fastnn.set_matmul_precision(precision)
         assert fastnn.get_matmul_precision() == precision
-        # the CPU always computes in the arrays' dtype
-        np.testing.assert_array_equal(F.dense_forward(x, W, b), strict)
+        # the CPU computes "high" in float32; "medium" too where it has no bf16 GEMM
+        # (tests/test_bf16_gemm.py covers it where it has one)
+        if precision != "medium" or not fastnn._bf16.available():
+            np.testing.assert_array_equal(F.dense_forward(x, W, b), strict)
     with pytest.raises(ValueError, match="matmul precision must be one of"):
         F.set_matmul_precision("low")
 

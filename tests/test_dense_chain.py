@@ -175,18 +175,18 @@ def test_sequential_runs_its_dense_layers_as_chains(chain_threads, rng, monkeypa
 
 def test_a_wide_layer_keeps_the_whole_model_on_numpys_gemms(chain_threads, rng):
     model = narrow_model(wide=F.CHAIN_MAX_WIDTH + 1)
-    model.forward(rng.standard_normal((8, 10)))
+    model.forward(rng.standard_normal((8, 10)), training=True)
     assert not model._plan.chained
     model = narrow_model()
     with fastnn.use_backend("reference"):
-        model.forward(rng.standard_normal((8, 10)))
+        model.forward(rng.standard_normal((8, 10)), training=True)
     assert not model._plan.chained
     model.check_nan()
-    model.forward(rng.standard_normal((8, 10)))
+    model.forward(rng.standard_normal((8, 10)), training=True)
     assert not model._plan.chained
     block = nn.Sequential(nn.Dense(16, 8, dtype=np.float64))
     with_residual = nn.Sequential(nn.Dense(10, 16, dtype=np.float64), nn.ReLU(), nn.Residual(block))
-    with_residual.forward(rng.standard_normal((8, 10)))
+    with_residual.forward(rng.standard_normal((8, 10)), training=True)
     assert not with_residual._plan.chained
     assert with_residual[2].block._plan.chained  # the nested Sequential holds only its own Dense
 
@@ -210,7 +210,7 @@ def test_dense_chain_blocked_decides_for_the_chains_and_sequential(chain_threads
     assert model._plan.chain_widths == [10, 32, 32, 16, 16, 16, 16, 4]
     for width in (None, F.CHAIN_MAX_WIDTH + 1):
         model = narrow_model(wide=width)
-        model.forward(x)
+        model.forward(x, training=True)
         assert model._plan.chained == F.dense_chain_blocked(x, model._plan.chain_widths) == (width is None)
 
 
@@ -353,7 +353,7 @@ def test_sequential_fused_step(chain_threads, rng, monkeypatch, loss_class):
     x = rng.standard_normal((300, 10))
     target = rng.integers(0, 4, 300) if loss_class.labels else rng.random((300, 4))
     plain, fused, loss = step_model(), step_model(), loss_class()
-    expected = loss.forward(plain.forward(x), target)
+    expected = loss.forward(plain.forward(x, training=True), target)
     plain.backward(loss.backward(), need_input_grad=False)
     chain_step, losses = F.dense_chain_step, []
     monkeypatch.setattr(F, "dense_chain_step", lambda *a, **k: losses.append(a[2]) or chain_step(*a, **k))
@@ -362,7 +362,7 @@ def test_sequential_fused_step(chain_threads, rng, monkeypatch, loss_class):
     assert isinstance(value, float) and value == pytest.approx(expected, rel=1e-12)
     for a, b in zip(fused.parameters(), plain.parameters()):
         assert_close(a.grad, b.grad, rtol=1e-11, atol=1e-12)
-    with pytest.raises(RuntimeError, match="needs a forward first"):
+    with pytest.raises(RuntimeError, match="needs a training forward first"):
         fused.backward(np.zeros((300, 4)))
     with pytest.raises(RuntimeError, match="needs a forward first"):
         loss.backward()
@@ -380,7 +380,7 @@ def test_a_loss_with_its_own_kernel_takes_the_three_calls(chain_threads, rng, mo
 
     x, target = rng.standard_normal((300, 10)), rng.standard_normal((300, 4))
     plain, fused = step_model(), step_model()
-    expected = 2 * nn.MSE().forward(plain.forward(x), target)
+    expected = 2 * nn.MSE().forward(plain.forward(x, training=True), target)
     calls = []
     monkeypatch.setattr(F, "dense_chain_step", lambda *a, **k: calls.append(1))
     loss = DoubledMSE()
@@ -399,7 +399,7 @@ def test_sequential_fused_step_falls_back_where_it_cannot_fuse(chain_threads, rn
                               nn.ReLU(), nn.Dense(8, 4, dtype=np.float64, seed=1))
     loss = nn.SoftmaxCrossEntropy()
     value = with_bn.fused_step(x, labels, loss)
-    expected = loss.forward(reference.forward(x), labels)
+    expected = loss.forward(reference.forward(x, training=True), labels)
     reference.backward(loss.backward(), need_input_grad=False)
     assert calls == [] and value == pytest.approx(expected, rel=1e-12)
     for a, b in zip(with_bn.parameters(), reference.parameters()):

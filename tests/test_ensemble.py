@@ -34,7 +34,33 @@ def test_ensemble_of_binary_models_averages_sigmoids():
     sigmoids = [1 / (1 + np.exp(-m.forward(X, training=False).astype(np.float64))) for m in models]
     expected = np.mean(sigmoids, axis=0)
     np.testing.assert_allclose(fnn.Ensemble(models).predict_proba(X), expected, rtol=1e-5)
-    np.testing.assert_array_equal(fnn.Ensemble(models).predict(X), (expected[:, 0] > 0.5).astype(np.int64))
+    np.testing.assert_array_equal(fnn.Ensemble(models).predict(X), (expected > 0.5).astype(np.int64))  # per output
+    explicit = fnn.Ensemble(models, loss=nn.BCEWithLogits())
+    np.testing.assert_array_equal(explicit.predict(X), fnn.Ensemble(models).predict(X))
+
+
+def test_ensemble_of_regressors_averages_their_outputs_and_has_no_probabilities():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 3))
+    models = [nn.Sequential(nn.Dense(3, 2, seed=s, dtype=np.float64)) for s in range(3)]
+    ensemble = fnn.Ensemble(models, loss=nn.MSE())
+    expected = np.mean([m(X) for m in models], axis=0)
+    np.testing.assert_allclose(ensemble.predict(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(ensemble.predict_outputs(X), expected, rtol=1e-12)
+    with pytest.raises(TypeError, match="predict_proba: MSE is a regression loss"):
+        ensemble.predict_proba(X)
+
+
+def test_ensemble_of_hinge_classifiers_votes_with_their_mean_scores():
+    X = digits()[0]
+    models = [mlp(seed=s) for s in (0, 10)]
+    ensemble = fnn.Ensemble(models, loss=nn.Hinge())
+    scores = np.mean([m(X).astype(np.float64) for m in models], axis=0)
+    np.testing.assert_array_equal(ensemble.predict(X), scores.argmax(axis=1))
+    with pytest.raises(TypeError, match="Hinge is a margin loss"):
+        ensemble.predict_proba(X)
+    with pytest.raises(TypeError, match="loss must be the fastnn.nn loss"):
+        fnn.Ensemble(models, loss="hinge")
 
 
 def test_ensemble_of_trained_models_is_at_least_as_good_as_its_average_member():

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from fastnn import _bf16
 from fastnn.benchmarks import mlp
 
 
@@ -49,6 +50,7 @@ def test_cases_carry_the_issue_targets():
     cpu = mlp.cases("cpu", quick=False)
     assert [c.sizes for c in cpu] == [(784, 512, 512, 10), (64, 64, 64, 64, 16)]
     assert dict(cpu[0].targets) == {mlp.TORCH: 1.0, "NumPy (cs231n-style)": 2.0}
+    assert dict(cpu[0].medium_targets) == {mlp.TORCH: 1.5}
     gpu = mlp.cases("cuda", quick=False)
     assert sum(c.sizes == (784, 2048, 2048, 10) for c in gpu) == 4
     assert {(c.precision, c.batchnorm) for c in gpu if c.batch == 8192 and c.sizes[0] == 784} == {
@@ -65,6 +67,8 @@ def test_quick_run_and_files(tmp_path, capsys):
             assert rows[impl].ms > 0 and rows[impl].tflops > 0
         assert mlp.TORCH in rows  # measured, or listed as skipped with the reason
         assert rows[mlp.GEMM_FLOOR].ms > 0
+        medium = rows[mlp.FASTNN_MEDIUM]  # measured where bf16 GEMMs run, else skipped saying why
+        assert medium.ms > 0 if _bf16.available() else medium.note.startswith("skipped: no bf16 GEMM:")
     line = mlp.throughput(results).splitlines()[2]
     assert line.startswith("| 784-128-128-10, batch 256, fp32 | fastnn |")
 
@@ -86,3 +90,22 @@ def test_targets_report_met_and_missing():
     rows[1].ms = 12.0
     assert "NOT met" in mlp.targets(rows, "cpu")[0]
     assert "not measured" in mlp.targets(rows[:1], "cpu")[0]
+
+
+def test_medium_target_compares_the_medium_row_with_torch_fp32():
+    from fastnn.benchmarks._harness import Result
+
+    case = mlp.cases("cpu", quick=False)[0]
+    rows = [Result("mlp", case.name, impl, "cpu", ms=ms)
+            for impl, ms in (("fastnn", 17.0), (mlp.FASTNN_MEDIUM, 10.0), (mlp.TORCH, 17.0))]
+    lines = mlp.targets(rows, "cpu")
+    assert lines[-1].startswith(f"{case.name}: {mlp.FASTNN_MEDIUM} vs torch eager fp32, target >= 1.5x: 1.70x (met")
+    assert mlp.targets(rows[::2], "cpu")[-1].endswith("not measured")
+
+
+def test_in_precision_restores_the_setting():
+    from fastnn import functional as F
+
+    seen = []
+    mlp.in_precision(lambda: seen.append(F.get_matmul_precision()), "medium")()
+    assert seen == ["medium"] and F.get_matmul_precision() == "highest"

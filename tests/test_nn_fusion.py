@@ -29,7 +29,7 @@ def test_fused_backward_matches_unfused(xp, path, rng, bias, need_input_grad):
     if xp is not np:
         fused.to("cuda"), unfused.to("cuda")
     x, dy = randn(xp, rng, (9, 5)), randn(xp, rng, (9, 3))
-    assert_close(fused(x), unfused(x))
+    assert_close(fused(x, training=True), unfused(x, training=True))
     dx_fused = fused.backward(dy, need_input_grad=need_input_grad)
     dx_unfused = unfused.backward(dy, need_input_grad=need_input_grad)
     if need_input_grad:

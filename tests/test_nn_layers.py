@@ -43,7 +43,9 @@ def test_dense_matches_reference(xp, path, rng, dtype, activation, bias):
     W, b = host(layer.weight.data), host(layer.bias.data) if bias else 0.0
     name = activation or "identity"
     z = host(x) @ W + b
-    y = layer(x)
+    close(layer(x), R.activation_forward(z, name, 0.2), dtype)  # inference: the same y, nothing kept
+    assert layer._saved is None
+    y = layer(x, training=True)
     close(y, R.activation_forward(z, name, 0.2), dtype)
 
     dx = layer.backward(dy)
@@ -61,13 +63,13 @@ def test_dense_matches_reference(xp, path, rng, dtype, activation, bias):
 def test_dense_keeps_its_forward_by_name(rng, request, monkeypatch, chained):
     layer = nn.Dense(6, 5, "gelu", dtype=np.float64, seed=0)
     x = rng.standard_normal((4, 6))
-    y = layer(x)
+    y = layer(x, training=True)
     saved = layer._saved
     assert isinstance(saved, DenseSaved) and saved._fields == ("x", "y", "aux", "activation", "alpha")
     assert saved.x is x and saved.y is y and (saved.activation, saved.alpha) == ("gelu", 0.01)
     assert_close(saved.aux, x @ layer.weight.data + layer.bias.data, rtol=1e-12, atol=1e-12)
     relu = nn.Dense(6, 5, "relu", dtype=np.float64, seed=0)
-    relu(x)
+    relu(x, training=True)
     assert relu._saved.aux is None and relu._saved.activation == "relu"  # relu's backward reads y
 
     # In a Sequential, the activation fused into a Dense is the one it keeps, on either path.
@@ -77,7 +79,7 @@ def test_dense_keeps_its_forward_by_name(rng, request, monkeypatch, chained):
         monkeypatch.setattr(fusion.FusionPlan, "use_chains", lambda self, x: False)
     model = nn.Sequential(nn.Dense(6, 5, dtype=np.float64, seed=0), nn.LeakyReLU(0.2),
                           nn.Dense(5, 3, "tanh", dtype=np.float64, seed=1))
-    y = model(x)
+    y = model(x, training=True)
     assert model._plan.chained == chained
     first, second = model[0]._saved, model[2]._saved
     assert (first.activation, first.alpha) == ("leaky_relu", 0.2)
@@ -98,7 +100,7 @@ ELEMENTWISE = [
 @pytest.mark.parametrize("layer,name,alpha", ELEMENTWISE, ids=[e[1] for e in ELEMENTWISE])
 def test_activation_layers_match_reference(xp, path, rng, dtype, layer, name, alpha):
     x, dy = randn(xp, rng, (3, 4, 5), dtype, scale=2.0), randn(xp, rng, (3, 4, 5), dtype)
-    y = layer(x)
+    y = layer(x, training=True)
     expected = R.activation_forward(host(x), name, alpha)
     close(y, expected, dtype)
     saved = expected if name in F.activations.SAVES_OUTPUT else host(x)
@@ -114,7 +116,7 @@ def test_prelu_layer_learns_its_slope(xp, path, rng, dtype, channels):
     layer.alpha.data[...] = xp.asarray(rng.uniform(0.1, 0.5, channels).astype(dtype))
     x, dy = randn(xp, rng, (6, 4), dtype), randn(xp, rng, (6, 4), dtype)
     alpha = host(layer.alpha.data)
-    close(layer(x), R.prelu_forward(host(x), alpha), dtype)
+    close(layer(x, training=True), R.prelu_forward(host(x), alpha), dtype)
     dx, dalpha = R.prelu_backward(host(dy), host(x), alpha)
     close(layer.backward(dy), dx, dtype)
     close(layer.alpha.grad, dalpha, dtype)
@@ -126,7 +128,7 @@ def test_prelu_layer_learns_its_slope(xp, path, rng, dtype, channels):
 def test_softmax_layer(xp, path, rng, dtype):
     layer = nn.Softmax()
     x, dy = randn(xp, rng, (5, 7), dtype, scale=3.0), randn(xp, rng, (5, 7), dtype)
-    y = layer(x)
+    y = layer(x, training=True)
     close(y, R.softmax_forward(host(x)), dtype)
     close(layer.backward(dy), R.softmax_backward(host(dy), host(y)), dtype)
     with pytest.raises(ValueError, match="only the last axis"):
@@ -160,9 +162,11 @@ def test_batchnorm_layer_training_then_eval(xp, path, rng, dtype):
     close(y, batchnorm_reference(host(x), gamma.astype(dtype), beta.astype(dtype), running_mean, running_var, 1e-3),
           dtype)
     close(layer.running_mean, running_mean, dtype)  # eval updates nothing
-    dy = randn(xp, rng, (4, 6), dtype)
-    # eval-mode gradient: the statistics are constants
-    close(layer.backward(dy), host(dy) * gamma.astype(dtype) / np.sqrt(running_var + 1e-3), dtype)
+    assert layer.forward(x) is not y and layer._saved[0].shape == (10, 6)  # inference keeps nothing
+    fresh = on(xp, nn.BatchNorm(6, dtype=dtype))
+    fresh.forward(x)
+    with pytest.raises(RuntimeError, match=r"needs a training forward first, forward\(x, training=True\)"):
+        fresh.backward(randn(xp, rng, (4, 6), dtype))
     single = layer.forward(x[:1], training=False)
     assert single.shape == (1, 6)
     with pytest.raises(ValueError, match=r"more than one sample.*\(1, 6\)"):
@@ -173,7 +177,7 @@ def test_batchnorm_layer_backward_matches_reference(xp, path, rng):
     layer = on(xp, nn.BatchNorm(5, dtype=np.float64))
     layer.weight.data[...] = xp.asarray(rng.uniform(0.5, 2, 5))
     x, dy = randn(xp, rng, (8, 5), scale=2.0), randn(xp, rng, (8, 5))
-    layer(x)
+    layer(x, training=True)
     dx = layer.backward(dy)
     xs, g, d = host(x), host(layer.weight.data), host(dy)
     xhat = (xs - xs.mean(0)) / np.sqrt(xs.var(0) + 1e-5)
@@ -202,19 +206,21 @@ def test_dropout_layer_masks(xp, rng, dtype):
 
     again = nn.Dropout(p, seed=1234)
     for keep in steps:  # the same seed replays the same sequence of masks
-        np.testing.assert_array_equal(to_numpy(again.forward(x)) != 0, keep & (to_numpy(x) != 0))
-    assert not np.array_equal(to_numpy(nn.Dropout(p, seed=99).forward(x)) != 0, steps[0])
+        np.testing.assert_array_equal(to_numpy(again.forward(x, training=True)) != 0, keep & (to_numpy(x) != 0))
+    assert not np.array_equal(to_numpy(nn.Dropout(p, seed=99).forward(x, training=True)) != 0, steps[0])
 
     assert layer.forward(x, training=False) is x  # identity, and no step taken
-    assert layer.backward(x) is x
+    assert layer.forward(x) is x  # inference is the default
     assert layer.counter == 3
+    no_drop = nn.Dropout(0.0)
+    assert no_drop.forward(x, training=True) is x and no_drop.backward(x) is x
 
 
 def test_dropout_statistics(rng):
     p = 0.25
     layer = nn.Dropout(p, seed=7)
     x = np.ones((400, 500))
-    y = layer(x)
+    y = layer(x, training=True)
     kept = (y != 0).mean()
     bound = 5 * np.sqrt(p * (1 - p) / x.size)
     assert abs(kept - (1 - p)) < bound
@@ -227,8 +233,8 @@ def test_dropout_seeds_from_rng_are_reproducible():
     b = nn.Dropout(0.5, rng=np.random.default_rng(3))
     assert a.seed == b.seed
     x = np.ones((10, 10))
-    np.testing.assert_array_equal(a(x), b(x))
-    assert nn.Dropout(0.0).forward(x) is x
+    np.testing.assert_array_equal(a(x, training=True), b(x, training=True))
+    assert nn.Dropout(0.0).forward(x, training=True) is x
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -238,6 +244,8 @@ def test_residual_identity_and_projection(xp, rng, dtype):
     assert same.projection is None
     x, dy = randn(xp, rng, (5, 6), dtype), randn(xp, rng, (5, 6), dtype)
     close(same(x), host(block(x)) + host(x), dtype)
+    close(same(x, training=True), host(block(x)) + host(x), dtype)
+    block.forward(x, training=True)
     block_dx = host(block.backward(dy))
     same.zero_grad()
     close(same.backward(dy), block_dx + host(dy), dtype)
@@ -246,18 +254,18 @@ def test_residual_identity_and_projection(xp, rng, dtype):
     assert wide.projection is not None and wide.projection.bias is None
     assert wide.projection.weight.shape == (6, 4) and wide.projection.dtype == dtype
     P = host(wide.projection.weight.data)
-    h = host(wide.block(x))
+    h = host(wide.block(x, training=True))
     dy = randn(xp, rng, (5, 4), dtype)
     block_dx = host(wide.block.backward(dy))
     wide.zero_grad()
-    close(wide(x), h + host(x) @ P, dtype)
+    close(wide(x, training=True), h + host(x) @ P, dtype)
     close(wide.backward(dy), block_dx + host(dy) @ P.T, dtype)
     close(wide.projection.weight.grad, host(x).T @ host(dy), dtype)
 
 
 def test_residual_refuses_shape_mismatch_it_cannot_see():
     class Widen(nn.Module):
-        def forward(self, x, training=True):
+        def forward(self, x, training=False):
             return np.concatenate([x, x], axis=1)
 
     with pytest.raises(ValueError, match=r"maps shape \(2, 3\) to \(2, 6\)"):
@@ -294,7 +302,7 @@ BAD_INPUTS = [
     (lambda: nn.ReLU()(np.ones(3, np.float16)), TypeError, r"ReLU\(\): input: expected dtype float32 or float64, got float16"),
     (lambda: nn.BatchNorm(4)(np.ones((5, 3), np.float32)), ValueError, r"BatchNorm\(4.*3 features, expected 4"),
     (lambda: nn.PReLU(3)(np.ones((2, 4), np.float32)), ValueError, r"needs 3 channels on axis 1"),
-    (lambda: nn.Dense(3, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "backward needs a forward first"),
+    (lambda: nn.Dense(3, 2).backward(np.ones((1, 2), np.float32)), RuntimeError, "backward needs a training forward first"),
     (lambda: nn.Dense(3, 2, "swish"), ValueError, "activation must be None or one of"),
     (lambda: nn.Dense(3, 2, init="lecun"), ValueError, "init must be a callable or one of"),
     (lambda: nn.Dense(0, 2), ValueError, "in_features must be a positive integer"),
@@ -315,7 +323,7 @@ def test_bad_input_is_refused_with_a_clear_message(call, error, message):
 
 def test_errors_inside_a_model_name_the_layer_position():
     model = nn.Sequential(nn.Dense(4, 8), nn.ReLU(), nn.Sequential(nn.Dense(8, 3)))
-    model(np.ones((2, 4), np.float32))
+    model(np.ones((2, 4), np.float32), training=True)
     with pytest.raises(ValueError, match=r"^\(0\) Dense\(4, 8\): input has 5 features, expected 4"):
         model(np.ones((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"^\(2.0\) Dense\(8, 3\): dout: expected shape \(2, 3\), got \(2, 4\)"):
@@ -324,7 +332,7 @@ def test_errors_inside_a_model_name_the_layer_position():
 
 def test_backward_checks_the_gradient_against_the_output():
     layer = nn.Tanh()
-    layer(np.ones((2, 3), np.float32))
+    layer(np.ones((2, 3), np.float32), training=True)
     with pytest.raises(TypeError, match=r"Tanh\(\): dout: expected dtype float32"):
         layer.backward(np.ones((2, 3), np.float64))
 
@@ -351,6 +359,6 @@ def test_non_contiguous_inputs_are_copied(rng):
     x = rng.standard_normal((3, 6))
     view = x.T[::2]  # (3, 3), strided
     assert not view.flags.c_contiguous
-    assert_close(layer(view), np.ascontiguousarray(view) @ layer.weight.data)
+    assert_close(layer(view, training=True), np.ascontiguousarray(view) @ layer.weight.data)
     dy = np.asfortranarray(rng.standard_normal((3, 4)))
     assert_close(layer.backward(dy), dy @ layer.weight.data.T)

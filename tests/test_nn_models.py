@@ -53,8 +53,8 @@ def test_fused_equals_unfused(xp, path, rng, dtype):
         dy = randn(xp, rng, (32, 5), dtype)
         for training in (True, False):
             assert_close(fused.forward(x, training=training), unfused.forward(x, training=training))
-        fused.forward(x)
-        unfused.forward(x)
+        fused.forward(x, training=True)
+        unfused.forward(x, training=True)
         assert_close(fused.backward(dy), unfused.backward(dy))
         for (name, a), (_, b) in zip(fused.named_parameters(), unfused.named_parameters()):
             assert_close(a.grad, b.grad, err_msg=name)
@@ -71,7 +71,7 @@ def test_skipping_the_input_gradient(rng, request, monkeypatch, chained):
     model = nn.Sequential(nn.Dropout(0.2, seed=0), nn.Dense(6, 4, dtype=np.float64, seed=1), nn.ReLU(),
                           nn.Dense(4, 3, dtype=np.float64, seed=2))
     x, dy = rng.standard_normal((5, 6)), rng.standard_normal((5, 3))
-    model(x)
+    model(x, training=True)
     assert model._plan.chained == chained
     model.backward(dy)
     grads = [p.grad.copy() for p in model.parameters()]
@@ -95,11 +95,11 @@ def test_skipping_the_input_gradient(rng, request, monkeypatch, chained):
 def test_parameter_gradients_accumulate_until_zero_grad(xp, rng):
     model = on(xp, mlp(np.float64))
     x, dy = randn(xp, rng, (8, 12)), randn(xp, rng, (8, 5))
-    model(x)
+    model(x, training=True)
     model.backward(dy)
     once = [to_numpy(p.grad).copy() for p in model.parameters()]
     assert all(np.abs(g).sum() > 0 for g in once)
-    model(x)
+    model(x, training=True)
     model.backward(dy)
     for p, g in zip(model.parameters(), once):
         assert_close(p.grad, 2 * g)
@@ -131,7 +131,7 @@ def test_shared_parameters_are_listed_once():
 def test_to_float64_converts_parameters_buffers_and_grads(rng):
     model = mlp(np.float32)
     x = rng.standard_normal((8, 12)).astype(np.float32)
-    model(x)
+    model(x, training=True)
     model.backward(np.ones((8, 5), np.float32))
     before = {name: p.data.copy() for name, p in model.named_parameters()}
     grads = {name: p.grad.copy() for name, p in model.named_parameters()}
@@ -143,7 +143,7 @@ def test_to_float64_converts_parameters_buffers_and_grads(rng):
         np.testing.assert_array_equal(p.data, before[name])
         np.testing.assert_array_equal(p.grad, grads[name])
     assert all(b.dtype == np.float64 for _, b in model.named_buffers())
-    with pytest.raises(RuntimeError, match="backward needs a forward first"):
+    with pytest.raises(RuntimeError, match="backward needs a training forward first"):
         model.backward(np.ones((8, 5)))
     assert model(x.astype(np.float64)).dtype == np.float64
     with pytest.raises(TypeError, match=r"input: expected dtype float64 \(the dtype of the parameters\), got float32"):
@@ -232,10 +232,10 @@ def test_returned_arrays_are_fresh_unless_reuse_is_asked(rng):
     loss = nn.MSE()
     x1, x2 = rng.standard_normal((8, 12)), rng.standard_normal((8, 12))
     t = rng.standard_normal((8, 5))
-    y1 = model(x1)
+    y1 = model(x1, training=True)
     kept = y1.copy()
     inner = model[0]._workspace["y"]
-    y2 = model(x2)
+    y2 = model(x2, training=True)
     np.testing.assert_array_equal(y1, kept)  # a result held by the caller stays valid
     assert model[0]._workspace["y"] is inner  # the intermediate buffers are reused
     loss(y2, t)
@@ -246,15 +246,16 @@ def test_returned_arrays_are_fresh_unless_reuse_is_asked(rng):
 
     model.reuse_outputs()
     loss.reuse_outputs()
-    y3 = model(x1)
-    assert model(x2) is y3
+    y3 = model(x1, training=True)
+    assert model(x2, training=True) is y3
+    assert model(x2) is not y3 and model[0]._workspace["y"] is inner  # inference writes into nothing kept
     loss(y3, t)
     grad = loss.backward()
     dx = model.backward(grad)
     loss(y3, t)
     assert loss.backward() is grad and model.backward(grad) is dx
     model.reuse_outputs(False)
-    assert model(x1) is not model(x1)
+    assert model(x1, training=True) is not model(x1, training=True)
 
 
 def test_a_training_step_allocates_no_new_buffers(rng):
@@ -264,7 +265,7 @@ def test_a_training_step_allocates_no_new_buffers(rng):
     labels = rng.integers(0, 5, 16)
 
     def step():
-        loss(model(x), labels)
+        loss(model(x, training=True), labels)
         model.backward(loss.backward(), need_input_grad=False)
         return [id(a) for m in [*model.modules(), loss] for a in m._workspace.values()]
 

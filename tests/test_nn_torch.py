@@ -41,7 +41,7 @@ def test_model_step_matches_torch(rng):
         labels = rng.integers(0, 4, 16)
         model.zero_grad()
         reference.zero_grad()
-        loss = loss_fn(model(x), labels)
+        loss = loss_fn(model(x, training=True), labels)
         dx = model.backward(loss_fn.backward())
         tx = t(x)
         expected = torch_loss(reference(tx), torch.from_numpy(labels))

@@ -83,3 +83,59 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r'pip install "fastnn\[plot\]"'):
         plot.history(HISTORY, tmp_path / "h.png")
+
+
+def band_limits(patch):
+    """(low, high) in data units of an axhspan (a Rectangle or, in older matplotlib, a Polygon)."""
+    if hasattr(patch, "get_height"):
+        return patch.get_y(), patch.get_y() + patch.get_height()
+    ys = patch.get_xy()[:, 1]
+    return ys.min(), ys.max()
+
+
+def test_history_figure_labels_the_loss_the_best_epoch_and_the_band():
+    hist = {**HISTORY, "update_ratio": [3e-3, 1.5e-3, 1e-3, 8e-4]}
+    figure = plot.history_figure(hist, "run", loss_name="softmax cross-entropy", best_epoch=2)
+    loss, accuracy, lr, ratio = figure.axes[:4]
+    for ax in (loss, accuracy, lr, ratio):
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+        best = [line for line in ax.get_lines() if line.get_label() == "restored best (epoch 3)"]
+        assert len(best) == 1 and list(best[0].get_xdata()) == [3, 3]
+        assert "restored best (epoch 3)" in [text.get_text() for text in ax.get_legend().get_texts()]
+    assert loss.get_title() == "loss: softmax cross-entropy"
+    assert loss.get_ylabel() == "loss (softmax cross-entropy)"
+    assert accuracy.get_ylabel() == "accuracy" and lr.get_ylabel() == "learning rate"
+    assert [line.get_label() for line in loss.get_lines()][:2] == ["train", "validation"]
+    assert ratio.get_ylabel() == "||update|| / ||weight||" and ratio.get_yscale() == "log"
+    (band,) = ratio.patches
+    low, high = band_limits(band)
+    assert low == pytest.approx(1e-3 / np.sqrt(10)) and high == pytest.approx(1e-3 * np.sqrt(10))
+    assert band.get_label() == "healthy band around 0.001"
+    assert any(list(line.get_ydata()) == [1e-3, 1e-3] for line in ratio.get_lines())
+    assert figure.get_suptitle() == "run"
+    # Without the options: plain labels, no marker, no band outside the ratio panel.
+    plain = plot.history_figure(HISTORY)
+    assert plain.axes[0].get_title() == "loss" and plain.axes[0].get_ylabel() == "loss"
+    assert not any(ax.patches for ax in plain.axes)
+    assert all("restored" not in line.get_label() for ax in plain.axes for line in ax.get_lines())
+    with pytest.raises(ValueError, match="best_epoch must be an epoch number"):
+        plot.history_figure(HISTORY, best_epoch=-1)
+
+
+def test_the_jobs_curves_mark_what_was_restored(tmp_path, monkeypatch):
+    from fastnn import job
+
+    seen = {}
+    original = plot.history
+
+    def spy(hist, path, title=None, **options):
+        seen.update(options)
+        return original(hist, path, title, **options)
+
+    monkeypatch.setattr(plot, "history", spy)
+    metrics = job.run(job.JobConfig(data="spirals", epochs=40, patience=2, hidden=(8,), lr=0.3, verbose=0,
+                                    out=str(tmp_path / "run")))
+    assert seen["loss_name"] == "softmax cross-entropy"
+    assert metrics["stopped_early"] and seen["best_epoch"] is not None
+    assert seen["best_epoch"] < metrics["epochs_run"] - 1
+    png_size(tmp_path / "run" / "curves.png")

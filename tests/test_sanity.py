@@ -42,7 +42,7 @@ def test_too_large_initial_weights_are_reported_and_the_model_is_untouched():
     model[4].weight.data *= 20  # logits of ~20 units: the loss is far above ln 10
     before, counter = snapshot(model), model[3].counter
     result = initial_loss(model, nn.SoftmaxCrossEntropy(), X[:200], y[:200])
-    manual = nn.SoftmaxCrossEntropy().forward(inspection_copy(model).forward(X[:200]), y[:200])
+    manual = nn.SoftmaxCrossEntropy().forward(inspection_copy(model).forward(X[:200], training=True), y[:200])
     assert result.value == pytest.approx(manual, rel=1e-6)
     assert result.ratio > 2 and result.ok is False and "too large" in str(result)
     after = snapshot(model)

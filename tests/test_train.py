@@ -103,9 +103,12 @@ def test_evaluate_and_predict_agree_with_the_model():
     model = mlp()
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     trainer.fit(X[:300], y[:300], epochs=2, verbose=0)
-    logits = trainer.predict(X[:300], batch_size=64)
+    logits = trainer.predict_outputs(X[:300], batch_size=64)
     direct = model.forward(X[:300], training=False)
     np.testing.assert_allclose(logits, direct, rtol=1e-6, atol=1e-6)
+    labels = trainer.predict(X[:300], batch_size=64)
+    assert labels.dtype == np.int64 and labels.shape == (300,)
+    np.testing.assert_array_equal(labels, direct.argmax(axis=1))  # labels, as scikit-learn's predict
     result = trainer.evaluate(X[:300], y[:300], batch_size=64)
     assert result["loss"] == pytest.approx(nn.SoftmaxCrossEntropy().forward(direct, y[:300]), rel=1e-5)
     assert result["accuracy"] == metrics.accuracy(y[:300], direct)
@@ -137,7 +140,7 @@ def test_l1_l2_gradients_match_finite_differences_of_the_penalised_loss():
     assert [p.name for p in weights] == ["0.weight", "3.weight"]
     l1, l2 = 0.03, 0.2
     model.zero_grad()
-    loss.forward(model.forward(x), y)
+    loss.forward(model.forward(x, training=True), y)
     model.backward(loss.backward())
     add_penalty_grad(weights, l1, l2)
     eps = 1e-6
@@ -169,7 +172,7 @@ def test_trainer_applies_the_penalty_to_weights_only_and_reports_it():
     reference = nn.Sequential(nn.Dense(4, 5, seed=0, dtype=np.float64), nn.BatchNorm(5, dtype=np.float64),
                               nn.ReLU(), nn.Dense(5, 3, seed=1, dtype=np.float64))
     loss = nn.SoftmaxCrossEntropy()
-    data_loss = loss.forward(reference.forward(X), y)
+    data_loss = loss.forward(reference.forward(X, training=True), y)
     reference.backward(loss.backward())
     penalty_value = sum(l1 * np.abs(before[n]).sum() + l2 / 2 * (before[n] ** 2).sum() for n in ("0.weight", "3.weight"))
     assert history.history["loss"][0] == pytest.approx(data_loss + penalty_value, rel=1e-12)
@@ -293,7 +296,7 @@ def test_integer_and_float64_inputs_are_converted_to_the_models_dtype():
     model = mlp()
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     trainer.fit(X[:64].astype(np.float64), y[:64].astype(np.int32), epochs=1, verbose=0)
-    assert trainer.predict((X[:4] > 0).astype(np.uint8)).dtype == np.float32
+    assert trainer.predict_outputs((X[:4] > 0).astype(np.uint8)).dtype == np.float32
 
 
 @pytest.mark.gpu
@@ -305,7 +308,7 @@ def test_numpy_data_trains_a_gpu_model_batch_by_batch():
     trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), seed=0)
     history = trainer.fit(X_train, y_train, epochs=10, batch_size=64, validation_data=(X_test, y_test), verbose=0)
     assert history.history["val_accuracy"][-1] > 0.9
-    assert isinstance(trainer.predict(X_test), cupy.ndarray)
+    assert isinstance(trainer.predict(X_test), cupy.ndarray) and trainer.predict(X_test).shape == (len(X_test),)
     cpu_model = mlp()
     cpu_trainer = Trainer(cpu_model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(cpu_model.parameters()))
     with pytest.raises(ValueError, match="never copies"):

@@ -1,6 +1,7 @@
 """fastnn.tune: samples stay in bounds and follow their scales, searches are sorted and
 reproducible with any executor (threads, processes), maximize, failures, coarse-to-fine."""
 
+import itertools
 import math
 import multiprocessing
 import warnings
@@ -240,3 +241,67 @@ def test_an_objective_that_edits_its_params_cannot_change_the_record():
 
     result = T.random_search(greedy, {"x": T.Uniform(0, 1)}, trials=3, seed=0)
     assert all(0 <= t.params["x"] <= 1 for t in result.trials)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid search.
+
+GRID = {"lr": T.LogUniform(1e-5, 1e-1).grid(5), "beta2": [0.9, 0.99, 0.999], "dropout": (0.0, 0.1),
+        "activation": T.Choice(["relu", "gelu"])}
+
+
+def test_grid_values_are_evenly_spaced_on_each_scale():
+    np.testing.assert_allclose(T.LogUniform(1e-5, 1e-1).grid(5), [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], rtol=1e-12)
+    np.testing.assert_allclose(T.Uniform(0.0, 0.5).grid(3), [0.0, 0.25, 0.5])
+    np.testing.assert_allclose(T.OneMinusLogUniform(0.9, 0.999).grid(3), [0.9, 0.99, 0.999], rtol=1e-12)
+    assert T.IntLogUniform(16, 256).grid(5) == [16, 32, 64, 128, 256]
+    assert T.IntLogUniform(1, 3).grid(10) == [1, 2, 3]  # fewer integers than points: no repeats
+    assert T.LogUniform(1e-4, 1e-2).grid(1) == pytest.approx([1e-3])
+    assert T.Choice(["a", "b"]).grid() == ["a", "b"]
+    with pytest.raises(ValueError, match="grid: n must be a positive int"):
+        T.Uniform(0, 1).grid(0)
+
+
+def test_grid_search_tries_every_combination_in_a_fixed_order():
+    result = T.grid_search(objective, GRID, seed=3)
+    assert len(result.trials) == 5 * 3 * 2 * 2
+    by_index = sorted(result.trials, key=lambda t: t.index)
+    expected = [dict(zip(GRID, values)) for values in itertools.product(
+        GRID["lr"], GRID["beta2"], GRID["dropout"], ["relu", "gelu"])]
+    assert [t.params for t in by_index] == expected  # the first name slowest, the last fastest
+    assert result.best_params == {"lr": pytest.approx(1e-3), "beta2": 0.99, "dropout": 0.1, "activation": "relu"}
+    assert [t.score for t in result.trials] == sorted(t.score for t in result.trials)
+    assert isinstance(result.space["beta2"], T.Choice) and "beta2" in result.table()
+    again = T.grid_search(objective, GRID, seed=3)
+    assert again.to_dict() == result.to_dict()
+    assert [t.seed for t in T.grid_search(objective, GRID, seed=4).trials] != [t.seed for t in result.trials]
+    maximized = T.grid_search(lambda params: params["x"], {"x": [1, 3, 2]}, maximize=True)
+    assert maximized.best_params == {"x": 3} and maximized.seed is not None
+
+
+@pytest.mark.parametrize("executor_type", ["thread", "process"])
+def test_grid_search_is_the_same_whatever_the_executor(executor_type):
+    expected = T.grid_search(objective, GRID, seed=5).to_dict()
+    if executor_type == "thread":
+        executor = ThreadPoolExecutor(max_workers=4)
+    else:
+        executor = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    with executor:
+        assert T.grid_search(objective, GRID, seed=5, executor=executor).to_dict() == expected
+
+
+def test_grid_search_arguments():
+    with pytest.raises(TypeError, match="grid must be a non-empty dict"):
+        T.grid_search(objective, {})
+    with pytest.raises(TypeError, match=r"grid\['lr'\] is LogUniform\(1e-05, 0.1\), a range: give its values, "
+                                        r"e.g. LogUniform\(1e-05, 0.1\).grid\(5\)"):
+        T.grid_search(objective, {"lr": T.LogUniform(1e-5, 1e-1)})
+    with pytest.raises(TypeError, match=r"grid\['lr'\] must be a non-empty list"):
+        T.grid_search(objective, {"lr": 0.1})
+    with pytest.raises(TypeError, match=r"grid\['act'\] must be a non-empty list"):
+        T.grid_search(objective, {"act": "relu"})
+    with pytest.raises(TypeError, match="does not accept the keyword argument 'epochs'"):
+        T.grid_search(objective, {"x": [1]}, objective_kwargs={"epochs": 3})
+    with pytest.warns(RuntimeWarning, match="1 of 2 trials raised"):
+        result = T.grid_search(failing, {"x": [0.2, 0.9]})
+    assert result.best_params == {"x": 0.2} and not result.trials[-1].ok

@@ -1,19 +1,31 @@
 // The per-device cuBLASLt state of context.cuh.
 #include "cuda/context.cuh"
+#include "runtime.h"
 
 #include <functional>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace fastnn::cuda {
 namespace {
 
 constexpr int kMaxDevices = 64;
 
+struct Slot {
+  void* ptr = nullptr;
+  cudaEvent_t done = nullptr;  // recorded after the last GEMM that used it, on its stream
+  unsigned long long stream = 0;  // cudaStreamGetId of the stream it is lent to
+  uint64_t last_use = 0;          // DeviceState::clock at its last loan
+  int borrowed = 0;               // loans not yet given back (never taken over while > 0)
+  bool pinned = false;            // used by a capture: the stream's for good
+};
+
 struct DeviceState {
   std::mutex mutex;
   cublasLtHandle_t handle = nullptr;
-  std::unordered_map<cudaStream_t, LtWorkspace> workspaces;
+  std::vector<Slot> slots;  // never shrinks: a graph may hold any slot's address
+  uint64_t clock = 0;
 };
 
 int current_device() {
@@ -88,14 +100,74 @@ cublasLtHandle_t lt_handle() {
 LtWorkspace lt_workspace(cudaStream_t stream) {
   const int device = current_device();
   DeviceState& s = device_state(device);
+  const size_t bytes = workspace_bytes(device);
+  unsigned long long id = 0;
+  check(cudaStreamGetId(stream, &id), "cudaStreamGetId");
+  const bool capturing = is_capturing(stream);
   std::lock_guard<std::mutex> lock(s.mutex);
-  const auto found = s.workspaces.find(stream);
-  if (found != s.workspaces.end()) return found->second;
-  if (is_capturing(stream)) return LtWorkspace{nullptr, 0};
-  LtWorkspace w{nullptr, workspace_bytes(device)};
-  check(cudaMalloc(&w.ptr, w.bytes), "cudaMalloc (cuBLASLt workspace)");
-  s.workspaces.emplace(stream, w);
-  return w;
+  int slot = -1, unpinned = 0, oldest = -1;
+  for (int i = 0; i < int(s.slots.size()); ++i) {
+    const Slot& w = s.slots[i];
+    if (w.stream == id) slot = i;
+    if (w.pinned) continue;
+    ++unpinned;
+    if (w.borrowed == 0 && (oldest < 0 || w.last_use < s.slots[oldest].last_use)) oldest = i;
+  }
+  if (slot < 0) {
+    if (capturing) return LtWorkspace(nullptr, 0, device, -1, stream);
+    if (unpinned < kMaxWorkspaces || oldest < 0) {
+      Slot w;
+      check(cudaMalloc(&w.ptr, bytes), "cudaMalloc (cuBLASLt workspace)");
+      check(cudaEventCreateWithFlags(&w.done, cudaEventDisableTiming), "cudaEventCreate");
+      s.slots.push_back(w);
+      slot = int(s.slots.size()) - 1;
+    } else {
+      // Take over the least recently used workspace once its last GEMM has run.
+      slot = oldest;
+      check(cudaStreamWaitEvent(stream, s.slots[slot].done, 0), "cudaStreamWaitEvent");
+    }
+    s.slots[slot].stream = id;
+  }
+  Slot& w = s.slots[slot];
+  w.last_use = ++s.clock;
+  if (capturing) {
+    w.pinned = true;  // the graph keeps the address; no event is recorded inside a capture
+    return LtWorkspace(w.ptr, bytes, device, -1, stream);
+  }
+  ++w.borrowed;
+  return LtWorkspace(w.ptr, bytes, device, slot, stream);
+}
+
+void lt_release_capture(uintptr_t stream_handle) {
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  unsigned long long id = 0;
+  check(cudaStreamGetId(stream, &id), "cudaStreamGetId");
+  DeviceState& s = device_state(current_device());
+  std::lock_guard<std::mutex> lock(s.mutex);
+  for (Slot& w : s.slots) {
+    if (w.stream != id || !w.pinned) continue;
+    check(cudaEventRecord(w.done, stream), "cudaEventRecord");  // after the graph's last replay
+    w.pinned = false;
+  }
+}
+
+std::pair<int, int> lt_workspace_count() {
+  DeviceState& s = device_state(current_device());
+  std::lock_guard<std::mutex> lock(s.mutex);
+  int pinned = 0;
+  for (const Slot& w : s.slots) pinned += w.pinned;
+  return {int(s.slots.size()) - pinned, pinned};
+}
+
+LtWorkspace::~LtWorkspace() {
+  if (slot_ < 0) return;
+  DeviceState& s = device_state(device_);
+  std::lock_guard<std::mutex> lock(s.mutex);
+  Slot& w = s.slots[size_t(slot_)];
+  // Errors cannot leave a destructor; a failed record leaves the last one, which the next
+  // cuBLASLt or launch check reports through cudaGetLastError.
+  cudaEventRecord(w.done, stream_);
+  --w.borrowed;
 }
 
 bool find_algo(const AlgoKey& key, AlgoChoice* choice) {

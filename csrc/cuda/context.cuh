@@ -1,13 +1,23 @@
-// What cuBLASLt needs that outlives a call, one set per device: the handle, a workspace per
-// stream, and the algorithm chosen for each GEMM configuration.
+// What cuBLASLt needs that outlives a call, one set per device: the handle, the workspaces, and
+// the algorithm chosen for each GEMM configuration.
 //
 // - The handle is created on first use of a device and kept for the life of the process
 //   (never destroyed: at exit the driver may already be gone).
-// - Workspaces: 32 MiB on Hopper and newer, 4 MiB before (NVIDIA's recommendation), allocated
-//   on a stream's first GEMM. Kernels on one stream run in order, so one workspace per stream
-//   is never used twice at once; streams do not share one. A stream first seen while it is
-//   being captured into a CUDA graph gets no workspace (cudaMalloc is not allowed during
-//   capture) and cuBLASLt runs without one: run one step before capturing.
+// - Workspaces: 32 MiB on Hopper and newer, 4 MiB before (NVIDIA's recommendation). A GEMM
+//   borrows one for its stream (lt_workspace) and gives it back when the call returns, with an
+//   event recorded on the stream after the GEMM. A stream is known by its cudaStreamGetId, not
+//   its handle: a destroyed stream's handle can come back as a new stream's, and the
+//   per-thread default stream is one handle for many threads' streams. A stream keeps the
+//   workspace it used last; a new stream gets a new one up to kMaxWorkspaces per device, then
+//   takes over the least recently used one after waiting, on the device, for that workspace's
+//   last GEMM (stream-ordered reuse: nothing is freed, and the total never exceeds the most
+//   ever in use at once).
+// - Capture: a stream being captured into a CUDA graph uses the workspace it already has and
+//   pins it (the graph replays GEMMs at that address for as long as it lives, so no other
+//   stream gets it until lt_release_capture says no graph captured there replays any more:
+//   fastnn.cuda_graph does when a captured step is collected; replay a graph on the stream it
+//   was captured on). A stream first seen while it is captured gets none (cudaMalloc would
+//   break the capture) and cuBLASLt runs without one: run one step before capturing.
 // - Algorithms: cublasLtMatmulAlgoGetHeuristic's first answer, cached under everything that
 //   decides it (types, transposes, sizes, leading dimensions, epilogue, pointer alignments,
 //   workspace size). A configuration cuBLASLt cannot run is cached as such.
@@ -32,9 +42,24 @@ inline void check_cublas(cublasStatus_t status, const char* what) {
                              cublasLtGetStatusString(status) + ")");
 }
 
-struct LtWorkspace {
-  void* ptr;
-  size_t bytes;
+constexpr int kMaxWorkspaces = 8;  // per device, besides those pinned by captures
+
+// A workspace lent to one GEMM on `stream`: ptr and bytes (null and 0 when there is none); its
+// destructor gives it back (recording the event that orders its next user after the GEMM).
+class LtWorkspace {
+ public:
+  LtWorkspace(void* ptr, size_t bytes, int device, int slot, cudaStream_t stream)
+      : ptr(ptr), bytes(bytes), device_(device), slot_(slot), stream_(stream) {}
+  LtWorkspace(const LtWorkspace&) = delete;
+  LtWorkspace& operator=(const LtWorkspace&) = delete;
+  ~LtWorkspace();
+
+  void* const ptr;
+  const size_t bytes;
+
+ private:
+  const int device_, slot_;  // slot_ < 0: nothing to give back
+  const cudaStream_t stream_;
 };
 
 // For the calling thread's current device.

@@ -1,14 +1,25 @@
 // The multi-tensor launcher: one kernel launch applies a per-element Op (optim_math.h) to many
 // tensors stored as one OptimTypes (optim.h) says.
 //
-// The tensors' addresses and sizes travel in the kernel's parameter block (a TensorTable under
-// 4 KB), so no host-to-device copy and no synchronisation precede a launch, and a launch
-// captured in a CUDA graph holds its own copy of the table. A call with more tensors than one
-// table holds makes several launches. Each tensor is cut in chunks of kChunk elements; the
+// The tensors' addresses and sizes travel in the kernel's parameter block (a TensorTable), so no
+// host-to-device copy and no synchronisation precede a launch, and a launch captured in a CUDA
+// graph holds its own copy of the table. Kernel parameters may take 4 KB everywhere and 32 KB
+// with CUDA 12.1 or newer (toolkit and driver): a call uses the 4 KB table while its tensors fit
+// (a small parameter block launches fastest) and the 32 KB one (~700 Adam tensors) beyond, and
+// makes several launches only past that. Each tensor is cut in chunks of kChunk elements; the
 // blocks of a launch walk the launch's chunks (grid-stride), find their tensor by binary search
 // over the chunks' prefix sums, and update the chunk with vector loads and stores (16 bytes of
 // the widest list) when every list's pointer for that chunk is aligned to its vector, element
 // by element otherwise and for the tail that does not fill a vector.
+//
+// Occupancy: the update is memory-bound, so what matters is the bytes each multiprocessor has in
+// flight, and that every block of a launch is resident at once. A thread keeps 32 bytes per
+// list in flight (two 16-byte vectors of float32, bfloat16 or float16, one of float64: kIlp), 128 bytes for float32
+// Adam; __launch_bounds__(256, 3) holds the kernels to 80 registers, so three blocks (768
+// threads, ~96 KB of Adam's loads) fit on a multiprocessor with no spill (ptxas, sm_90: 48-80
+// registers; four float32 vectors per list under (512) took 124-128 registers and spilled with
+// AMSGrad, one block per multiprocessor). The grid is sized by
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor, so no tail of blocks runs in a second wave.
 //
 // Capturable mode: given `scalars` (device float64 [lr, step]), a one-thread kernel first adds
 // 1 to the step, then every thread of the update kernels builds its Op from the device values,
@@ -16,6 +27,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
@@ -26,13 +38,23 @@
 namespace fastnn::cuda {
 
 constexpr int64_t kChunk = 65536;     // elements per chunk (a multiple of every vector width)
-constexpr int kMultiBlock = 512;      // threads per block
-constexpr int kTableBytes = 3584;     // leaves room for the Op and Hyper in the 4 KB of parameters
+constexpr int kMultiBlock = 256;      // threads per block
+constexpr int kMinBlocksPerSm = 3;    // __launch_bounds__: at most 80 registers a thread
 constexpr int kMaxChunksPerLaunch = 1 << 30;
 
-template <int L>
+// Kernel parameter blocks: 4 KB on every CUDA version, 32764 bytes from CUDA 12.1 (Volta and
+// newer; the driver must be for 12.1 or newer too, checked at run time).
+constexpr int kSmallParams = 4096;
+#if CUDART_VERSION >= 12010
+constexpr int kLargeParams = 32764;
+#else
+constexpr int kLargeParams = kSmallParams;
+#endif
+constexpr int kOpBytes = 512;  // kept for the Op, the Hyper and the scalars pointer
+
+template <int L, int kParams>
 struct TensorTable {
-  static constexpr int kMax = (kTableBytes - 8) / (8 * L + 8 + 4) - 1;
+  static constexpr int kMax = (kParams - kOpBytes - 8) / (8 * L + 8 + 4) - 1;
   void* ptr[L][kMax];
   int64_t size[kMax];
   int first_chunk[kMax + 1];  // tensor t owns chunks [first_chunk[t], first_chunk[t + 1])
@@ -71,7 +93,7 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
   constexpr int L = Op::kLists;
   constexpr int LS = L > 2 ? L - 2 : 1;
   constexpr int V = vector_elements<Types>();
-  constexpr int kIlp = sizeof(T) == 4 ? 4 : 2;  // vectors in flight per list
+  constexpr int kIlp = sizeof(T) == 4 ? 2 : 1;  // vectors in flight per list: 32 or 16 bytes
   using P = typename Types::param;
   using G = typename Types::grad;
   using S = typename Types::state;
@@ -131,10 +153,10 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
   }
 }
 
-template <class Types, class Op, class Hyper>
-__global__ void __launch_bounds__(kMultiBlock)
-    multi_tensor_kernel(const __grid_constant__ TensorTable<Op::kLists> table, const Op host_op,
-                        const Hyper hyper, const double* scalars) {
+template <class Types, class Op, class Hyper, int kParams>
+__global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
+    multi_tensor_kernel(const __grid_constant__ TensorTable<Op::kLists, kParams> table,
+                        const Op host_op, const Hyper hyper, const double* scalars) {
   constexpr int L = Op::kLists;
   constexpr int V = vector_elements<Types>();
   const Op op = scalars ? Op(hyper, scalars[0], scalars[1]) : host_op;
@@ -162,17 +184,47 @@ __global__ void __launch_bounds__(kMultiBlock)
   }
 }
 
-// run(OpTag<Op, Types>{}, hyper, lr, step) for optim_dispatch (optim.h): checks the lists, counts the
-// step on the device in capturable mode, then launches as many tables as the tensors fill.
+// Whether the driver takes kernel parameter blocks over 4 KB (one built for CUDA 12.1 or newer).
+inline bool large_params_supported() {
+  if constexpr (kLargeParams == kSmallParams) return false;
+  static const bool supported = [] {
+    int version = 0;
+    return cudaDriverGetVersion(&version) == cudaSuccess && version >= 12010;
+  }();
+  return supported;
+}
+
+// Blocks for a launch over `chunks` chunks: one per chunk, at most as many as are resident on
+// the current device at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked once per
+// kernel and device), so that no block waits for another to finish.
+template <class Types, class Op, class Hyper, int kParams>
+unsigned grid_for_chunks(int64_t chunks) {
+  constexpr int kCached = 128;
+  static std::atomic<int> cache[kCached] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  int per_sm = device < kCached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (per_sm == 0) {
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &per_sm, multi_tensor_kernel<Types, Op, Hyper, kParams>, kMultiBlock, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    per_sm = std::max(per_sm, 1);
+    if (device < kCached) cache[device].store(per_sm, std::memory_order_relaxed);
+  }
+  return unsigned(std::min<int64_t>(chunks, int64_t(multiprocessor_count()) * per_sm));
+}
+
+// run(OpTag<Op, Types>{}, hyper, lr, step) for optim_dispatch (optim.h): checks the lists,
+// counts the step on the device in capturable mode, then launches as many tables as the
+// tensors fill (the 32 KB table when the 4 KB one is too small and the driver takes it).
 struct Run : RunArgs {
   Stream stream;
 
   template <class Op, class Types, class Hyper>
   void operator()(OpTag<Op, Types>, const Hyper& hyper, double lr, double step) const {
     constexpr int L = Op::kLists;
-    using Table = TensorTable<L>;
-    static_assert(sizeof(Table) + sizeof(Op) + sizeof(Hyper) + sizeof(double*) <= 4000,
-                  "kernel parameters must fit in 4 KB");
+    static_assert(sizeof(Op) + sizeof(Hyper) + sizeof(double*) <= kOpBytes,
+                  "the Op and Hyper must fit beside the tensor table");
     check_tensor_lists(rule, tensors, sizes, L);
     const cudaStream_t s = to_stream(stream);
     if (scalars) {
@@ -180,16 +232,28 @@ struct Run : RunArgs {
       check_launch(rule);
     }
     const Op host_op = scalars ? Op{} : Op(hyper, lr, step);
+    const int64_t used = std::count_if(sizes.begin(), sizes.end(), [](int64_t n) { return n > 0; });
+    if (used > TensorTable<L, kSmallParams>::kMax && large_params_supported())
+      launch_tables<kLargeParams, Types>(host_op, hyper, s);
+    else
+      launch_tables<kSmallParams, Types>(host_op, hyper, s);
+  }
+
+  template <int kParams, class Types, class Op, class Hyper>
+  void launch_tables(const Op& host_op, const Hyper& hyper, cudaStream_t s) const {
+    constexpr int L = Op::kLists;
+    using Table = TensorTable<L, kParams>;
+    static_assert(sizeof(Table) + kOpBytes <= kParams, "kernel parameters must fit their block");
     const int64_t count = int64_t(sizes.size());
-    const int64_t max_blocks = int64_t(multiprocessor_count()) * (2048 / kMultiBlock);
     Table table;
     table.count = 0;
     table.first_chunk[0] = 0;
     auto flush = [&] {
       const int chunks = table.first_chunk[table.count];
       if (chunks == 0) return;
-      const unsigned grid = unsigned(std::min<int64_t>(chunks, max_blocks));
-      multi_tensor_kernel<Types, Op, Hyper><<<grid, kMultiBlock, 0, s>>>(table, host_op, hyper, scalars);
+      const unsigned grid = grid_for_chunks<Types, Op, Hyper, kParams>(chunks);
+      multi_tensor_kernel<Types, Op, Hyper, kParams><<<grid, kMultiBlock, 0, s>>>(table, host_op,
+                                                                                   hyper, scalars);
       check_launch(rule);
       table.count = 0;
     };

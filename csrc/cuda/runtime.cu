@@ -1,5 +1,6 @@
-// Queries about the CUDA runtime, driver and devices. None of them needs a GPU: on a machine
-// without a driver or device they report zero devices instead of failing.
+// Queries about the CUDA runtime, driver, devices and streams. The device queries need no GPU:
+// on a machine without a driver or device they report zero devices instead of failing, and
+// device_count_error says why (Python turns it into advice: fastnn/_backend/native.py).
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -15,6 +16,14 @@ int device_count() {
     return 0;
   }
   return count;
+}
+
+std::string device_count_error() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaSuccess) return "";
+  cudaGetLastError();
+  return cudaGetErrorName(err);
 }
 
 int runtime_version() { return CUDART_VERSION; }
@@ -52,6 +61,19 @@ int get_device() {
 }
 
 void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+uint64_t stream_id(uintptr_t stream) {
+  unsigned long long id = 0;
+  check(cudaStreamGetId(reinterpret_cast<cudaStream_t>(stream), &id), "cudaStreamGetId");
+  return uint64_t(id);
+}
+
+bool stream_capturing(uintptr_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream), &status),
+        "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
 
 int pointer_device(uintptr_t ptr) {
   cudaPointerAttributes attributes{};

@@ -16,7 +16,8 @@ One module per question, all re-exported here (``from fastnn import _backend as 
 - :mod:`.arrays`: what device an array lives on, zero-copy views, moves, allocation, addresses;
 - :mod:`.checks`: what a valid array argument is (dtype, device, shape, layout, writability,
   labels, hyperparameters, memory overlap), with messages that name the argument and the fix;
-- :mod:`.launch`: which path an op takes, its CUDA stream and per-stream buffers, the call.
+- :mod:`.launch`: which path an op takes, its CUDA stream (and whether it is being captured)
+  and per-stream buffers, the call.
 
 Arrays on different devices are never copied silently: mixing them raises ``ValueError``.
 """
@@ -26,9 +27,9 @@ from .arrays import (CPU, CudaView, Device, array_module, as_array, cupy_module,
                      partially_overlaps, pointer, shares_memory, to_device, to_numpy)
 from .checks import (FLOAT_DTYPES, LABEL_DTYPES, check_disjoint, check_finite, check_float, check_labels,
                      check_scalar, finish, output)
-from .launch import launch, path_of, stream_buffer, stream_buffers, stream_of, workspace_pointer
-from .native import (NATIVE_ERROR, _C, cuda_device_count, get_backend, native_available, set_backend,
-                     use_backend)
+from .launch import capturing, launch, path_of, stream_buffer, stream_buffers, stream_of, workspace_pointer
+from .native import (NATIVE_ERROR, _C, cuda_device_count, cuda_unavailable_reason, get_backend, native_available,
+                     set_backend, use_backend)
 
 # Names other modules still use from before the split (removed once no caller is left).
 _is_cupy = is_cupy

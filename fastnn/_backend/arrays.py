@@ -2,9 +2,15 @@
 explicit moves between devices, allocation beside an array, and raw addresses.
 
 The array decides the device: ``numpy.ndarray`` is the CPU, ``cupy.ndarray`` a GPU. Other
-arrays are viewed without a copy through ``__cuda_array_interface__``, ``__dlpack__`` or
+arrays are viewed without a copy through ``__dlpack__``, ``__cuda_array_interface__`` or
 ``__array_interface__`` (so PyTorch tensors are updated in place). CuPy is imported only when
 a GPU array shows up, never at ``import fastnn``.
+
+The stream a GPU array's kernels run on (``launch.stream_of``) must be ordered after the work
+that produced the array: a PyTorch CUDA tensor's is torch's current stream on its device (its
+``__cuda_array_interface__`` names none), remembered in the view (:func:`torch_device`); other
+DLPack producers are asked, through DLPack's stream handshake, to order CuPy's current stream
+after their work.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .native import _C, cuda_device_count, native_available
+from .native import _C, cuda_device_count, cuda_unavailable_reason
 
 
 class Device(NamedTuple):
@@ -46,11 +52,12 @@ def cupy_module():
 
 def gpu_unavailable_reason() -> str | None:
     """Why GPU arrays cannot be used here, or None when they can: fastnn's CUDA kernels, a
-    visible GPU and CuPy are all needed (CuPy is imported only once the first two hold)."""
-    if not native_available("cuda"):
-        return "this fastnn was built without its CUDA kernels (reinstall with the CUDA toolkit on PATH, FASTNN_CUDA=ON)"
-    if cuda_device_count() == 0:
-        return "no CUDA GPU is visible on this machine"
+    visible GPU (:func:`native.cuda_unavailable_reason`: no driver, a driver older than the
+    CUDA runtime, no device) and CuPy are all needed (CuPy is imported only once the first two
+    hold)."""
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return reason
     try:
         cupy_module()
     except ImportError:
@@ -103,6 +110,61 @@ class CudaView:
         return all(e == 1 or s == x for e, s, x in zip(self.shape, self.strides, reversed(expected)))
 
 
+def _torch_cuda_device(x: Any) -> int | None:
+    """The GPU index of a PyTorch CUDA tensor, None for anything else (torch is not imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor) or not x.is_cuda:
+        return None
+    return x.device.index
+
+
+def torch_stream(device_index: int) -> int:
+    """PyTorch's current stream on a GPU: where torch orders the work that produces and uses
+    its tensors there."""
+    return int(sys.modules["torch"].cuda.current_stream(device_index).cuda_stream)
+
+
+_TorchMemory = None  # CuPy's UnownedMemory, marked as a PyTorch tensor's (made on first use)
+
+
+def _torch_cuda_array(x: Any, interface: dict, device: int):
+    """A CuPy array over a PyTorch CUDA tensor's memory (zero-copy), marked so that
+    :func:`torch_device` finds it on every view."""
+    global _TorchMemory
+    cupy = cupy_module()
+    if _TorchMemory is None:
+        class TorchMemory(cupy.cuda.UnownedMemory):
+            """A PyTorch tensor's memory; kernels on it run on torch's current stream."""
+
+        _TorchMemory = TorchMemory
+    dtype = np.dtype(interface["typestr"])
+    shape = tuple(int(s) for s in interface["shape"])
+    strides = interface.get("strides")
+    if strides is None:
+        nbytes = math.prod(shape) * dtype.itemsize
+    else:  # the span from the first element to one past the last (torch strides are >= 0)
+        nbytes = 0 if 0 in shape else dtype.itemsize + sum((n - 1) * s for n, s in zip(shape, strides))
+    memory = _TorchMemory(int(interface["data"][0]), nbytes, x, device)
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0), strides)
+
+
+def torch_device(a: Any) -> int | None:
+    """The GPU index when ``a`` is a CuPy array over a PyTorch tensor's memory (as
+    :func:`as_array` views torch CUDA tensors), else None."""
+    if _TorchMemory is None:
+        return None
+    memory = getattr(getattr(a, "data", None), "mem", None)
+    return memory.device_id if type(memory) is _TorchMemory else None
+
+
+def _cupy_missing() -> bool:
+    try:
+        cupy_module()
+    except ImportError:
+        return True
+    return False
+
+
 def _is_pandas(x: Any) -> bool:
     """A pandas DataFrame, Series or Index (without importing pandas)."""
     return type(x).__module__.partition(".")[0] == "pandas" and hasattr(x, "to_numpy")
@@ -115,20 +177,32 @@ def as_array(x: Any, name: str):
     if isinstance(x, (np.ndarray, CudaView)) or is_cupy(x):
         return x
     try:
+        torch_gpu = _torch_cuda_device(x)
+        if torch_gpu is not None:
+            # torch's __cuda_array_interface__ names no stream: the view remembers that its
+            # kernels belong on torch's current stream (launch.stream_of).
+            interface = x.__cuda_array_interface__
+            try:
+                return _torch_cuda_array(x, interface, torch_gpu)
+            except ImportError:
+                return CudaView(x, dict(interface, stream=torch_stream(torch_gpu) or None))
+        if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+            device_type = int(x.__dlpack_device__()[0])
+            if device_type == 1:  # kDLCPU
+                return np.from_dlpack(x)
+            if device_type != 2:  # kDLCUDA
+                raise TypeError(f"{name}: arrays on DLPack device type {device_type} are not supported "
+                                "(fastnn runs on the CPU and on CUDA GPUs)")
+            if not (hasattr(x, "__cuda_array_interface__") and _cupy_missing()):
+                # CuPy hands the producer its current stream, and the producer orders that
+                # stream after its own work (DLPack's stream handshake).
+                return cupy_module().from_dlpack(x)
         if hasattr(x, "__cuda_array_interface__"):
             interface = x.__cuda_array_interface__
             try:
                 return cupy_module().asarray(x)
             except ImportError:
                 return CudaView(x, interface)
-        if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
-            device_type = int(x.__dlpack_device__()[0])
-            if device_type == 1:  # kDLCPU
-                return np.from_dlpack(x)
-            if device_type == 2:  # kDLCUDA
-                return cupy_module().from_dlpack(x)
-            raise TypeError(f"{name}: arrays on DLPack device type {device_type} are not supported "
-                            "(fastnn runs on the CPU and on CUDA GPUs)")
         if hasattr(x, "__array_interface__"):
             return np.asarray(x)
         if _is_pandas(x):

@@ -102,3 +102,35 @@ def native_available(device: str = "cpu") -> bool:
 def cuda_device_count() -> int:
     """GPUs the compiled CUDA kernels can see (0 without CUDA kernels, driver or device)."""
     return _C.cuda.device_count() if native_available("cuda") else 0
+
+
+def _cuda_version(code: int) -> str:
+    """CUDA's version code (12040) as "12.4"."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_unavailable_reason() -> str | None:
+    """Why fastnn's CUDA kernels cannot run here, with what to do, or None when a GPU is
+    visible to them. The CUDA runtime reports a missing driver and a driver too old for the
+    runtime fastnn was built with alike (cudaErrorInsufficientDriver); the driver's version
+    (0 when none is installed) tells them apart."""
+    if not native_available("cuda"):
+        return ("this fastnn was built without its CUDA kernels (reinstall with the CUDA toolkit on PATH, "
+                "FASTNN_CUDA=ON)")
+    if cuda_device_count() > 0:
+        return None
+    error = _C.cuda.device_count_error()
+    runtime = _cuda_version(_C.cuda.runtime_version())
+    if error == "cudaErrorInsufficientDriver":
+        driver = _C.cuda.driver_version()
+        if driver == 0:
+            return "no NVIDIA driver is installed (the CUDA driver library libcuda could not be loaded)"
+        return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA {runtime} runtime "
+                f"fastnn was built with: install a driver for CUDA {runtime} or newer, or build fastnn with a "
+                f"CUDA toolkit no newer than {_cuda_version(driver)}")
+    if error in ("", "cudaErrorNoDevice"):
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return "no CUDA GPU is visible on this machine" + (
+            f" (CUDA_VISIBLE_DEVICES is {hidden!r})" if hidden is not None else "")
+    return f"the CUDA runtime {runtime} cannot use the GPUs: {error}"

@@ -1,5 +1,5 @@
-"""The benchmark harness shared by every suite: timing, copy bandwidth, competitors, the table
-and the files a run writes.
+"""The benchmark harness shared by every suite: timing, the memory bandwidth yardstick,
+competitors, the table and the files a run writes.
 
 A suite produces a list of :class:`Result` rows, one per (case, implementation), all measured
 in the same process, so that ratios between rows are meaningful. Absolute times vary between
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import glob
 import json
 import os
 import platform
@@ -181,32 +182,73 @@ def run_case(suite: str, case: str, device: str, competitors, *, min_time: float
     return rows
 
 
-def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> tuple[float, str]:
-    """The best device-memory copy rate measured now, in GB/s counting bytes read + written,
-    and what measured it. CPU: NumPy's copy and PyTorch's multi-threaded copy when installed.
-    GPU: a CuPy or PyTorch device-to-device copy."""
-    n = nbytes // 4
-    rates: dict[str, float] = {}
-    if device == "cpu":
-        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
-        rates["numpy copyto"] = 2 * nbytes / (measure(lambda: np.copyto(dst, src), "cpu") * 1e-3) / 1e9
-        torch = torch_for("cpu")
-        if torch is not None:
-            ts, td = torch.ones(n), torch.empty(n)
-            rates["torch copy_"] = 2 * nbytes / (measure(lambda: td.copy_(ts), "cpu") * 1e-3) / 1e9
+def _cache_bytes() -> int:
+    """The largest CPU cache (the last level), from Linux's sysfs; 32 MiB where unknown."""
+    largest = 0
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size")):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            largest = max(largest, int(digits) * scale)
+    return largest or 32 << 20
+
+
+def _best_ms(fn: Callable[[], object], sync: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls (after one untimed call), in milliseconds."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def memory_bandwidth(device: str, array_bytes: int | None = None, repeats: int = 10) -> tuple[float, str]:
+    """The machine's memory bandwidth in GB/s, measured now the way STREAM measures it, and
+    what measured it: the triad a = b + s * c over three float64 arrays of ``array_bytes``
+    each (default: 4x the largest cache and at least 128 MiB on the CPU, at least 1 GiB on a
+    GPU, so that nothing is served from a cache), best of ``repeats`` runs, counting 24 bytes
+    per element (b and c read, a written; like STREAM, not the write-allocate read of a).
+    CPU: fastnn's OpenMP triad on every thread (``csrc/cpu/triad.cpp``), else torch's
+    multi-threaded ``torch.add(b, c, alpha=s, out=a)``. GPU: a CuPy elementwise kernel, else
+    that torch call on the device. NaN where neither can run."""
+    from .. import _backend
+
+    if array_bytes is None:
+        array_bytes = max(4 * _cache_bytes(), 128 << 20) if device == "cpu" else 1 << 30
+    n = array_bytes // 8
+    s = 3.0
+    torch = torch_for(device)
+    if device == "cpu" and _backend._C is not None:
+        a, b, c = np.empty(n), np.full(n, 1.0), np.full(n, 2.0)
+        C = _backend._C.cpu
+        ms = _best_ms(lambda: C.stream_triad(a.ctypes.data, b.ctypes.data, c.ctypes.data, s, n), lambda: None,
+                      repeats)
+        how = f"fastnn's OpenMP triad, {C.omp_threads()} threads"
+    elif device == "cuda" and cupy_for(device) is not None:
+        cupy = cupy_for(device)
+        triad = cupy.ElementwiseKernel("float64 b, float64 c, float64 s", "float64 a", "a = b + s * c",
+                                       "bench_stream_triad")
+        a, b, c = cupy.empty(n), cupy.full(n, 1.0), cupy.full(n, 2.0)
+        ms = _best_ms(lambda: triad(b, c, s, a), gpu_sync(), repeats)
+        how = "a CuPy triad kernel"
+    elif torch is not None:
+        a, b, c = (torch.full((n,), v, dtype=torch.float64, device=device) for v in (0.0, 1.0, 2.0))
+        ms = _best_ms(lambda: torch.add(b, c, alpha=s, out=a), gpu_sync() if device == "cuda" else (lambda: None),
+                      repeats)
+        how = "torch.add(b, c, alpha=s, out=a)"
     else:
-        cupy = cupy_for("cuda")
-        if cupy is not None:
-            cs, cd = cupy.ones(n, cupy.float32), cupy.empty(n, cupy.float32)
-            rates["cupy copy"] = 2 * nbytes / (measure(lambda: cupy.copyto(cd, cs), "cuda") * 1e-3) / 1e9
-        torch = torch_for("cuda")
-        if torch is not None:
-            ts, td = torch.ones(n, device="cuda"), torch.empty(n, device="cuda")
-            rates["torch copy_"] = 2 * nbytes / (measure(lambda: td.copy_(ts), "cuda") * 1e-3) / 1e9
-    if not rates:
-        return float("nan"), "no copy measured"
-    best = max(rates, key=rates.get)
-    return rates[best], best
+        return float("nan"), "no triad measured (needs fastnn's CPU kernels, CuPy or torch)"
+    gib = array_bytes / (1 << 30)
+    return 3 * 8 * n / (ms * 1e-3) / 1e9, f"STREAM triad, 3 x {gib:.2f} GiB float64, best of {repeats}: {how}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,18 +259,19 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
-def table(results: Iterable[Result], *, baseline: str = "fastnn", copy_gbs: float | None = None) -> str:
+def table(results: Iterable[Result], *, baseline: str = "fastnn", bandwidth_gbs: float | None = None) -> str:
     """The comparison table as Markdown: per case, each implementation's time, bandwidth or
-    rate, % of copy bandwidth, and ``baseline``'s speed-up over it (other ms / baseline ms)."""
+    rate, its bandwidth as a % of the machine's (:func:`memory_bandwidth`), and
+    ``baseline``'s speed-up over it (other ms / baseline ms)."""
     results = list(results)
-    header = "| case | implementation | ms | GB/s | TFLOP/s | % of copy | speed-up of fastnn |"
+    header = "| case | implementation | ms | GB/s | TFLOP/s | % of bandwidth | speed-up of fastnn |"
     lines = [header, "|" + "---|" * 7]
     cases = list(dict.fromkeys(r.case for r in results))
     for case in cases:
         rows = [r for r in results if r.case == case]
         base = next((r.ms for r in rows if r.impl == baseline and r.ms is not None), None)
         for r in rows:
-            pct = None if copy_gbs is None or r.gbs is None else 100 * r.gbs / copy_gbs
+            pct = None if bandwidth_gbs is None or r.gbs is None else 100 * r.gbs / bandwidth_gbs
             if r.ms is None:
                 speedup = r.note or "skipped"
             elif base is None or r.impl == baseline:
@@ -276,18 +319,19 @@ def environment(device: str) -> dict:
     return env
 
 
-def write(suite: str, device: str, results: list[Result], out_dir: str, *, copy: tuple[float, str] | None = None,
-          extra: dict | None = None) -> dict[str, str]:
+def write(suite: str, device: str, results: list[Result], out_dir: str, *,
+          bandwidth: tuple[float, str] | None = None, extra: dict | None = None) -> dict[str, str]:
     """Write ``<suite>_<device>.json`` and ``.md`` (and a bar chart ``.png`` when matplotlib is
-    installed) into ``out_dir``; return the paths written."""
+    installed) into ``out_dir``; return the paths written. ``bandwidth``: the
+    :func:`memory_bandwidth` measured in the same run, if any."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{suite}_{device}")
     payload = {
         "suite": suite,
         "device": device,
         "environment": environment(device),
-        "copy_gbs": None if copy is None else copy[0],
-        "copy_measured_with": None if copy is None else copy[1],
+        "bandwidth_gbs": None if bandwidth is None else bandwidth[0],
+        "bandwidth_measured_with": None if bandwidth is None else bandwidth[1],
         "results": [r.as_dict() for r in results],
         **(extra or {}),
     }
@@ -296,9 +340,9 @@ def write(suite: str, device: str, results: list[Result], out_dir: str, *, copy:
         json.dump(payload, f, indent=2, default=str)
     with open(paths["md"], "w") as f:
         f.write(f"# {suite} on {device} ({payload['environment']['date']})\n\n")
-        if copy is not None:
-            f.write(f"Copy bandwidth measured in the same run: {copy[0]:.1f} GB/s ({copy[1]}).\n\n")
-        f.write(table(results, copy_gbs=None if copy is None else copy[0]) + "\n")
+        if bandwidth is not None:
+            f.write(f"Memory bandwidth measured in the same run: {bandwidth[0]:.1f} GB/s ({bandwidth[1]}).\n\n")
+        f.write(table(results, bandwidth_gbs=None if bandwidth is None else bandwidth[0]) + "\n")
     png = chart(suite, device, results, stem + ".png")
     if png:
         paths["png"] = png

@@ -21,6 +21,10 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
   cs231n's layers (CuPy on a GPU); the targets are measured against it. On the CPU also
   ``NumPy (cs231n-style, float64)``: the same code on NumPy's default dtype, as cs231n's
   assignments run it (ANCHORS' 48.1 ms NumPy figure, about twice torch's, matches this one).
+- on the CPU, ``fastnn, medium precision (bf16)``: the fused-step row under
+  ``fastnn.set_matmul_precision("medium")``, bf16 GEMM operands with float32 sums through
+  oneDNN (``fastnn._bf16``; skipped, saying why, where this CPU or installation has no bf16
+  GEMM), in the same run as the float32 rows and torch eager float32;
 - on the CPU, ``GEMMs alone``: not a competitor but the floor, the step's float32 GEMMs and
   nothing else on NumPy's BLAS. Where it is more than half the NumPy step, a 2x speed-up over
   NumPy on the same BLAS cannot be had.
@@ -28,7 +32,7 @@ cases), a softmax cross-entropy on integer labels at the end. Competitors, where
 Precisions on the GPU: "TF32" is ``fastnn.set_matmul_precision("high")`` and torch's
 ``set_float32_matmul_precision("high")``; "bf16" is ``"medium"`` (bfloat16 GEMM inputs, float32
 accumulation) and ``torch.autocast(dtype=torch.bfloat16)``; "fp32" is strict float32. The CPU
-computes in float32.
+cases are float32 but for the medium-precision row.
 
 TFLOP/s counts the GEMMs only: 6 * batch * sum(in * out) minus the first layer's dx GEMM
 (2 * batch * in * out), which no competitor computes.
@@ -52,6 +56,7 @@ from . import _harness as H
 SUITE = "mlp"
 
 FASTNN, FASTNN_GRAPH, FASTNN_FUSED = "fastnn", "fastnn, CUDA graph", "fastnn, fused step"
+FASTNN_MEDIUM = "fastnn, medium precision (bf16)"
 GEMM_FLOOR = "GEMMs alone (NumPy fp32, the floor)"
 TORCH, TORCH_GRAPH = "torch eager", "torch, CUDA graph"
 PRECISION_LABELS = {"highest": "fp32", "high": "TF32", "medium": "bf16"}
@@ -69,6 +74,7 @@ class Case(NamedTuple):
     batchnorm: bool = False
     precision: str = "highest"
     targets: tuple[tuple[str, float], ...] = ()
+    medium_targets: tuple[tuple[str, float], ...] = ()  # (competitor, speed-up of FASTNN_MEDIUM)
 
     @property
     def name(self) -> str:
@@ -86,7 +92,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     if device == "cpu":
         if quick:
             return [Case((784, 128, 128, 10), 256), Case((64, 64, 64, 16), 2048)]
-        return [Case((784, 512, 512, 10), 1024, targets=((TORCH, 1.0), ("NumPy (cs231n-style)", 2.0))),
+        return [Case((784, 512, 512, 10), 1024, targets=((TORCH, 1.0), ("NumPy (cs231n-style)", 2.0)),
+                     medium_targets=((TORCH, 1.5),)),
                 Case((64, 64, 64, 64, 16), 16384, targets=((TORCH, 1.5),))]
     wide = (64,) * 5 + (16,)
     if quick:  # the same kinds of case, smaller, without the targets
@@ -154,6 +161,21 @@ def fastnn_model(case: Case, weights: list):
                 layers.append(nn.BatchNorm(W.shape[1]))
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def in_precision(step: Callable[[], object], precision: str) -> Callable[[], None]:
+    """``step`` run under ``set_matmul_precision(precision)``, the setting restored after."""
+    from ..functional import dense
+
+    def run():
+        before = dense.get_matmul_precision()
+        dense.set_matmul_precision(precision)
+        try:
+            step()
+        finally:
+            dense.set_matmul_precision(before)
+
+    return run
 
 
 def fastnn_impl(case: Case, prob: Problem, device: str, *, graph: bool = False, reference: bool = False,
@@ -385,6 +407,8 @@ def competitors(case: Case, prob: Problem, device: str):
     yield FASTNN, no_native or (lambda: fastnn_impl(case, prob, device).step)
     if device == "cpu":
         yield FASTNN_FUSED, no_native or (lambda: fastnn_impl(case, prob, device, fused=True).step)
+        yield FASTNN_MEDIUM, no_native or _no_bf16() or (
+            lambda: in_precision(fastnn_impl(case, prob, device, fused=True).step, "medium"))
     if device != "cpu":
         yield FASTNN_GRAPH, no_native or (lambda: fastnn_impl(case, prob, device, graph=True).step)
     yield TORCH, no_torch or (lambda: torch_impl(case, prob, device).step)
@@ -395,6 +419,14 @@ def competitors(case: Case, prob: Problem, device: str):
     if device == "cpu":
         yield f"{array} (cs231n-style, float64)", (lambda: plain_impl(case, prob, device, np.float64).step)
         yield GEMM_FLOOR, lambda: gemm_floor_impl(case, prob).step
+
+
+def _no_bf16() -> str | None:
+    """Why "medium" would compute in float32 on this CPU, or None where it runs in bf16."""
+    from .. import _bf16
+
+    on, why = _bf16.status()
+    return None if on else f"no bf16 GEMM: {why}"
 
 
 @contextlib.contextmanager
@@ -469,6 +501,14 @@ def targets(results: list[H.Result], device: str, quick: bool = False) -> list[s
             each = ", ".join(f"{impl} {rows[other] / ms:.2f}x" for impl, ms in mine.items())
             lines.append(f"{case.name}: fastnn vs {other}, target >= {goal}x: {value:.2f}x "
                          f"({'met' if value >= goal else 'NOT met'}; {each})")
+        for other, goal in case.medium_targets:
+            if FASTNN_MEDIUM not in rows or other not in rows:
+                if any(r.case == case.name for r in results):
+                    lines.append(f"{case.name}: {FASTNN_MEDIUM} vs {other} fp32, target >= {goal}x: not measured")
+                continue
+            value = rows[other] / rows[FASTNN_MEDIUM]
+            lines.append(f"{case.name}: {FASTNN_MEDIUM} vs {other} fp32, target >= {goal}x: {value:.2f}x "
+                         f"({'met' if value >= goal else 'NOT met'})")
     return lines
 
 

@@ -7,8 +7,10 @@ gradients with its own state: fastnn's class (``fastnn.optim.X(params).step(grad
 through ``fastnn.integrations.torch``, the reference path (NumPy or CuPy ops, in place),
 PyTorch ``foreach`` and ``fused`` where torch has them, and on the GPU a CuPy elementwise
 kernel per tensor. Effective GB/s counts every byte a one-pass update reads and writes
-(Adam: p, g, m, v read, p, m, v written: 28 bytes per float32 parameter); "% of copy" compares
-it with a device copy measured in the same run.
+(Adam: p, g, m, v read, p, m, v written: 28 bytes per float32 parameter); "% of bandwidth"
+compares it with the machine's memory bandwidth measured in the same run as STREAM measures
+it (``_harness.memory_bandwidth``: the triad a = b + s * c on every thread over arrays far
+larger than the caches, best of 10, bytes read + written).
 
     python bench/optim.py --device cpu [--quick] [--out bench/results]
 """
@@ -198,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", help="comma-separated subset, e.g. 'Adam,RMSprop'")
     args = parser.parse_args(argv)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",")]
-    copy = H.copy_bandwidth(args.device, nbytes=(1 << 26) if args.quick else (1 << 28))
+    bandwidth = H.memory_bandwidth(args.device, repeats=3 if args.quick else 10)
     results = run(args.device, quick=args.quick, progress=not args.no_progress, rules=rules)
-    print(f"\ncopy bandwidth: {copy[0]:.1f} GB/s ({copy[1]})\n")
-    print(H.table(results, copy_gbs=copy[0]))
+    print(f"\nmemory bandwidth: {bandwidth[0]:.1f} GB/s ({bandwidth[1]})\n")
+    print(H.table(results, bandwidth_gbs=bandwidth[0]))
     summary = targets(results, args.device)
     print("\n" + "\n".join(summary))
-    paths = H.write(SUITE, args.device, results, args.out, copy=copy, extra={"targets": summary})
+    paths = H.write(SUITE, args.device, results, args.out, bandwidth=bandwidth, extra={"targets": summary})
     print("\nwrote " + ", ".join(paths.values()))
     return 0

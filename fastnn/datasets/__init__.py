@@ -1,11 +1,13 @@
 """Datasets: the UCI handwritten digits shipped with fastnn, synthetic toy data, your own files.
 
-Every loader returns ``(X, y)``: ``X`` float32 with one sample per row, ``y`` int64 class labels
-(or float32 regression targets for files whose labels are not whole numbers).
+Every loader returns ``(X, y)``: ``X`` float32 with one sample per row, ``y`` int64 whole numbers,
+float32 other numbers, or (from files) text labels; ``fastnn.data.infer_task`` tells classes
+from regression targets.
 
 - ``load_digits()``: 1,797 8x8 digit images (UCI, CC BY 4.0; see ``DATA_LICENSE.md``).
 - ``spirals(...)``, ``blobs(...)``: seeded synthetic classification problems.
-- ``load_npz(path)``, ``load_csv(path, label_column=...)``: user data.
+- ``load_npz(path)``, ``load_csv(path, label_column=...)``: user data (``read_csv`` also gives
+  the column names).
 - ``load(name_or_path, **options)``: any of the above by name or by file extension.
 """
 
@@ -15,10 +17,10 @@ import os
 from pathlib import Path
 
 from .digits import load_digits
-from .files import load_csv, load_npz
+from .files import load_csv, load_npz, read_csv
 from .synthetic import blobs, spirals
 
-__all__ = ["load", "load_digits", "spirals", "blobs", "load_npz", "load_csv"]
+__all__ = ["load", "load_digits", "spirals", "blobs", "load_npz", "load_csv", "read_csv"]
 
 _NAMED = {"digits": load_digits, "spirals": spirals, "blobs": blobs}
 _BY_SUFFIX = {".npz": load_npz, ".csv": load_csv}

@@ -169,8 +169,9 @@ def prelu_forward(x, alpha, *, out=None):
     if path == "reference":
         return B.finish(out, ref.prelu_forward(x, alpha))
     y = B.output(out, x)
-    B.launch(path, "prelu_forward", x, B.pointer(x), B.pointer(alpha), B.pointer(y), outer,
-             channels, inner)
+    if x.size:  # the kernels size their row blocks by the row length, which is 0 for an empty x
+        B.launch(path, "prelu_forward", x, B.pointer(x), B.pointer(alpha), B.pointer(y), outer,
+                 channels, inner)
     return y
 
 
@@ -193,8 +194,9 @@ def prelu_backward(dy, x, alpha, *, dalpha=None, out=None):
         dalpha += grad
         return B.finish(out, dx), dalpha
     dx = B.output(out, dy)
-    B.launch(path, "prelu_backward", dy, B.pointer(dy), B.pointer(x), B.pointer(alpha),
-             B.pointer(dx), B.pointer(dalpha), outer, channels, inner)
+    if dy.size:
+        B.launch(path, "prelu_backward", dy, B.pointer(dy), B.pointer(x), B.pointer(alpha),
+                 B.pointer(dx), B.pointer(dalpha), outer, channels, inner)
     return dx, dalpha
 
 

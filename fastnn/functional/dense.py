@@ -14,11 +14,16 @@ cpu         ``numpy.matmul`` (NumPy's BLAS, multi-threaded) writes x @ W straigh
             column sums into db; then dW += x.T @ dz (a GEMM into scratch, then one add)
             and dx = dz @ W.T, both BLAS. The passes run on the calling thread, so
             they never compete with the BLAS threads (see ``csrc/cpu/dense.cpp``).
+            With ``set_matmul_precision("medium")`` where ``fastnn._bf16`` found oneDNN
+            and the CPU has AVX512_BF16, the GEMMs are oneDNN's bf16 GEMM (float32
+            sums) instead: x and W are rounded to bf16 by one parallel pass each, the
+            dz pass writes dz in bf16 only, and dW accumulates in the GEMM (beta = 1).
 cpu chain   :func:`dense_chain_forward` / :func:`dense_chain_backward` (several layers,
             narrow): one C++ kernel; each OpenMP thread carries its row blocks through
             every layer while they are in its cache, calling NumPy's OpenBLAS on one
             thread (``csrc/cpu/dense_chain.cpp``, ``fastnn/_blas.py``);
-            :func:`dense_chain_blocked` says when.
+            :func:`dense_chain_blocked` says when. In "medium", oneDNN's bf16 GEMM on
+            each thread, its operands written by the passes the chain makes anyway.
 cuda        cuBLASLt with the bias and activation in the GEMM's epilogue where one
             exists (BIAS, RELU_BIAS, GELU_AUX_BIAS for gelu_tanh), a fused pass
             otherwise; dW accumulates in the GEMM (beta = 1); db from the BGRADA
@@ -63,15 +68,21 @@ _precision = "highest"
 
 
 def set_matmul_precision(precision: str) -> None:
-    """Precision of float32 GEMMs on the GPU, like ``torch.set_float32_matmul_precision``:
+    """Precision of float32 GEMMs, like ``torch.set_float32_matmul_precision``:
 
-    - ``"highest"`` (default): strict float32 (CUBLAS_COMPUTE_32F).
-    - ``"high"``: TF32 tensor cores, inputs rounded to 10 mantissa bits, float32 accumulation.
-      Error per output within about 2^-9 * (|x| @ |W|).
-    - ``"medium"``: inputs rounded to bfloat16 (8 mantissa bits), float32 accumulation and
-      float32 outputs. Error per output within about 2^-6 * (|x| @ |W|).
+    - ``"highest"`` (default): strict float32 (CUBLAS_COMPUTE_32F on the GPU).
+    - ``"high"``: on the GPU, TF32 tensor cores, inputs rounded to 10 mantissa bits, float32
+      accumulation; error per output within about 2^-9 * (|x| @ |W|). The CPU computes it in
+      float32.
+    - ``"medium"``: GEMM inputs rounded to bfloat16 (8 significant bits, round to nearest
+      even, relative error up to 2^-8 each), float32 accumulation and float32 outputs; error
+      per output within 2^-7 * (|x| @ |W|) (each product's two roundings) plus the float32
+      sums' k * 2^-24 * (|x| @ |W|). On the
+      GPU through cuBLASLt; on the CPU through oneDNN's bf16 GEMM (``fastnn[bf16]``) where
+      the CPU has AVX512_BF16, else in float32: ``backend_info()["cpu_medium_precision"]``
+      says which, and why (``fastnn._bf16``).
 
-    The CPU always computes in the arrays' dtype, and float64 is float64 everywhere."""
+    float64 is float64 everywhere."""
     global _precision
     if precision not in PRECISIONS:
         raise ValueError(f"matmul precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -97,16 +108,41 @@ def dense_needs_aux(activation: str) -> bool:
 _cpu_scratch = threading.local()
 
 
-def _scratch(like, name: str, shape):
-    """A reused C-contiguous NumPy array of ``like``'s dtype, valid until the next call with
-    the same name on this thread."""
+def _scratch(like, name: str, shape, dtype=None):
+    """A reused C-contiguous NumPy array of ``dtype`` (default ``like``'s dtype), valid until
+    the next call with the same name on this thread."""
+    dtype = np.dtype(like.dtype if dtype is None else dtype)
     cache = _cpu_scratch.__dict__.setdefault("arrays", {})
     size = math.prod(shape)
-    key = (name, like.dtype)
+    key = (name, dtype)
     buf = cache.get(key)
     if buf is None or buf.size < size:
-        buf = cache[key] = np.empty(size, like.dtype)
+        buf = cache[key] = np.empty(size, dtype)
     return buf[:size].reshape(shape)
+
+
+def _bf16_copy(a, name: str):
+    """float32 ``a`` rounded to bfloat16 (as uint16 bits) in a reused scratch array."""
+    out = _scratch(a, name, a.shape, np.uint16)
+    B._C.cpu.to_bf16(B.pointer(a), B.pointer(out), a.size)
+    return out
+
+
+def _cpu_bf16(x) -> bool:
+    """Whether the CPU GEMMs on float32 ``x`` run in bf16: precision "medium" and oneDNN's
+    bf16 GEMM available (``fastnn._bf16``)."""
+    from .. import _bf16
+
+    return _precision == "medium" and np.dtype(x.dtype) == np.float32 and _bf16.available()
+
+
+def _gemm_bf16(a16, b16, c, *, trans_a: bool = False, trans_b: bool = False, accumulate: bool = False):
+    """c (=, or += with ``accumulate``) op(a16) @ op(b16), bf16 operands and float32 sums
+    (oneDNN), all C-contiguous."""
+    m, n = c.shape
+    k = a16.shape[0] if trans_a else a16.shape[1]
+    B._C.cpu.gemm_bf16(trans_a, trans_b, m, n, k, 1.0, B.pointer(a16), a16.shape[1], B.pointer(b16),
+                       b16.shape[1], 1.0 if accumulate else 0.0, B.pointer(c), n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,12 +217,15 @@ def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 
         return y
     if path == "cpu":
         z = aux if needs_aux else y
-        np.matmul(x, W, out=z)
+        if _cpu_bf16(x):
+            _gemm_bf16(_bf16_copy(x, "x16"), _bf16_copy(W, "W16"), z)
+        else:
+            np.matmul(x, W, out=z)
         if b is not None or activation != "identity":
             # aux already holds x @ W; it is rewritten only when b is added.
             aux_ptr = B.pointer(aux) if needs_aux and b is not None else 0
             B.launch(path, "bias_activation_forward", x, code, B.pointer(z), _optional_ptr(b),
-                     B.pointer(y), aux_ptr, n, out_features, alpha)
+                     B.pointer(y), aux_ptr, 0, n, out_features, alpha)
         return y
     precision = _precision_code(x)
     workspace = B.workspace_pointer(x, B._C.cuda.dense_forward_workspace(
@@ -269,24 +308,34 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
         dx[...] = grad_x
         return dx
     if path == "cpu":
-        if activation == "identity":
-            dz = dy
-            if db is not None:
-                B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), 0, 0, B.pointer(db),
-                         n, out_features, alpha)
+        if _cpu_bf16(dy):
+            # One pass writes dz in bf16 (and adds db); the GEMMs read it, dW accumulates in place.
+            dz16 = _scratch(dy, "dz16", (n, out_features), np.uint16)
+            B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), _optional_ptr(saved), 0,
+                     B.pointer(dz16), _optional_ptr(db), n, out_features, alpha)
+            _gemm_bf16(_bf16_copy(x, "x16"), dz16, dW, trans_a=True, accumulate=True)
+            if dx is not None:
+                _gemm_bf16(dz16, _bf16_copy(W, "W16"), dx, trans_b=True)
         else:
-            dz = _scratch(dy, "dz", (n, out_features))
-            B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), B.pointer(saved),
-                     B.pointer(dz), _optional_ptr(db), n, out_features, alpha)
-        grad_W = _scratch(dy, "dW", W.shape)
-        np.matmul(x.T, dz, out=grad_W)
-        np.add(dW, grad_W, out=dW)
+            if activation == "identity":
+                dz = dy
+                if db is not None:
+                    B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), 0, 0, 0, B.pointer(db),
+                             n, out_features, alpha)
+            else:
+                dz = _scratch(dy, "dz", (n, out_features))
+                B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), B.pointer(saved),
+                         B.pointer(dz), 0, _optional_ptr(db), n, out_features, alpha)
+            grad_W = _scratch(dy, "dW", W.shape)
+            np.matmul(x.T, dz, out=grad_W)
+            np.add(dW, grad_W, out=dW)
+            if dx is not None:
+                np.matmul(dz, W.T, out=dx)
         if dx is None:
             return None
-        np.matmul(dz, W.T, out=dx)
         if x_activation != "identity" or x_db is not None:
             B.launch(path, "bias_activation_backward", dy, x_code, B.pointer(dx), _optional_ptr(x_saved),
-                     0 if x_activation == "identity" else B.pointer(dx), _optional_ptr(x_db), n,
+                     0 if x_activation == "identity" else B.pointer(dx), 0, _optional_ptr(x_db), n,
                      in_features, x_alpha)
         return dx
     precision = _precision_code(dy)
@@ -429,7 +478,7 @@ def dense_chain_forward(x, layers, *, ys=None, auxs=None, block_rows: int = 0, b
             below = dense_forward(below, W, b, activation, alpha=alpha, out=y, aux=aux)
         return out_ys
     B.launch("cpu", "dense_chain_forward", x, B.pointer(x), n, *_kernel_layers(layers),
-             [B.pointer(y) for y in out_ys], [_optional_ptr(a) for a in out_auxs], widths, block_rows)
+             [B.pointer(y) for y in out_ys], [_optional_ptr(a) for a in out_auxs], widths, block_rows, _cpu_bf16(x))
     return out_ys
 
 
@@ -477,7 +526,7 @@ def dense_chain_backward(dy, x, layers, ys, auxs=None, *, dWs, dbs=None, need_dx
     B.launch("cpu", "dense_chain_backward", dy, B.pointer(dy), B.pointer(x), n, Ws, codes, alphas,
              [B.pointer(y) for y in saved_ys],
              [_optional_ptr(a) for a in saved_auxs], [B.pointer(dW) for dW, _ in grads],
-             [_optional_ptr(db) for _, db in grads], _optional_ptr(dx), widths, block_rows)
+             [_optional_ptr(db) for _, db in grads], _optional_ptr(dx), widths, block_rows, _cpu_bf16(dy))
     return dx
 
 
@@ -564,5 +613,5 @@ def dense_chain_step(x, layers, loss: str, target, *, dWs, dbs=None, out=None, l
              _CHAIN_LOSS_CODES[loss],
              B.pointer(target) if labeled else 0, labeled and np.dtype(target.dtype) == np.int64,
              0 if labeled else B.pointer(target), B.pointer(value), _optional_ptr(out), _optional_ptr(dx),
-             block_rows)
+             block_rows, _cpu_bf16(x))
     return value if dx is None else (value, dx)

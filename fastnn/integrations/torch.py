@@ -190,10 +190,23 @@ class _FastnnOptimizer(torch.optim.Optimizer):
 
     # --- the step -------------------------------------------------------------------------------
 
+    def _refuse_capture(self) -> None:
+        """RuntimeError when step() is being captured into a CUDA graph (``torch.cuda.graph``)
+        and a group is not capturable: the graph would replay lr and the step count as
+        constants and ``state["step"]`` would advance once, at capture (torch.optim refuses
+        too)."""
+        capturing = torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+        if capturing and not all(group.get("capturable", False) for group in self.param_groups):
+            raise RuntimeError(
+                f"{type(self).__name__}.step() is being captured into a CUDA graph, but its param_groups are not "
+                "capturable: lr, the step count and the step-dependent factors would be constants of the graph, "
+                "and state['step'] would advance once, at capture. Create the optimizer with capturable=True")
+
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter that has a gradient. ``closure``: as torch.optim
         (re-evaluates the model and returns the loss, which step returns)."""
+        self._refuse_capture()
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -31,11 +31,12 @@ class Elementwise(Module):
         """(activation, alpha) for ``functional.dense_forward`` when fused into a Dense."""
         return self.kind, self.alpha
 
-    def forward(self, x, training: bool = True):
-        """y = f(x), same shape and dtype as x."""
+    def forward(self, x, training: bool = False):
+        """y = f(x), same shape and dtype as x (x and y kept for the backward when training)."""
         x = self._check_input(x)
-        y = F.activation_forward(x, self.kind, alpha=self.alpha, out=self._output(x.shape, x))
-        self._saved = (x, y)
+        y = F.activation_forward(x, self.kind, alpha=self.alpha, out=self._output(x.shape, x, training))
+        if training:
+            self._saved = (x, y)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
@@ -110,14 +111,15 @@ class PReLU(Module):
     def extra_repr(self) -> str:
         return f"{self.num_parameters}" if self.num_parameters > 1 else ""
 
-    def forward(self, x, training: bool = True):
+    def forward(self, x, training: bool = False):
         """y = prelu(x, alpha); x of any shape (channels on axis 1 when per-channel)."""
         x = self._check_input(x, like=self.alpha.data)
         if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
             raise ValueError(f"{self._where()}: input of shape {tuple(x.shape)} needs {self.num_parameters} "
                              "channels on axis 1")
-        y = F.prelu_forward(x, self.alpha.data, out=self._output(x.shape, x))
-        self._saved = (x, y)
+        y = F.prelu_forward(x, self.alpha.data, out=self._output(x.shape, x, training))
+        if training:
+            self._saved = (x, y)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
@@ -140,13 +142,15 @@ class Softmax(Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
-    def forward(self, x, training: bool = True):
+    def forward(self, x, training: bool = False):
+        """y = softmax(x) along the last axis (y kept for the backward when training)."""
         x = self._check_input(x)
         if self.dim not in (-1, x.ndim - 1):
             raise ValueError(f"{self._where()}: only the last axis is supported, got dim={self.dim} for an input "
                              f"of shape {tuple(x.shape)}")
-        y = F.softmax_forward(x, out=self._output(x.shape, x))
-        self._saved = y
+        y = F.softmax_forward(x, out=self._output(x.shape, x, training))
+        if training:
+            self._saved = y
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):

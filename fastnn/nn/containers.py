@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import _backend as B
+from .. import functional as F
 from .dense import Dense
 from .fusion import FusionPlan
 from .losses import Loss
@@ -47,8 +48,14 @@ class Sequential(Module):
     one with parameters computes no dx (``dense_backward(need_dx=False)``). Parameters are
     named by position: ``"0.weight"``, ``"2.alpha"``. The layers are fixed at construction,
     where what runs fused is planned (``fastnn.nn.fusion``); a layer may appear only once.
-    (torch.nn.Sequential)
+
+    ``grads_ready_hook``: None, or a function that ``backward`` calls with a list of
+    parameters as soon as their gradients are complete (after each step, or each chain), so
+    that data-parallel training can reduce them while the layers below still run
+    (``fastnn.distributed.GradientReducer`` sets it). (torch.nn.Sequential)
     """
+
+    grads_ready_hook = None
 
     def __init__(self, *layers: Module, fuse: bool = True):
         super().__init__()
@@ -91,8 +98,9 @@ class Sequential(Module):
         for index, step in enumerate(self._plan.steps):
             step.layer._set_reuse(out if index == last else True, dx if index == 0 else True)
 
-    def forward(self, x, training: bool = True):
-        """Every layer in order (fused steps as one); returns the last output."""
+    def forward(self, x, training: bool = False):
+        """Every layer in order (fused steps as one); returns the last output. Inference by
+        default; ``training=True`` for batch statistics, dropout and a backward."""
         return self._plan.forward(x, training)
 
     def fused_step(self, x, target, loss, *, sync: bool = True):
@@ -109,17 +117,21 @@ class Sequential(Module):
         forward). Elsewhere it makes the three calls."""
         if not isinstance(loss, Loss):
             raise TypeError(f"Sequential.fused_step: loss must be a fastnn.nn loss, got {type(loss).__name__}")
-        if not self._plan.fuses_step(x, loss):
-            value = loss.forward(self.forward(x, training=True), target, sync=sync)
-            self.backward(loss.backward(), need_input_grad=False)
-            return value
-        value = self._plan.fused_step(x, target, loss)
-        return float(value) if sync else value
+        self._training_use.enter(self, "fused_step")
+        try:
+            if not self._plan.fuses_step(x, loss):
+                value = loss.forward(self.forward(x, training=True), target, sync=sync)
+                self.backward(loss.backward(), need_input_grad=False)
+                return value
+            value = self._plan.fused_step(x, target, loss)
+        finally:
+            self._training_use.exit()
+        return F.loss_item(value) if sync else value
 
     def backward(self, dout, *, need_input_grad: bool = True):
         """Every layer's backward in reverse order; returns d loss / d input, or None when
         ``need_input_grad=False``. Parameter gradients accumulate (``+=``)."""
-        return self._plan.backward(dout, need_input_grad)
+        return self._plan.backward(dout, need_input_grad, self.grads_ready_hook)
 
 
 class Residual(Module):
@@ -147,7 +159,7 @@ class Residual(Module):
         for child in self.children():
             child._set_reuse(True, True)
 
-    def forward(self, x, training: bool = True):
+    def forward(self, x, training: bool = False):
         """y = block(x) + skip(x)."""
         x = self._check_input(x)
         h = self.block.forward(x, training)
@@ -155,9 +167,10 @@ class Residual(Module):
         if tuple(h.shape) != tuple(skip.shape):
             raise ValueError(f"{self._where()}: the block maps shape {tuple(x.shape)} to {tuple(h.shape)}, which "
                              f"cannot be added to the skip path's {tuple(skip.shape)}")
-        y = self._output(h.shape, h)
+        y = self._output(h.shape, h, training)
         B.array_module(h).add(h, skip, out=y)
-        self._saved = y
+        if training:
+            self._saved = y
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):

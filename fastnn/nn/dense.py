@@ -31,7 +31,7 @@ class DenseSaved(NamedTuple):
 
 
 def activation_name(activation, where: str) -> str:
-    """The ``functional.ACTIVATIONS`` key for ``activation`` (None is "identity")."""
+    """The ``functional.ACTIVATIONS`` name for ``activation`` (None is "identity")."""
     name = "identity" if activation is None else activation
     if name not in F.ACTIVATIONS:
         raise ValueError(f"{where}: activation must be None or one of {sorted(F.ACTIVATIONS)}, got {activation!r}")
@@ -44,7 +44,7 @@ class Dense(Module):
     x (N, in_features) -> y (N, out_features); ``weight`` W has shape (in_features,
     out_features) (the transpose of ``torch.nn.Linear.weight``), ``bias`` b (out_features,).
 
-    - ``activation``: None (identity) or a key of ``functional.ACTIVATIONS`` ("relu",
+    - ``activation``: None (identity) or one of ``functional.ACTIVATIONS`` ("relu",
       "leaky_relu" with slope ``alpha``, "sigmoid", "tanh", "gelu", "gelu_tanh"), applied in
       the same kernel as the GEMM (``functional.dense_forward``).
     - ``init``: a name of ``init.INITIALIZERS`` ("he", the default, "he_uniform", "xavier",
@@ -88,8 +88,9 @@ class Dense(Module):
                 text += f", alpha={self.alpha}"
         return text + ("" if self.bias is not None else ", bias=False")
 
-    def forward(self, x, training: bool = True):
-        """y (N, out_features) = act(x @ W + b) for x (N, in_features)."""
+    def forward(self, x, training: bool = False):
+        """y (N, out_features) = act(x @ W + b) for x (N, in_features); the same in training
+        and inference, but only a training forward keeps x (and z) for the backward."""
         return self._forward(x, training, self.activation, self.alpha)
 
     def _forward(self, x, training, activation: str, alpha: float):
@@ -98,10 +99,11 @@ class Dense(Module):
         weight = self.weight.data
         x = self._check_input(x, ndim=2, features=self.in_features, like=weight)
         shape = (x.shape[0], self.out_features)
-        aux = self._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None
+        aux = self._buffer("aux", shape, x, training) if F.dense_needs_aux(activation) else None
         bias = None if self.bias is None else self.bias.data
-        y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x), aux=aux)
-        self._saved = DenseSaved(x, y, aux, activation, alpha)
+        y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x, training), aux=aux)
+        if training:
+            self._saved = DenseSaved(x, y, aux, activation, alpha)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):

@@ -17,14 +17,16 @@ __all__ = ["Dropout"]
 
 class Dropout(Module):
     """Inverted dropout (Srivastava et al. 2014): with ``training=True``, y = x * keep / (1 - p),
-    keep_i ~ Bernoulli(1 - p); the identity (the input itself) with ``training=False``.
+    keep_i ~ Bernoulli(1 - p); the identity (the input itself) with ``training=False``, the
+    default.
 
     The mask is a function of (seed, counter, element index) (``functional.dropout_forward``):
     nothing is stored, the backward regenerates it. ``counter`` starts at 0 and advances by
     one on every training forward, so each step draws a new mask and the sequence of masks is
-    reproducible from ``seed`` (or from ``rng``, which draws the seed; fresh entropy when
-    neither is given). After :meth:`counter_on_device` the counter lives beside the data and a
-    kernel advances it, which a captured CUDA graph needs; the masks are the same.
+    reproducible from ``seed`` (or from ``rng``, which draws the seed; with neither, a draw from
+    ``fastnn.seed``'s sequence when it was called, else fresh entropy). After
+    :meth:`counter_on_device` the counter lives beside the data and a kernel advances it,
+    which a captured CUDA graph needs; the masks are the same.
     (torch.nn.Dropout)
     """
 
@@ -76,10 +78,12 @@ class Dropout(Module):
             self._words = words
         return words
 
-    def forward(self, x, training: bool = True):
+    def forward(self, x, training: bool = False):
         """x * keep / (1 - p) when training (a new mask each call), else x."""
         x = self._check_input(x)
-        if not training or self.p == 0:
+        if not training:
+            return x
+        if self.p == 0:
             self._saved = (x, None)
             return x
         if self._on_device:
@@ -89,13 +93,12 @@ class Dropout(Module):
         else:
             counter = self._counter
             self._counter += 1
-        y = F.dropout_forward(x, self.p, seed=self.seed, counter=counter, out=self._output(x.shape, x))
+        y = F.dropout_forward(x, self.p, seed=self.seed, counter=counter, out=self._output(x.shape, x, True))
         self._saved = (y, counter)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
-        """dx = dout * keep / (1 - p) with the forward's mask (dout itself after an identity
-        forward)."""
+        """dx = dout * keep / (1 - p) with the forward's mask (dout itself when p = 0)."""
         y, counter = self._saved_state()
         if not need_input_grad:
             return None

@@ -20,7 +20,7 @@ alone, at construction:
   dense_chain_blocked``), and never with a Dense inside a nested module, which would leave
   OpenBLAS's threads spinning on the cores the chain's threads need.
 - **The fused step** (:meth:`FusionPlan.fused_step`): a model that is one run of Dense steps,
-  trained with a loss whose ``name`` is a key of ``functional.CHAIN_LOSSES``, does forward,
+  trained with a loss whose ``name`` is one of ``functional.CHAIN_LOSSES``, does forward,
   loss and backward in one ``functional.dense_chain_step``, keeping no activation.
 
 With ``fuse=False`` every step is one layer, run by its own forward and backward.
@@ -145,16 +145,20 @@ class DenseRun:
         return dict(dWs=[layer.weight.grad for layer in self.layers],
                     dbs=[None if layer.bias is None else layer.bias.grad for layer in self.layers])
 
-    def forward(self, x):
-        """y = the last layer's output for x (N, in_features of the first layer)."""
+    def forward(self, x, training: bool):
+        """y = the last layer's output for x (N, in_features of the first layer); a training
+        forward keeps every layer's ``DenseSaved``, inference keeps nothing and writes only
+        new arrays."""
         first = self.layers[0]
         x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
         specs, ys, auxs = self.specs(), [], []
         for layer, (_, _, activation, _) in zip(self.layers, specs):
             shape = (x.shape[0], layer.out_features)
-            ys.append(layer._output(shape, x))
-            auxs.append(layer._buffer("aux", shape, x) if F.dense_needs_aux(activation) else None)
+            ys.append(layer._output(shape, x, training))
+            auxs.append(layer._buffer("aux", shape, x, training) if F.dense_needs_aux(activation) else None)
         F.dense_chain_forward(x, specs, ys=ys, auxs=auxs, blocked=True)
+        if not training:
+            return ys[-1]
         below = x
         for layer, y, aux, (_, _, activation, alpha) in zip(self.layers, ys, auxs, specs):
             layer._saved = DenseSaved(below, y, aux, activation, alpha)
@@ -190,7 +194,11 @@ class FusionPlan:
       step, which decide whether a batch runs them chained;
     - ``first_trainable``, the first step with parameters (where a backward without the
       input's gradient stops), None when there is none;
-    - ``chained``: whether the latest forward ran the runs as chains (its backward must)."""
+    - ``completes``: for each step, the parameters whose gradients are complete once its
+      backward has run (those of its layer that no earlier step shares), which
+      :meth:`backward` hands to a ``grads_ready`` hook;
+    - ``chained``: whether the latest training forward ran the runs as chains (its backward
+      must); inference leaves it alone, so that it may run beside a training step."""
 
     def __init__(self, layers: list[Module], fuse: bool):
         self.steps, self.fused_into = plan_steps(layers, fuse)
@@ -203,6 +211,11 @@ class FusionPlan:
         self._whole_run = whole if whole is not None and whole.end == len(self.steps) else None
         trainable = [index for index, step in enumerate(self.steps) if step.layer.parameters()]
         self.first_trainable = trainable[0] if trainable else None
+        seen, self.completes = set(), []
+        for step in self.steps:
+            params = step.layer.parameters()
+            self.completes.append([p for p in params if id(p) not in seen])
+            seen.update(id(p) for p in params)
         self.chained = False
 
     def use_chains(self, x) -> bool:
@@ -221,8 +234,10 @@ class FusionPlan:
     def forward(self, x, training: bool):
         """Every step in order, each run of Dense steps as one chain where :meth:`use_chains`;
         returns the last output."""
-        self.chained = self.use_chains(x)
-        runs = self.runs if self.chained else {}
+        chained = self.use_chains(x)
+        if training:
+            self.chained = chained
+        runs = self.runs if chained else {}
         steps, index = self.steps, 0
         while index < len(steps):
             run = runs.get(index)
@@ -230,14 +245,17 @@ class FusionPlan:
                 x = steps[index].run(x, training)
                 index += 1
             else:
-                x = run.forward(x)
+                x = run.forward(x, training)
                 index = run.end
         return x
 
-    def backward(self, dout, need_input_grad: bool):
+    def backward(self, dout, need_input_grad: bool, grads_ready: Callable | None = None):
         """Every step's backward in reverse order, fused as planned (as chains after a chained
         forward); returns d loss / d input, or None when not ``need_input_grad``: then the
-        steps before the first one with parameters are not run, and that one computes no dx."""
+        steps before the first one with parameters are not run, and that one computes no dx.
+        ``grads_ready(params)`` is called after each step (after each chain) with the
+        parameters whose gradients it completed, so that their reduction can start while the
+        steps below run (``fastnn.distributed.GradientReducer``)."""
         first = 0 if need_input_grad else self.first_trainable
         if first is None:
             return None
@@ -247,12 +265,16 @@ class FusionPlan:
             run = ending_at.get(index)
             if run is not None:
                 dout = run.backward(dout, need_input_grad or run.start > first)
+                if grads_ready is not None:
+                    grads_ready([p for i in range(run.start, run.end) for p in self.completes[i]])
                 index = run.start - 1
                 continue
             layer, fusion = self.steps[index].layer, self.backward_fusion[index]
             need = need_input_grad or index > first
             dout = layer.backward(dout, need_input_grad=need) if fusion is None else \
                 layer._backward(dout, need_input_grad=need, **fusion)
+            if grads_ready is not None and self.completes[index]:
+                grads_ready(self.completes[index])
             index -= 1
         return dout
 
@@ -271,6 +293,7 @@ class FusionPlan:
         run = self._whole_run
         first = run.layers[0]
         x = first._check_input(x, ndim=2, features=first.in_features, like=first.weight.data)
+        loss.check_classes(run.layers[-1].out_features)
         target = loss.check_target(target, x)
         value = loss.fused_out(x)
         F.dense_chain_step(x, run.specs(), loss.name, target, **run.grads(), loss_out=value, blocked=True)

@@ -2,9 +2,9 @@
 
 Each one fills an array in place (a NumPy or CuPy array, or a :class:`Parameter`'s data) and
 returns what it was given. Random values are drawn on the host from a
-``numpy.random.Generator`` (``rng=``, or a new one from ``seed=``, or fresh entropy when
-neither is given) and then copied to the array's device, so a seed gives the same weights on
-the CPU and the GPU.
+``numpy.random.Generator`` (``rng=``, or a new one from ``seed=``, or when neither is given
+the next one of ``fastnn.seed``'s sequence, fresh entropy without a seed) and then copied to
+the array's device, so a seed gives the same weights on the CPU and the GPU.
 
 Weights are laid out ``(in_features, out_features)`` (``y = x @ W + b``), so the fan-in is
 ``shape[0]`` and the fan-out ``shape[1]``; PyTorch's ``Linear.weight`` is the transpose, so
@@ -31,7 +31,8 @@ __all__ = ["zeros", "normal", "uniform", "xavier", "glorot", "he", "kaiming", "o
 
 def generator(rng=None, seed=None) -> np.random.Generator:
     """The ``numpy.random.Generator`` to draw from: ``rng`` itself, a new one seeded with
-    ``seed``, or one from fresh OS entropy. Giving both is a ``ValueError``."""
+    ``seed``, or ``fastnn.seeding.generator()`` (``fastnn.seed``'s sequence, or fresh OS
+    entropy). Giving both is a ``ValueError``."""
     if rng is not None and seed is not None:
         raise ValueError("give rng= or seed=, not both")
     if rng is not None and not isinstance(rng, np.random.Generator):

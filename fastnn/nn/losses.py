@@ -1,9 +1,15 @@
 """Losses as classes: ``forward(pred, target)`` returns the mean loss as a Python float and
 computes d loss / d pred in the same pass; ``backward()`` returns that gradient.
+``value(pred, target)`` is the loss alone (evaluation: no gradient, nothing kept).
 
-The float is the step's one host synchronisation; ``forward(..., sync=False)`` returns the
-0-d array on pred's device instead. The gradient is a new array on every forward, or a reused
-buffer after ``reuse_outputs(True)``.
+The float is the step's one host synchronisation (``functional.loss_item``, which also raises
+the ``ValueError`` for a bad class label that the GPU kernels record);
+``forward(..., sync=False)`` returns the 0-d array on pred's device instead. The gradient is a
+new array on every forward, or a reused buffer after ``reuse_outputs(True)``.
+
+The classification losses (``SoftmaxCrossEntropy``, ``Hinge``) need two or more classes: over
+one class the softmax is 1 and the loss 0 whatever the model does, so a (N, 1) prediction is a
+``ValueError`` (use ``BCEWithLogits`` for one logit per sample).
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ class Loss(Module):
     kernel = None
     labels = False
     name: str | None = None
+    # A loss's forward always computes its gradient; training and inference differ only in
+    # whether backward follows, so it is not held per thread as layers are (evaluation uses
+    # value(), which keeps nothing).
+    _guard_calls = False
+    _forward_first = "a forward first"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -45,10 +56,18 @@ class Loss(Module):
         0-d array of pred's dtype and device that receives the loss (no allocation: what a
         captured CUDA graph needs)."""
         pred, target = self._check(pred, target)
-        grad = self._output(pred.shape, pred)
+        grad = self._output(pred.shape, pred, True)
         loss = self.kernel(pred, target, grad_out=grad, out=out)
         self._saved = grad
-        return float(loss) if sync else loss
+        return F.loss_item(loss) if sync else loss
+
+    def value(self, pred, target):
+        """The mean loss over the batch, a 0-d array on pred's device, without its gradient:
+        nothing is kept, so evaluating never disturbs a training step's :meth:`backward` (and
+        may run from several threads at once). Read it with ``functional.loss_item``."""
+        if self.kernel is None:
+            return self.forward(pred, target, sync=False)
+        return self.kernel(*self._check(pred, target))
 
     def backward(self):
         """d loss / d pred of the most recent forward (pred's shape and dtype)."""
@@ -70,7 +89,7 @@ class Loss(Module):
         """The 0-d array (``like``'s dtype and device) into which a fused step writes this
         loss's mean, as :meth:`forward`'s ``out``: one buffer, kept by the loss and reused by
         every fused step."""
-        return self._buffer("fused loss", (), like)
+        return self._buffer("fused loss", (), like, True)
 
     def fused_done(self) -> None:
         """Record that a fused step computed this loss in place of :meth:`forward`. It keeps no
@@ -87,9 +106,19 @@ class Loss(Module):
                              "they must match")
         return pred, target
 
+    def check_classes(self, classes: int) -> None:
+        """A ``ValueError`` when a classification loss gets fewer than two classes (see the
+        module's docstring)."""
+        if self.labels and classes < 2:
+            raise ValueError(f"{self._where()}: the model gives {classes} output per sample, but "
+                             f"{type(self).__name__} needs one score per class and two or more classes (over one class "
+                             "the loss is 0 whatever the model does); give the last layer C >= 2 outputs, or use "
+                             "BCEWithLogits for one logit per sample")
+
     def _check_labels(self, pred, target):
         if pred.ndim != 2:
             raise ValueError(f"{self._where()}: pred must be 2-d (batch, classes), got shape {tuple(pred.shape)}")
+        self.check_classes(pred.shape[1])
         return B.check_labels(target, "target", rows=pred.shape[0], like=("pred", pred), convert=True,
                               where=self._where)
 

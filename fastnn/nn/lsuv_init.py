@@ -7,6 +7,7 @@ this module never shadows ``fastnn.nn.lsuv``.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -16,6 +17,7 @@ from .. import _backend as B
 from .. import functional as F
 from .._warnings import FastnnRuntimeWarning
 from .dense import Dense
+from .dropout import Dropout
 from .init import generator, orthogonal
 
 __all__ = ["lsuv"]
@@ -28,8 +30,11 @@ def lsuv(model, batch, *, tol: float = 0.1, max_iter: int = 10, rng=None, seed=N
     that layer's output on ``batch``, until |v - 1| < ``tol`` or ``max_iter`` rescalings.
 
     A layer's output is its pre-activation x @ W + b (a tanh or sigmoid output could never
-    reach unit variance), so one rescaling nearly always suffices. The model runs with
-    ``training=False`` (running statistics, no dropout; nothing is updated). Returns the model.
+    reach unit variance), so one rescaling nearly always suffices. The layers' inputs come from
+    training forwards of a copy of the model with dropout off (BatchNorm with the batch's
+    statistics, as training will normalize; the model's running statistics and dropout
+    counters are untouched), which are what a training forward keeps for its backward; the
+    rescalings are applied to the copy and the model alike. Returns the model.
     No torch.nn.init equivalent (PyTorch has none built in)."""
     tol = B.check_scalar(tol, "lsuv: tol", low=0, low_open=True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
@@ -40,19 +45,27 @@ def lsuv(model, batch, *, tol: float = 0.1, max_iter: int = 10, rng=None, seed=N
     draw = generator(rng, seed)
     for layer in layers:
         orthogonal(layer.weight, rng=draw)
-    for layer in layers:
-        model.forward(batch, training=False)
-        if layer._saved is None:
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, Dropout):
+            module.p = 0.0
+    twins = [m for m in clone.modules() if isinstance(m, Dense)]
+    for layer, twin in zip(layers, twins):
+        twin._saved = None
+        clone.forward(batch, training=True)
+        if twin._saved is None:
             raise ValueError(f"lsuv: {layer._where()} did not run in the model's forward")
-        x = layer._saved.x
+        x = twin._saved.x
         for _ in range(max_iter):
-            bias = None if layer.bias is None else layer.bias.data
-            variance = float(F.dense_forward(x, layer.weight.data, bias).var())
+            bias = None if twin.bias is None else twin.bias.data
+            variance = float(F.dense_forward(x, twin.weight.data, bias).var())
             if abs(variance - 1.0) < tol:
                 break
             if not variance > 1e-12:
                 warnings.warn(f"lsuv: {layer._where()} gives a constant output on the batch; left unscaled",
                               FastnnRuntimeWarning, stacklevel=2)
                 break
-            layer.weight.data *= layer.weight.data.dtype.type(1.0 / math.sqrt(variance))
+            factor = layer.weight.data.dtype.type(1.0 / math.sqrt(variance))
+            layer.weight.data *= factor
+            twin.weight.data *= factor
     return model

@@ -1,11 +1,23 @@
 """``Module``: the base of every layer, container and loss.
 
-A module computes ``forward(x, training=True)`` (also ``module(x)``) and keeps what its
-``backward`` needs; ``backward(dout)`` then returns the gradient with respect to the input of
-the most recent forward (``=``, a new result) and accumulates the gradients of the module's
-parameters into their ``.grad`` (``+=``, as PyTorch; ``zero_grad()`` resets them).
+A module computes ``forward(x, training=False)`` (also ``module(x)``). **Inference is the
+default** (Keras' choice): ``model(X)`` uses BatchNorm's running statistics and no dropout,
+gives the same answer every time, and changes nothing in the model. Training behaviour is asked
+for explicitly, ``forward(x, training=True)``: batch statistics (and their running averages
+updated), dropout, and what ``backward`` needs kept; ``backward(dout)`` then returns the
+gradient with respect to the input of the most recent training forward (``=``, a new result)
+and accumulates the gradients of the module's parameters into their ``.grad`` (``+=``, as
+PyTorch; ``zero_grad()`` resets them). There is no train()/eval() mode to forget to switch:
+the call says which it is (docs/DECISIONS.md).
 
-Buffers are reused, so a training step allocates nothing once the shapes are settled:
+Threads: an inference forward writes nothing to the module (no kept state, no reused buffer),
+so any number of threads may run inference on one model at once. A training forward and its
+backward are one thread's at a time: a training call while another thread is inside one on the
+same module, or a backward in another thread than the training forward it would read, raises
+:class:`ConcurrentTrainingError` instead of returning wrong numbers.
+
+Buffers of training calls are reused, so a training step allocates nothing once the shapes are
+settled:
 
 - arrays a layer needs only internally (the pre-activation kept for the backward, the
   intermediate results inside a container) are the layer's own and are rewritten by its next
@@ -15,12 +27,16 @@ Buffers are reused, so a training step allocates nothing once the shapes are set
   valid; ``reuse_outputs(True)`` makes them reused buffers too. A step then runs on fixed
   addresses, which is what CUDA graph capture needs.
 
-A layer used inside a container (``Sequential``, ``Residual``) reuses its output buffer even
-when called on its own: copy what you keep.
+A layer used inside a container (``Sequential``, ``Residual``) reuses its output buffer in
+training calls even when called on its own: copy what you keep. Inference returns new arrays.
+A CUDA graph captured from a model (``fastnn.cuda_graph.capture``) takes the buffers the model
+held then; the model's later calls allocate their own.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
@@ -28,7 +44,77 @@ import numpy as np
 from .. import _backend as B
 from .parameter import Parameter
 
-__all__ = ["Module", "LoadResult"]
+__all__ = ["Module", "LoadResult", "ConcurrentTrainingError"]
+
+
+class ConcurrentTrainingError(RuntimeError):
+    """Two threads used one module for training at once: a training forward or a backward
+    while another thread is inside one, or a backward reading what another thread's training
+    forward kept. Train one model per thread; inference (``training=False``) may be shared."""
+
+
+class _TrainingUse:
+    """Which thread is inside a training call of one module, and how deep (a training forward
+    may call itself through ``super().forward``); ``enter`` raises when another thread is."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._thread = None
+        self._depth = 0
+
+    def enter(self, module: "Module", call: str) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if self._thread not in (None, me):
+                raise ConcurrentTrainingError(
+                    f"{module._where()}: {call} called from one thread while another thread is inside a training "
+                    "call of the same module; train one model per thread (inference, training=False, may be shared)")
+            self._thread, self._depth = me, self._depth + 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._thread = None
+
+    # A copied or unpickled module is used by nobody yet (and a lock cannot be pickled).
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
+def _is_training(args, kwargs) -> bool:
+    """The ``training`` argument of a ``forward(x, training=False)`` call, from its arguments
+    after ``x``."""
+    return bool(kwargs["training"] if "training" in kwargs else args[1] if len(args) > 1 else False)
+
+
+def _guard_forward(forward):
+    """``forward`` entered through the module's :class:`_TrainingUse` when it trains."""
+    @functools.wraps(forward)
+    def guarded(self, *args, **kwargs):
+        if not _is_training(args, kwargs):
+            return forward(self, *args, **kwargs)
+        self._training_use.enter(self, "a training forward")
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            self._training_use.exit()
+    return guarded
+
+
+def _guard_backward(backward):
+    """``backward`` entered through the module's :class:`_TrainingUse`."""
+    @functools.wraps(backward)
+    def guarded(self, *args, **kwargs):
+        self._training_use.enter(self, "backward")
+        try:
+            return backward(self, *args, **kwargs)
+        finally:
+            self._training_use.exit()
+    return guarded
 
 
 class LoadResult(NamedTuple):
@@ -81,21 +167,39 @@ class Module:
     Subclasses call ``super().__init__()`` first; assigning a :class:`Parameter` or a
     ``Module`` to an attribute registers it (in assignment order), ``register_buffer`` registers
     a non-trained array such as BatchNorm's running statistics. They implement
-    ``forward(x, training=True)`` and ``backward(dout, *, need_input_grad=True)``, and
+    ``forward(x, training=False)`` and ``backward(dout, *, need_input_grad=True)``, and
     ``extra_repr()`` for their one-line description. (torch.nn.Module, with an explicit backward
     instead of autograd.)
+
+    Every subclass's own ``forward`` and ``backward`` are wrapped (``__init_subclass__``) so
+    that training calls hold the module for their thread (see the module's docstring); the
+    losses, whose forward always computes a gradient, opt out with ``_guard_calls = False``.
     """
+
+    _guard_calls = True
+    # What backward's error asks for when nothing was kept.
+    _forward_first = "a training forward first, forward(x, training=True) (an inference forward keeps nothing)"
 
     # Feature widths seen by Residual and Sequential; None means "same as the input".
     in_features: int | None = None
     out_features: int | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls._guard_calls:
+            return
+        for name, guard in (("forward", _guard_forward), ("backward", _guard_backward)):
+            method = cls.__dict__.get(name)
+            if method is not None:
+                setattr(cls, name, guard(method))
+
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_buffer_names", [])
+        object.__setattr__(self, "_training_use", _TrainingUse())
         self._workspace = {}
-        self._saved = None
+        self._saved = None  # what the latest training forward kept (and _saved_by, its thread)
         self._reuse_out = False
         self._reuse_dx = False
         self._check_nan = False
@@ -105,6 +209,8 @@ class Module:
         parameters = self.__dict__.get("_parameters")
         if parameters is None:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if name == "_saved":
+            object.__setattr__(self, "_saved_by", threading.get_ident())
         parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -128,14 +234,15 @@ class Module:
 
     # -- computing ------------------------------------------------------------------------
 
-    def forward(self, x, training: bool = True):
-        """y = f(x); ``training=False`` selects inference behaviour (running statistics,
-        no dropout)."""
+    def forward(self, x, training: bool = False):
+        """y = f(x). ``training=False`` (the default) is inference: running statistics, no
+        dropout, nothing kept and nothing in the module changed; ``training=True`` trains
+        (batch statistics, dropout) and keeps what ``backward`` needs."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dout, *, need_input_grad: bool = True):
-        """dx from dout = d loss / d output of the most recent forward; parameter gradients
-        accumulate (``+=``). With ``need_input_grad=False`` dx is not computed and None is
+        """dx from dout = d loss / d output of the most recent training forward; parameter
+        gradients accumulate (``+=``). With ``need_input_grad=False`` dx is not computed and None is
         returned (the model's input needs no gradient)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
@@ -358,9 +465,11 @@ class Module:
         label = f"{type(self).__name__}({self.extra_repr()})"
         return f"({self.qualname}) {label}" if self.qualname else label
 
-    def _buffer(self, role: str, shape: tuple, like, reuse: bool = True):
+    def _buffer(self, role: str, shape: tuple, like, reuse: bool):
         """An uninitialised array of ``shape`` with ``like``'s dtype and device: the one kept
-        for ``role`` when ``reuse`` and it still fits, else a new one (kept when ``reuse``)."""
+        for ``role`` when ``reuse`` and it still fits, else a new one (kept when ``reuse``).
+        Inference passes ``reuse=False``: it must not write into anything another thread's
+        call could be using."""
         if reuse:
             kept = self._workspace.get(role)
             if kept is not None and kept.shape == shape and kept.dtype == like.dtype and _same_place(kept, like):
@@ -370,9 +479,19 @@ class Module:
             self._workspace[role] = array
         return array
 
-    def _output(self, shape: tuple, like):
-        """The array forward writes its result into."""
-        return self._buffer("y", shape, like, self._reuse_out)
+    def _hand_over_buffers(self) -> list:
+        """The arrays this module keeps for reuse, which it forgets: a captured CUDA graph
+        (``fastnn.cuda_graph``) writes into them at every replay and so takes them for its
+        lifetime, and the module's later calls allocate their own instead of writing into the
+        graph's (or replacing one while the graph still uses it)."""
+        kept = list(self._workspace.values())
+        self._workspace = {}
+        return kept
+
+    def _output(self, shape: tuple, like, training: bool):
+        """The array forward writes its result into: a reused buffer only in training calls
+        (with ``reuse_outputs`` or inside a container), a new array in inference."""
+        return self._buffer("y", shape, like, self._reuse_out and training)
 
     def _input_grad(self, shape: tuple, like):
         """The array backward writes dx into."""
@@ -396,9 +515,13 @@ class Module:
                              where=self._where)
 
     def _saved_state(self):
-        """What the most recent forward kept, or a ``RuntimeError`` when there is none."""
+        """What the most recent training forward kept: a ``RuntimeError`` when there is none,
+        a :class:`ConcurrentTrainingError` when another thread's forward kept it."""
         if self._saved is None:
-            raise RuntimeError(f"{self._where()}: backward needs a forward first (model.to() also drops "
-                               "what forward kept)")
+            raise RuntimeError(f"{self._where()}: backward needs {self._forward_first} (model.to() also drops what "
+                               "forward kept)")
+        if self._saved_by != threading.get_ident():
+            raise ConcurrentTrainingError(f"{self._where()}: backward in one thread would read what a training forward "
+                                          "in another thread kept; train one model per thread")
         return self._saved
 

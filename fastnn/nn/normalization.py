@@ -19,7 +19,8 @@ class BatchNorm(Module):
     ``training=True`` normalizes with the batch mean and biased variance and updates the
     running statistics in place, with PyTorch's convention: r = (1 - momentum) r + momentum s,
     the running variance unbiased (times N / (N - 1)); a batch of one sample is refused.
-    ``training=False`` normalizes with the running statistics and updates nothing.
+    ``training=False`` (the default) normalizes with the running statistics and updates
+    nothing.
     Parameters ``weight`` (gamma, ones) and ``bias`` (beta, zeros); buffers ``running_mean``
     (zeros) and ``running_var`` (ones), saved by ``state_dict``. (torch.nn.BatchNorm1d)
     """
@@ -39,7 +40,7 @@ class BatchNorm(Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
 
-    def forward(self, x, training: bool = True):
+    def forward(self, x, training: bool = False):
         """y (N, C) = gamma xhat + beta (batch statistics when training, running ones else)."""
         return self._forward(x, training, False)
 
@@ -51,20 +52,21 @@ class BatchNorm(Module):
             raise ValueError(f"{self._where()}: training needs more than one sample per feature, got an input of "
                              f"shape {tuple(x.shape)} (as PyTorch; use training=False for single samples)")
         c = self.num_features
+        kept = (self._buffer("mean", (c,), x, True), self._buffer("invstd", (c,), x, True)) if training else None
         y, saved = F.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                        training=training, momentum=self.momentum, eps=self.eps, relu=relu,
-                                       out=self._output(x.shape, x),
-                                       saved=(self._buffer("mean", (c,), x), self._buffer("invstd", (c,), x)))
-        self._saved = (x, y, saved, training, relu)
+                                       out=self._output(x.shape, x, training), saved=kept)
+        if training:
+            self._saved = (x, y, saved, relu)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
         """weight.grad += sum(dz xhat), bias.grad += sum(dz) (dz = dout, masked by y > 0 when
-        fused with a ReLU); returns dx (the training-mode closed form, or dz gamma invstd after
-        an eval-mode forward), or None when ``need_input_grad=False``."""
-        x, y, saved, training, relu = self._saved_state()
+        fused with a ReLU); returns dx (the training-mode closed form), or None when
+        ``need_input_grad=False``."""
+        x, y, saved, relu = self._saved_state()
         dout = self._check_grad(dout, y)
         dx = self._buffer("dx", x.shape, x, self._reuse_dx or not need_input_grad)
         dx = F.batchnorm_backward(dout, x, self.weight.data, saved, dgamma=self.weight.grad, dbeta=self.bias.grad,
-                                  relu=relu, y=y, training=training, dx=dx)
+                                  relu=relu, y=y, training=True, dx=dx)
         return dx if need_input_grad else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -60,10 +59,6 @@ def _copy_onto(value, like, out=None):
 
 def _same_kind(a, b) -> bool:
     return B.device_of(a) == B.device_of(b) and a.dtype == b.dtype and a.shape == b.shape
-
-
-def _capturing(a) -> bool:
-    return B._is_cupy(a) and sys.modules["cupy"].cuda.get_current_stream().is_capturing()
 
 
 class _Bucket:
@@ -181,6 +176,8 @@ class Optimizer:
       :meth:`sync_lr` after changing ``group["lr"]`` by hand (fastnn's schedulers call it).
     - The first ``step()`` (and the first after a new hyperparameter adds state, e.g. amsgrad)
       allocates state, which a capture cannot do: ``step()`` raises RuntimeError then.
+    - Without ``capturable=True``, a ``step()`` under stream capture raises RuntimeError (the
+      graph would hold lr and the step count as constants), as torch.optim does.
     - ``state_dict()`` reads the step back from the device (a synchronisation; not in a
       capture). Capturable mode works on NumPy arrays too (same semantics, handy for tests); on
       the GPU it needs CuPy arrays and the native CUDA path (the reference path synchronises).
@@ -300,6 +297,8 @@ class Optimizer:
             self._check_overlap(work)
         if self.capturable:
             self._check_capture(work, offsets)
+        else:
+            self._refuse_capture(work)
         for gi, group, hyper, layout, datas, grads, plan in work:
             if plan is None:
                 plan = self._plans[gi] = self._plan(gi, group, layout, datas, offsets[gi])
@@ -369,9 +368,21 @@ class Optimizer:
                     named.append((f"the gradient of {name}", g))
         OF.check_no_overlap(f"{type(self).__name__}: ", OF.spans(named))
 
+    def _refuse_capture(self, work) -> None:
+        """RuntimeError when a step of this non-capturable optimizer is being captured into a
+        CUDA graph: the graph would replay it with lr and the step count as constants (as
+        torch.optim refuses)."""
+        for gi, group, hyper, layout, datas, grads, plan in work:
+            if B.capturing(datas[0]):
+                raise RuntimeError(
+                    f"{type(self).__name__}.step() is being captured into a CUDA graph, but the optimizer was not "
+                    "created with capturable=True: lr, the step count and the step-dependent factors (Adam's bias "
+                    "corrections, Adagrad's lr decay) would be constants of the graph, and state['step'] would "
+                    "advance once, at capture. Create it with capturable=True")
+
     def _check_capture(self, work, offsets) -> None:
         for gi, group, hyper, layout, datas, grads, plan in work:
-            if not _capturing(datas[0]):
+            if not B.capturing(datas[0]):
                 continue
             keys = {(gi, B.device_of(d), np.dtype(d.dtype)) for d in datas}
             if any(key not in self._scalars for key in keys) or any(
