@@ -147,11 +147,19 @@ FASTNN_HD T madd(T a, T b, T c) {
 #endif
 }
 
-// torch.lerp(a, b, w) = a + w (b - a), computed from the nearer end as torch does.
+// torch.lerp(a, b, w) = a + w (b - a) for a weight w fixed per launch, computed from the end
+// nearer w as torch does: a + w (b - a) when |w| < 0.5, else b + (w - 1) (b - a).
 template <class T>
-FASTNN_HD T lerp(T a, T b, T w) {
-  return std::abs(w) < T(0.5) ? madd(w, b - a, a) : madd(w - T(1), b - a, b);
-}
+struct Lerp {
+  T coef;
+  bool from_end;
+
+  Lerp() = default;
+  FASTNN_HD explicit Lerp(double w)
+      : coef(std::abs(T(w)) < T(0.5) ? T(w) : T(w) - T(1)), from_end(!(std::abs(T(w)) < T(0.5))) {}
+
+  FASTNN_HD T operator()(T a, T b) const { return madd(coef, b - a, from_end ? b : a); }
+};
 
 // The largest of a and b, NaN if either is NaN (torch.maximum).
 template <class T>
@@ -237,12 +245,14 @@ struct RmspropOp {
   static constexpr int kGradAvg = kMomentum ? 4 : 3;
   static constexpr int kLists = 3 + int(kMomentum) + int(kCentered);
   T neg_lr, alpha, alpha_c, eps, weight_decay, momentum;
+  Lerp<T> toward_g;  // weight 1 - alpha
   bool maximize;
 
   RmspropOp() = default;
   FASTNN_HD RmspropOp(const RmspropHyper& h, double lr, double /*step*/)
       : neg_lr(T(-lr)), alpha(T(h.alpha)), alpha_c(T(1 - h.alpha)), eps(T(h.eps)),
-        weight_decay(T(h.weight_decay)), momentum(T(h.momentum)), maximize(h.maximize) {}
+        weight_decay(T(h.weight_decay)), momentum(T(h.momentum)), toward_g(1 - h.alpha),
+        maximize(h.maximize) {}
 
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = maximize ? -v[1] : v[1];
@@ -251,7 +261,7 @@ struct RmspropOp {
     v[2] = sq;
     T avg;
     if constexpr (kCentered) {
-      const T ga = lerp(v[kGradAvg], g, alpha_c);  // a.lerp_(g, 1-alpha)
+      const T ga = toward_g(v[kGradAvg], g);  // a.lerp_(g, 1-alpha)
       v[kGradAvg] = ga;
       avg = std::sqrt(madd(-ga, ga, sq));  // v.addcmul(a, a, value=-1).sqrt_()
     } else {
@@ -278,16 +288,17 @@ template <class T, bool kAmsgrad>
 struct AdamOp {
   using value_type = T;
   static constexpr int kLists = kAmsgrad ? 5 : 4;
-  T beta1_c, beta2, beta2_c, eps, weight_decay, decay, neg_step_size, bias_correction2_sqrt;
+  T beta2, beta2_c, eps, weight_decay, decay, neg_step_size, bias_correction2_sqrt;
+  Lerp<T> toward_g;  // weight 1 - beta1
   bool decoupled, maximize;
 
   AdamOp() = default;
   // Bias corrections in float64 whatever T is, as torch computes them in Python floats.
   FASTNN_HD AdamOp(const AdamHyper& h, double lr, double step)
-      : beta1_c(T(1 - h.beta1)), beta2(T(h.beta2)), beta2_c(T(1 - h.beta2)), eps(T(h.eps)),
-        weight_decay(T(h.weight_decay)), decay(T(1 - lr * h.weight_decay)),
+      : beta2(T(h.beta2)), beta2_c(T(1 - h.beta2)), eps(T(h.eps)), weight_decay(T(h.weight_decay)),
+        decay(T(1 - lr * h.weight_decay)),
         neg_step_size(T(-(lr / (1 - std::pow(h.beta1, step))))),
-        bias_correction2_sqrt(T(std::sqrt(1 - std::pow(h.beta2, step)))),
+        bias_correction2_sqrt(T(std::sqrt(1 - std::pow(h.beta2, step)))), toward_g(1 - h.beta1),
         decoupled(h.decoupled), maximize(h.maximize) {}
 
   FASTNN_HD void operator()(T (&v)[kLists]) const {
@@ -297,7 +308,7 @@ struct AdamOp {
       if (decoupled) p = p * decay;        // p.mul_(1 - lr wd)
       else g = madd(weight_decay, p, g);  // g.add(p, alpha=wd)
     }
-    const T m = lerp(v[2], g, beta1_c);             // m.lerp_(g, 1-beta1)
+    const T m = toward_g(v[2], g);                  // m.lerp_(g, 1-beta1)
     T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;
     v[3] = s;

@@ -13,12 +13,13 @@
 // by element otherwise and for the tail that does not fill a vector.
 //
 // Occupancy: the update is memory-bound, so what matters is the bytes each multiprocessor has in
-// flight, and that every block of a launch is resident at once. A thread keeps 32 bytes per
-// list in flight (two 16-byte vectors of float32, bfloat16 or float16, one of float64: kIlp), 128 bytes for float32
-// Adam; __launch_bounds__(256, 3) holds the kernels to 80 registers, so three blocks (768
-// threads, ~96 KB of Adam's loads) fit on a multiprocessor with no spill (ptxas, sm_90: 48-80
-// registers; four float32 vectors per list under (512) took 124-128 registers and spilled with
-// AMSGrad, one block per multiprocessor). The grid is sized by
+// flight, and that every block of a launch is resident at once. A thread keeps two 16-byte
+// vectors per list in flight for float32 (kIlp), one for float64, bfloat16 and float16 (a
+// 2-byte vector holds 8 elements, as many as two float32 ones; two spilled registers), 128
+// bytes for float32 Adam; __launch_bounds__(256, 3) holds the kernels to 80 registers, so
+// three blocks (768 threads, ~96 KB of Adam's loads) fit on a multiprocessor with no spill
+// (ptxas, sm_90: 48-80 registers; four float32 vectors per list under (512) took 124-128
+// registers and spilled with AMSGrad, one block per multiprocessor). The grid is sized by
 // cudaOccupancyMaxActiveBlocksPerMultiprocessor, so no tail of blocks runs in a second wave.
 //
 // Capturable mode: given `scalars` (device float64 [lr, step]), a one-thread kernel first adds
@@ -93,7 +94,7 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
   constexpr int L = Op::kLists;
   constexpr int LS = L > 2 ? L - 2 : 1;
   constexpr int V = vector_elements<Types>();
-  constexpr int kIlp = sizeof(T) == 4 ? 2 : 1;  // vectors in flight per list: 32 or 16 bytes
+  constexpr int kIlp = sizeof(T) == 4 && V == 4 ? 2 : 1;
   using P = typename Types::param;
   using G = typename Types::grad;
   using S = typename Types::state;
