@@ -34,8 +34,10 @@ def _optim_db():
         stand_in = types.ModuleType("expecttest")
         stand_in.TestCase = unittest.TestCase
         sys.modules["expecttest"] = stand_in
-    from torch.testing._internal.common_optimizers import optim_db
-
+    try:
+        from torch.testing._internal.common_optimizers import optim_db
+    except ImportError as exc:  # torch's internal testing module moved or needs something missing
+        pytest.skip(f"torch's optim_db is not importable here: {exc}", allow_module_level=True)
     return optim_db
 
 
