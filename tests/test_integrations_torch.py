@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 
+from fastnn import optim as fastnn_optim
 from test_optim import CONFIGS, IDS, TORCH_NAMES, make_grads
 
 torch = pytest.importorskip("torch")
@@ -435,9 +436,9 @@ def test_capturable_mode_on_the_cpu(rng):
     state = copy.deepcopy(opt.state_dict())
     assert state["param_groups"][0]["capturable"] is True
     state["state"][0]["step"] = torch.tensor(9.0)
+    opt.load_state_dict(state)
+    set_grads(ours, make_grads(np, rng, [t.detach().numpy() for t in ours], 5))
     with pytest.raises(ValueError, match="one step count"):
-        opt.load_state_dict(state)
-        set_grads(ours, make_grads(np, rng, [t.detach().numpy() for t in ours], 5))
         opt.step()
 
 
@@ -522,3 +523,20 @@ def test_bfloat16_is_widened_exactly_and_rounded_to_nearest_even(rng):
         FT.SGD([p], lr=scale, maximize=True).step()
         expected = (torch.tensor(scale, dtype=torch.float32) * g.float()).to(torch.bfloat16)
         assert torch.equal(p.detach(), expected)
+
+
+def test_a_state_dict_with_plain_number_steps_loads(rng):
+    # Old torch state dicts hold "step" as a number; torch converts it on the next step.
+    ours, theirs, opt, topt = run_both(rng, fastnn_optim.Adam, dict(lr=0.01), torch.float64, steps=2)
+    state = copy.deepcopy(opt.state_dict())
+    for entry in state["state"].values():
+        entry["step"] = float(entry["step"])
+    opt.load_state_dict(state)
+    grads = make_grads(np, rng, [t.detach().numpy() for t in ours], 2)
+    set_grads(ours, grads)
+    set_grads(theirs, grads)
+    opt.step()
+    topt.step()
+    for a, b in zip(ours, theirs):
+        assert_tensors_close(a, b, torch.float64)
+    assert all(isinstance(s["step"], torch.Tensor) and float(s["step"]) == 3 for s in opt.state.values())

@@ -172,7 +172,7 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         for key, s in self.state.get(p, {}).items():
             if key == "step":
                 # (On the CPU only: reading a device step would synchronise, in capturable mode.)
-                if isinstance(s, torch.Tensor) and s.device.type == "cpu" or not isinstance(s, torch.Tensor):
+                if not isinstance(s, torch.Tensor) or s.device.type == "cpu":
                     step = float(s)
                     if not (0 <= step < OF.MAX_STEP and step.is_integer()):
                         raise ValueError(f"{name}: its state 'step' is {step!r}; a step count is a whole number "
@@ -267,6 +267,9 @@ class _FastnnOptimizer(torch.optim.Optimizer):
             if counts_steps:
                 if "step" not in state:
                     state["step"] = self._new_step(p, group)
+                if not isinstance(state["step"], torch.Tensor):  # an old state dict's number
+                    state["step"] = torch.tensor(float(state["step"]), dtype=_scalar_dtype(),
+                                                 device=p.device if capturable else "cpu")
                 if not capturable:
                     if state["step"].device.type != "cpu":  # loaded from a capturable or fused torch state
                         state["step"] = state["step"].cpu()
@@ -319,8 +322,8 @@ class _FastnnOptimizer(torch.optim.Optimizer):
         if self._fastnn.rule == "sgd":
             buffers = [self.state[p].get("momentum_buffer") for p in params]
             _torch_sgd.sgd(params, grads, buffers, has_sparse_grad=True, foreach=False,
-                                weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
-                                dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+                           weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
+                           dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
             if group["momentum"] != 0:
                 for p, buf in zip(params, buffers):
                     self.state[p]["momentum_buffer"] = buf
@@ -332,9 +335,9 @@ class _FastnnOptimizer(torch.optim.Optimizer):
                                                memory_format=torch.preserve_format)
             state.setdefault("step", self._new_step(p, group))
         _torch_adagrad.adagrad(params, grads, [self.state[p]["sum"] for p in params],
-                                    [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
-                                    lr=group["lr"], weight_decay=group["weight_decay"], lr_decay=group["lr_decay"],
-                                    eps=group["eps"], maximize=group["maximize"])
+                               [self.state[p]["step"] for p in params], has_sparse_grad=True, foreach=False,
+                               lr=group["lr"], weight_decay=group["weight_decay"], lr_decay=group["lr_decay"],
+                               eps=group["eps"], maximize=group["maximize"])
 
     # --- capturable mode ------------------------------------------------------------------------
 
