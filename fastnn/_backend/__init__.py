@@ -30,8 +30,3 @@ from .checks import (FLOAT_DTYPES, LABEL_DTYPES, check_disjoint, check_finite, c
 from .launch import capturing, launch, path_of, stream_buffer, stream_buffers, stream_of, workspace_pointer
 from .native import (NATIVE_ERROR, _C, cuda_device_count, cuda_unavailable_reason, get_backend, native_available,
                      set_backend, use_backend)
-
-# Names other modules still use from before the split (removed once no caller is left).
-_is_cupy = is_cupy
-_contiguous = is_contiguous
-_writable = is_writable

@@ -27,7 +27,7 @@ def pair(value, name: str) -> tuple:
 
 def _on_device(a):
     """A context that makes ``a``'s GPU current while CuPy allocates beside it."""
-    return a.device if B._is_cupy(a) else contextlib.nullcontext()
+    return a.device if B.is_cupy(a) else contextlib.nullcontext()
 
 
 def _new_like(like):
@@ -49,7 +49,7 @@ def _copy_onto(value, like, out=None):
     with _on_device(like):
         if isinstance(like, np.ndarray):
             source = B.to_numpy(value)
-        elif B._is_cupy(value) and value.device == like.device:
+        elif B.is_cupy(value) and value.device == like.device:
             source = value
         else:
             source = B.array_module(like).asarray(B.to_numpy(value))
@@ -350,7 +350,7 @@ class Optimizer:
         out = []
         for k, (g, data) in enumerate(zip(grads, datas)):
             if not (type(g) is type(data) and g.shape == data.shape and g.dtype == data.dtype
-                    and B._contiguous(g) and (type(g) is np.ndarray or B.device_of(g) == B.device_of(data))):
+                    and B.is_contiguous(g) and (type(g) is np.ndarray or B.device_of(g) == B.device_of(data))):
                 name = self._name(gi, k)
                 g = B.check_float(g, f"the gradient of {name}", like=(name, data), shape=data.shape, dtypes=OF.DTYPES)
             out.append(g)
