@@ -310,3 +310,53 @@ def test_digits_job_accuracy_in_medium_within_half_a_point(tmp_path):
         assert (calls() > before) == (precision == "medium")
         accuracy[precision] = 100 * metrics["test"]["accuracy"]
     assert abs(accuracy["medium"] - accuracy["highest"]) <= 0.5, accuracy
+
+
+# ---- operands rounded once per step on the layer-by-layer path -------------------------------
+
+
+@needs_bf16
+@pytest.mark.parametrize("activation,bias", [("relu", True), ("gelu", True), ("identity", False)])
+def test_dense_forward_writes_the_next_operand_and_takes_given_ones(rng, activation, bias):
+    x, W = f32(rng, (96, 40)), f32(rng, (40, 24), 0.2)
+    b = f32(rng, 24) if bias else None
+    aux = np.empty((96, 24), np.float32) if F.dense_needs_aux(activation) else None
+    plain = F.dense_forward(x, W, b, activation, aux=aux)
+    y16 = np.empty((96, 24), np.uint16)
+    given = F.dense_forward(x, W, b, activation, aux=aux, x16=F.to_bf16(x), W16=F.to_bf16(W), y16=y16)
+    np.testing.assert_array_equal(given, plain)
+    np.testing.assert_array_equal(y16, F.to_bf16(plain))
+    with pytest.raises(TypeError, match="x16: expected a uint16 NumPy array"):
+        F.dense_forward(x, W, b, activation, aux=aux, x16=x)
+    with pytest.raises(ValueError, match=r"y16: expected a C-contiguous array of shape \(96, 24\)"):
+        F.dense_forward(x, W, b, activation, aux=aux, y16=np.empty((96, 23), np.uint16))
+
+
+@needs_bf16
+def test_a_wide_training_step_rounds_each_operand_once(rng, monkeypatch):
+    """784-512-512-10 runs layer by layer (too wide for the chain): in "medium" each W and the
+    input are rounded once per step, each hidden output by its layer's epilogue, and the
+    backward reuses them all; the gradients are those of rounding every operand separately."""
+    def model():
+        return fastnn.nn.Sequential(fastnn.nn.Dense(784, 512, seed=0), fastnn.nn.ReLU(),
+                                    fastnn.nn.Dense(512, 512, seed=1), fastnn.nn.ReLU(), fastnn.nn.Dense(512, 10, seed=2))
+
+    x, labels = f32(rng, (64, 784)), rng.integers(0, 10, 64)
+    real = _backend._C.cpu.to_bf16
+    rounded = []
+    monkeypatch.setattr(_backend._C.cpu, "to_bf16", lambda src, dst, n: (rounded.append(n), real(src, dst, n))[1])
+
+    def step(net):
+        loss = fastnn.nn.SoftmaxCrossEntropy()
+        loss.forward(net.forward(x, training=True), labels)
+        net.backward(loss.backward(), need_input_grad=False)
+        return [p.grad.copy() for p in net.parameters()]
+
+    linked = step(model())
+    assert sorted(rounded) == sorted([64 * 784, 784 * 512, 512 * 512, 512 * 10])
+    rounded.clear()
+    monkeypatch.setattr(fastnn.nn.dense.Bf16Link, "take", lambda self, x: None)
+    separate = step(model())
+    assert len(rounded) > 4  # the hidden outputs rounded by passes of their own
+    for a, b in zip(linked, separate):
+        np.testing.assert_array_equal(a, b)

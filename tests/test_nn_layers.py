@@ -65,8 +65,9 @@ def test_dense_keeps_its_forward_by_name(rng, request, monkeypatch, chained):
     x = rng.standard_normal((4, 6))
     y = layer(x, training=True)
     saved = layer._saved
-    assert isinstance(saved, DenseSaved) and saved._fields == ("x", "y", "aux", "activation", "alpha")
+    assert isinstance(saved, DenseSaved) and saved._fields == ("x", "y", "aux", "activation", "alpha", "x16", "W16")
     assert saved.x is x and saved.y is y and (saved.activation, saved.alpha) == ("gelu", 0.01)
+    assert saved.x16 is None and saved.W16 is None  # float64: no bf16 GEMMs
     assert_close(saved.aux, x @ layer.weight.data + layer.bias.data, rtol=1e-12, atol=1e-12)
     relu = nn.Dense(6, 5, "relu", dtype=np.float64, seed=0)
     relu(x, training=True)

@@ -276,10 +276,11 @@ def on_device(a: Any):
     return cupy_module().cuda.Device(device.index)
 
 
-def empty(shape, like: Any):
-    """A new uninitialised array of ``shape`` with ``like``'s dtype, on ``like``'s device."""
+def empty(shape, like: Any, dtype=None):
+    """A new uninitialised array of ``shape`` with ``like``'s dtype (or ``dtype``), on
+    ``like``'s device."""
     with on_device(like):
-        return array_module(like).empty(shape, dtype=like.dtype)
+        return array_module(like).empty(shape, dtype=like.dtype if dtype is None else dtype)
 
 
 def is_contiguous(a: Any) -> bool:

@@ -56,7 +56,7 @@ from .activations import _activation_code
 __all__ = [
     "dense_forward", "dense_backward", "dense_needs_aux", "dense_chain_forward", "dense_chain_backward",
     "dense_chain_blocked", "CHAIN_MAX_WIDTH", "dense_chain_step", "CHAIN_LOSSES",
-    "set_matmul_precision", "get_matmul_precision", "PRECISIONS",
+    "set_matmul_precision", "get_matmul_precision", "PRECISIONS", "dense_bf16", "to_bf16",
 ]
 
 # Codes shared with csrc/dense.h (enum Precision).
@@ -128,6 +128,37 @@ def _bf16_copy(a, name: str):
     return out
 
 
+def dense_bf16(x) -> bool:
+    """Whether the dense ops on ``x`` run their GEMMs in bf16 on the CPU (precision "medium",
+    float32 NumPy data, oneDNN's bf16 GEMM available): where the ``x16``/``W16``/``y16``
+    arguments of :func:`dense_forward` and :func:`dense_backward` are used."""
+    return isinstance(x, np.ndarray) and _cpu_bf16(x) and B.path_of(x) == "cpu"
+
+
+def to_bf16(a, out=None):
+    """float32 ``a`` rounded to bfloat16, nearest even (the bits as a uint16 array of ``a``'s
+    shape, written into ``out`` when given): the operand copies :func:`dense_forward` takes.
+    CPU arrays only."""
+    a = B.check_float(a, "a", dtype=np.float32)
+    if not isinstance(a, np.ndarray):
+        raise TypeError("to_bf16: a must be a NumPy array (bf16 GEMMs run on the CPU)")
+    out = np.empty(a.shape, np.uint16) if out is None else _check_bf16(out, "out", a.shape, writable=True)
+    B._C.cpu.to_bf16(B.pointer(a), B.pointer(out), a.size)
+    return out
+
+
+def _check_bf16(a, name: str, shape, writable: bool = False):
+    """A C-contiguous uint16 NumPy array of ``shape``: a bf16 operand copy."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint16:
+        raise TypeError(f"{name}: expected a uint16 NumPy array (bf16 bits, see to_bf16), got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+    if tuple(a.shape) != tuple(shape) or not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array of shape {tuple(shape)}, got shape {tuple(a.shape)}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only but fastnn writes into it")
+    return a
+
+
 def _cpu_bf16(x) -> bool:
     """Whether the CPU GEMMs on float32 ``x`` run in bf16: precision "medium" and oneDNN's
     bf16 GEMM available (``fastnn._bf16``)."""
@@ -181,14 +212,20 @@ def _precision_code(x) -> int:
 
 
 def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 0.01, out=None,
-                  aux=None):
+                  aux=None, x16=None, W16=None, y16=None):
     """Dense layer: y = act(x @ W + b) (``=``).
 
-    x (N, in), W (in, out), b (out,) or None; ``activation`` is a key of
+    x (N, in), W (in, out), b (out,) or None; ``activation`` is one of
     :data:`~fastnn.functional.ACTIVATIONS` (``alpha``: leaky_relu's slope). When
     :func:`dense_needs_aux` (leaky_relu, gelu, gelu_tanh), ``aux`` must be an (N, out) array and
     receives the pre-activation z = x @ W + b for the backward; otherwise ``aux`` is ignored.
     ``out`` (N, out) receives y, else a new array. Neither may share memory with x, W or b.
+
+    Where the GEMM runs in bf16 on the CPU (:func:`dense_bf16`; elsewhere these are ignored):
+    ``x16`` / ``W16`` are bf16 copies of x and W the caller already holds (:func:`to_bf16`;
+    without them they are rounded here), and ``y16`` (N, out, uint16) receives bf16(y), written
+    by the pass that adds the bias and applies the activation: the next layer's operand,
+    without a pass of its own.
     Returns y. (torch: ``act(torch.nn.functional.linear(x, W.T, b))``)"""
     code = _activation_code(activation)
     alpha = B.check_scalar(alpha, "alpha")
@@ -217,15 +254,22 @@ def dense_forward(x, W, b=None, activation: str = "identity", *, alpha: float = 
         return y
     if path == "cpu":
         z = aux if needs_aux else y
-        if _cpu_bf16(x):
-            _gemm_bf16(_bf16_copy(x, "x16"), _bf16_copy(W, "W16"), z)
+        bf16 = _cpu_bf16(x)
+        if bf16:
+            x16 = _bf16_copy(x, "x16") if x16 is None else _check_bf16(x16, "x16", x.shape)
+            W16 = _bf16_copy(W, "W16") if W16 is None else _check_bf16(W16, "W16", W.shape)
+            y16 = None if y16 is None else _check_bf16(y16, "y16", shape, writable=True)
+            _gemm_bf16(x16, W16, z)
         else:
             np.matmul(x, W, out=z)
+            y16 = None
         if b is not None or activation != "identity":
             # aux already holds x @ W; it is rewritten only when b is added.
             aux_ptr = B.pointer(aux) if needs_aux and b is not None else 0
             B.launch(path, "bias_activation_forward", x, code, B.pointer(z), _optional_ptr(b),
-                     B.pointer(y), aux_ptr, 0, n, out_features, alpha)
+                     B.pointer(y), aux_ptr, _optional_ptr(y16), n, out_features, alpha)
+        elif y16 is not None:  # no pass over y to ride on
+            B._C.cpu.to_bf16(B.pointer(y), B.pointer(y16), y.size)
         return y
     precision = _precision_code(x)
     workspace = B.workspace_pointer(x, B._C.cuda.dense_forward_workspace(
@@ -249,7 +293,7 @@ def _saved_for(activation: str, y, aux, shape, like, prefix: str = ""):
 
 def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, alpha: float = 0.01,
                    dW, db=None, need_dx: bool = True, dx=None, x_activation: str = "identity",
-                   x_aux=None, x_alpha: float = 0.01, x_db=None):
+                   x_aux=None, x_alpha: float = 0.01, x_db=None, x16=None, W16=None):
     """Gradients of y = act(x @ W + b) given dy = dL/dy (N, out).
 
     - dz = dy * act'(.), read from ``y`` for relu, sigmoid and tanh and from ``aux`` (the
@@ -264,6 +308,10 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
     read from x itself for relu, sigmoid and tanh and from ``x_aux`` (= u) for the others
     (``x_alpha``: its leaky_relu slope). With ``x_db``, that layer's bias gradient accumulates:
     x_db += (returned gradient).sum(0). No output may share memory with an input.
+
+    Where the GEMMs run in bf16 on the CPU (:func:`dense_bf16`), ``x16`` / ``W16`` are the bf16
+    copies of x and W the forward used (rounded here when not given): the backward then rounds
+    only dz, in the pass that computes it.
     (torch: what autograd computes for ``act(torch.nn.functional.linear(x, W.T, b))``)"""
     code = _activation_code(activation)
     x_code = _activation_code(x_activation)
@@ -313,9 +361,11 @@ def dense_backward(dy, x, W, *, activation: str = "identity", y=None, aux=None, 
             dz16 = _scratch(dy, "dz16", (n, out_features), np.uint16)
             B.launch(path, "bias_activation_backward", dy, code, B.pointer(dy), _optional_ptr(saved), 0,
                      B.pointer(dz16), _optional_ptr(db), n, out_features, alpha)
-            _gemm_bf16(_bf16_copy(x, "x16"), dz16, dW, trans_a=True, accumulate=True)
+            x16 = _bf16_copy(x, "x16") if x16 is None else _check_bf16(x16, "x16", x.shape)
+            _gemm_bf16(x16, dz16, dW, trans_a=True, accumulate=True)
             if dx is not None:
-                _gemm_bf16(dz16, _bf16_copy(W, "W16"), dx, trans_b=True)
+                W16 = _bf16_copy(W, "W16") if W16 is None else _check_bf16(W16, "W16", W.shape)
+                _gemm_bf16(dz16, W16, dx, trans_b=True)
         else:
             if activation == "identity":
                 dz = dy

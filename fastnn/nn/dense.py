@@ -12,7 +12,7 @@ from . import init as initializers
 from .module import Module, float_dtype, positive_int
 from .parameter import Parameter
 
-__all__ = ["Dense", "DenseSaved"]
+__all__ = ["Dense", "DenseSaved", "Bf16Link"]
 
 
 class DenseSaved(NamedTuple):
@@ -20,7 +20,9 @@ class DenseSaved(NamedTuple):
     ``x`` (N, in_features), its output ``y`` = act(z) (N, out_features), ``aux`` the
     pre-activation z = x @ W + b where ``functional.dense_needs_aux(activation)`` (else None),
     and the ``activation`` and slope ``alpha`` the forward applied: the layer's own, or those
-    of the activation layer fused into it. Written by ``Dense`` and by the chains of
+    of the activation layer fused into it; where the GEMMs run in bf16 on the CPU
+    (``functional.dense_bf16``), ``x16`` and ``W16``, the bf16 operands the forward used and the
+    backward reuses (else None). Written by ``Dense`` and by the chains of
     ``fastnn.nn.fusion``; read by name."""
 
     x: Any
@@ -28,6 +30,28 @@ class DenseSaved(NamedTuple):
     aux: Any
     activation: str
     alpha: float
+    x16: Any = None
+    W16: Any = None
+
+
+class Bf16Link:
+    """Hands the bf16 copy of one Dense layer's output to the Dense layer it feeds, in a
+    training forward where the GEMMs run in bf16 (``functional.dense_bf16``): the lower layer
+    writes it in its bias-and-activation pass (``dense_forward(y16=...)``), the upper one takes
+    it as its ``x16`` instead of rounding its input again. ``fastnn.nn.fusion`` links the
+    consecutive Dense steps of a Sequential."""
+
+    __slots__ = ("y", "y16")
+
+    def __init__(self):
+        self.y = self.y16 = None
+
+    def put(self, y, y16) -> None:
+        self.y, self.y16 = y, y16
+
+    def take(self, x):
+        """The bf16 copy of ``x`` when ``x`` is the array the lower layer put, else None."""
+        return self.y16 if x is self.y else None
 
 
 def activation_name(activation, where: str) -> str:
@@ -93,17 +117,30 @@ class Dense(Module):
         and inference, but only a training forward keeps x (and z) for the backward."""
         return self._forward(x, training, self.activation, self.alpha)
 
-    def _forward(self, x, training, activation: str, alpha: float):
+    def _forward(self, x, training, activation: str, alpha: float, *, below: Bf16Link | None = None,
+                 above: Bf16Link | None = None):
         """The forward with ``activation`` in the GEMM epilogue (Sequential passes the one of
-        the activation layer that follows)."""
+        the activation layer that follows). In a training forward with bf16 GEMMs, W and x are
+        rounded once for the forward and the backward alike, x taken from ``below`` when the
+        Dense under this one wrote it, and bf16(y) written for the Dense above into ``above``."""
         weight = self.weight.data
         x = self._check_input(x, ndim=2, features=self.in_features, like=weight)
         shape = (x.shape[0], self.out_features)
         aux = self._buffer("aux", shape, x, training) if F.dense_needs_aux(activation) else None
         bias = None if self.bias is None else self.bias.data
-        y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x, training), aux=aux)
+        x16 = W16 = y16 = None
+        if training and F.dense_bf16(x):
+            W16 = F.to_bf16(weight, out=self._buffer("W16", weight.shape, x, True, np.uint16))
+            x16 = below.take(x) if below is not None else None
+            if x16 is None:
+                x16 = F.to_bf16(x, out=self._buffer("x16", x.shape, x, True, np.uint16))
+            y16 = self._buffer("y16", shape, x, True, np.uint16) if above is not None else None
+        y = F.dense_forward(x, weight, bias, activation, alpha=alpha, out=self._output(shape, x, training), aux=aux,
+                            x16=x16, W16=W16, y16=y16)
+        if training and above is not None:
+            above.put(y, y16)
         if training:
-            self._saved = DenseSaved(x, y, aux, activation, alpha)
+            self._saved = DenseSaved(x, y, aux, activation, alpha, x16, W16)
         return y
 
     def backward(self, dout, *, need_input_grad: bool = True):
@@ -129,4 +166,4 @@ class Dense(Module):
         return F.dense_backward(dout, x, self.weight.data, activation="identity" if done else saved.activation,
                                 y=saved.y, aux=saved.aux, alpha=saved.alpha, dW=self.weight.grad,
                                 db=None if done or self.bias is None else self.bias.grad,
-                                need_dx=need_input_grad, dx=dx, **fused)
+                                need_dx=need_input_grad, dx=dx, x16=saved.x16, W16=saved.W16, **fused)

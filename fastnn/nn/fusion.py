@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 from .. import _backend as B
 from .. import functional as F
 from .activations import Elementwise, ReLU
-from .dense import Dense, DenseSaved
+from .dense import Bf16Link, Dense, DenseSaved
 from .module import Module
 from .normalization import BatchNorm
 
@@ -51,8 +51,8 @@ class Step(NamedTuple):
     epilogue: tuple[str, float] | None
 
 
-def _run_dense(layer: Dense, x, training, *, activation: str, alpha: float):
-    return layer._forward(x, training, activation, alpha)
+def _run_dense(layer: Dense, x, training, *, activation: str, alpha: float, below=None, above=None):
+    return layer._forward(x, training, activation, alpha, below=below, above=above)
 
 
 def _run_batchnorm_relu(layer: BatchNorm, x, training):
@@ -81,7 +81,30 @@ def plan_steps(layers: list[Module], fuse: bool) -> tuple[list[Step], dict[int, 
             fused_into[index + 1] = index
             index += 1
         index += 1
-    return steps, fused_into
+    return (_link_bf16(steps) if fuse else steps), fused_into
+
+
+def _link_bf16(steps: list[Step]) -> list[Step]:
+    """The steps with each pair of consecutive Dense steps joined by a ``Bf16Link``: with bf16
+    GEMMs on the CPU, the lower one's bias-and-activation pass writes the upper one's bf16
+    operand (see ``Dense._forward``)."""
+    linked = list(steps)
+    for index in range(len(steps) - 1):
+        lower, upper = linked[index], linked[index + 1]
+        if not (isinstance(lower.layer, Dense) and isinstance(upper.layer, Dense)):
+            continue
+        link = Bf16Link()
+        linked[index] = lower._replace(run=_with_links(lower, above=link))
+        linked[index + 1] = upper._replace(run=_with_links(upper, below=link))
+    return linked
+
+
+def _with_links(step: Step, **links) -> Callable:
+    """A Dense step's run with ``below`` / ``above`` links added (to those it has)."""
+    if isinstance(step.run, functools.partial) and step.run.func is _run_dense:
+        return functools.partial(_run_dense, *step.run.args, **{**step.run.keywords, **links})
+    layer = step.layer
+    return functools.partial(_run_dense, layer, activation=layer.activation, alpha=layer.alpha, **links)
 
 
 def plan_backward(steps: list[Step], fuse: bool) -> list[dict | None]:

@@ -465,16 +465,17 @@ class Module:
         label = f"{type(self).__name__}({self.extra_repr()})"
         return f"({self.qualname}) {label}" if self.qualname else label
 
-    def _buffer(self, role: str, shape: tuple, like, reuse: bool):
-        """An uninitialised array of ``shape`` with ``like``'s dtype and device: the one kept
-        for ``role`` when ``reuse`` and it still fits, else a new one (kept when ``reuse``).
-        Inference passes ``reuse=False``: it must not write into anything another thread's
-        call could be using."""
+    def _buffer(self, role: str, shape: tuple, like, reuse: bool, dtype=None):
+        """An uninitialised array of ``shape`` with ``like``'s dtype (or ``dtype``) and device:
+        the one kept for ``role`` when ``reuse`` and it still fits, else a new one (kept when
+        ``reuse``). Inference passes ``reuse=False``: it must not write into anything another
+        thread's call could be using."""
+        dtype = like.dtype if dtype is None else np.dtype(dtype)
         if reuse:
             kept = self._workspace.get(role)
-            if kept is not None and kept.shape == shape and kept.dtype == like.dtype and _same_place(kept, like):
+            if kept is not None and kept.shape == shape and kept.dtype == dtype and _same_place(kept, like):
                 return kept
-        array = B.empty(shape, like)
+        array = B.empty(shape, like, dtype)
         if reuse:
             self._workspace[role] = array
         return array
