@@ -20,7 +20,7 @@ from ._warnings import FastnnRuntimeWarning, FastnnWarning
 # (`from fastnn.sklearn import MLPClassifier`): it needs scikit-learn as soon as it loads.
 _SUBMODULES = {
     "functional", "reference", "nn", "optim", "integrations", "cuda_graph", "data", "datasets",
-    "preprocessing", "augment", "train", "metrics", "callbacks", "sanity", "tune", "plot", "distributed",
+    "preprocessing", "augment", "train", "prediction", "metrics", "callbacks", "sanity", "tune", "plot", "distributed",
     "seeding",
 }
 _LAZY_NAMES = {

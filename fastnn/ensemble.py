@@ -11,7 +11,7 @@ from . import _backend as B
 from .callbacks import Callback
 from .nn.losses import BCEWithLogits, Loss, SoftmaxCrossEntropy
 from .nn.module import Module
-from .train import _device_context, loss_task, outputs_to_predictions, outputs_to_probabilities, predict_outputs
+from .prediction import _device_context, loss_task, outputs_to_predictions, outputs_to_probabilities, predict_outputs
 
 __all__ = ["Ensemble", "EMA"]
 
@@ -20,7 +20,7 @@ class Ensemble:
     """Independently trained models combined by averaging.
 
     Their predictions mean what :class:`fastnn.train.Trainer`'s do for ``loss``, the loss they
-    were trained with (:func:`fastnn.train.outputs_to_predictions`):
+    were trained with (:func:`fastnn.prediction.outputs_to_predictions`):
 
     - classifiers (``SoftmaxCrossEntropy``, ``BCEWithLogits``) average their class
       probabilities (soft voting): p(x) = (1/M) sum_m probs_m(x); ``predict`` gives the argmax

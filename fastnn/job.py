@@ -56,7 +56,8 @@ from .metrics import mae, mse, r2_score, rmse
 from .model_file import load_model, save_model
 from .optim.lr_scheduler import CosineAnnealingLR, LinearWarmup
 from .preprocessing import SimpleImputer, Standardizer
-from .train import Trainer, predict_outputs
+from .prediction import predict_outputs
+from .train import Trainer
 
 # The optimizers `--optimizer` offers, with the settings a practitioner starts from.
 OPTIMIZERS = {

@@ -40,7 +40,7 @@ from .metrics import probabilities
 from .nn import registry
 from .nn.module import Module
 from .preprocessing import TRANSFORMERS, SimpleImputer
-from .train import predict_outputs
+from .prediction import predict_outputs
 
 __all__ = ["save_model", "load_model", "Predictor", "MODEL_FORMAT", "MODEL_VERSION"]
 

@@ -57,7 +57,7 @@ def initial_loss(model: Module, loss: Loss, X, y, tolerance: float = 0.25) -> In
     statistics in BatchNorm) with dropout off, on a copy, so the model's running statistics and
     dropout counters are untouched. Compared with the chance level (see :class:`InitialLoss`);
     ``ok`` when value / expected is within ``1 ± tolerance``."""
-    from .train import _prepare
+    from .prediction import _prepare
 
     tolerance = B.check_scalar(tolerance, "tolerance", low=0.0, low_open=True)
     clone = inspection_copy(model)

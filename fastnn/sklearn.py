@@ -47,7 +47,8 @@ from . import nn
 from . import optim
 from . import seeding
 from .callbacks import EarlyStopping
-from .train import Trainer, predict_outputs
+from .prediction import predict_outputs
+from .train import Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 

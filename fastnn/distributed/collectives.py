@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 
-from .. import _backend as B
 from ..checkpoint import _decode, _Encoder
 from .world import current
 
