@@ -535,10 +535,13 @@ def _convert_state(p: torch.Tensor, key: str, value: torch.Tensor, absmax, kind:
     else:
         raise TypeError(f"{where} has dtype {value.dtype}; expected a floating dtype, or int8 codes (uint8) with "
                         "their absmaxes")
+    if p.is_complex() and source != "float":
+        raise TypeError(f"{where} is {source} state, but complex parameters keep their state in their own dtype")
     if source == "int8" and kind == "int8":
         return {key: value, absmax_key(key): absmax}
-    like = torch.empty_like(p, dtype=torch.float32 if not p.is_complex() else p.dtype,
-                            memory_format=torch.preserve_format)
+    if source == kind or (source == "float" and kind not in ("bfloat16", "int8")):
+        return {key: value.to(p.dtype if p.is_complex() else _STORAGE_DTYPES[kind])}
+    like = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
     if source == "int8":
         like_codes = torch.empty_like(p, dtype=torch.uint8, memory_format=torch.preserve_format)
         like_codes.copy_(value)
@@ -550,10 +553,7 @@ def _convert_state(p: torch.Tensor, key: str, value: torch.Tensor, absmax, kind:
         out = torch.empty_like(p, dtype=torch.uint8, memory_format=torch.preserve_format)
         _flat(out).copy_(codes)
         return {key: out, absmax_key(key): absmaxes}
-    dtype = p.dtype if p.is_complex() else _STORAGE_DTYPES[kind]
-    if source == "bfloat16" and kind == "bfloat16":
-        return {key: value}
-    return {key: like.to(dtype)}
+    return {key: like.to(_STORAGE_DTYPES[kind])}
 
 
 def _kernel_tensors(lists: list) -> tuple[list, list]:
