@@ -195,7 +195,7 @@ struct ParamEntry {
 using OptimDtypes = Table<ParamEntry<float, float, float, bfloat16, Int8Blocks>,
                           ParamEntry<double, double, double>,
                           ParamEntry<bfloat16, float, bfloat16, float, Int8Blocks>,
-                          ParamEntry<float16, float, float16, float, Int8Blocks>>;
+                          ParamEntry<float16, float, float16, float, bfloat16, Int8Blocks>>;
 
 // The rules. Each entry names the rule (kName, the key of RULES) and its hyperparameters in
 // the order the vector `h` holds them (kArgs), and `dispatch<Types>` builds the rule's Hyper

@@ -81,7 +81,7 @@ MIN_INT8_SIZE = 4096
 # How the state can be stored for each parameter dtype, the parameters' own first (the table of
 # csrc/optim.h, exported as fastnn._C.optim_state_dtypes; tests check the two agree).
 STATE_STORAGE = {"float32": ("float32", "bfloat16", "int8"), "float64": ("float64",),
-                 "bfloat16": ("bfloat16", "float32", "int8"), "float16": ("float16", "float32", "int8")}
+                 "bfloat16": ("bfloat16", "float32", "int8"), "float16": ("float16", "float32", "bfloat16", "int8")}
 # The array dtype each storage keeps (bfloat16 as its bit patterns; int8 codes as uint8).
 _STORAGE_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "float16": np.dtype(np.float16),
                    "bfloat16": np.dtype(np.uint16), "int8": np.dtype(np.uint8)}
