@@ -214,20 +214,24 @@ struct StateCode {
 
   // The value of a code, before the block's scale.
   static FASTNN_HD float decode(uint32_t code) {
-    const uint32_t magnitude = (code & kMagnitudeMax) << 20;
-    const uint32_t sign = kSigned ? (code & 0x80u) << 24 : 0u;
-    return mul_rn(bits_float(magnitude | sign), kFromCode);
+    if constexpr (kSigned) {
+      // The code sign-extended and shifted: its sign fills bits 27..31; keep 31 and 26..20.
+      const uint32_t extended = uint32_t(int32_t(int8_t(uint8_t(code))));
+      return mul_rn(bits_float((extended << 20) & 0x87f00000u), kFromCode);
+    } else {
+      return mul_rn(bits_float((code & kMagnitudeMax) << 20), kFromCode);
+    }
   }
 
-  // The code of y (|y| <= kMax, finite): y * 2^(bias - 127) as a float32 (exact, or rounded to
+  // The code of y (|y| <= kMax, finite, as x * (kMax / absmax) is for |x| <= absmax): y * 2^(bias - 127) as a float32 (exact, or rounded to
   // nearest even where it is a float32 subnormal), its low 20 bits rounded away to nearest,
   // ties away from zero (one addition: ties to even took three operations more, in a loop that
   // is compute-bound); a carry moves into the exponent, as it should. In the unsigned code a
   // nonzero y never becomes 0: it takes the smallest code.
   static FASTNN_HD uint32_t encode(float y) {
     const uint32_t a = float_bits(mul_rn(y, kToCode)) & 0x7fffffffu;
-    uint32_t m = (a + 0x80000u) >> 20;
-    m = m < kMagnitudeMax ? m : kMagnitudeMax;
+    // |y| <= kMax (1 + 2^-23): the addition cannot carry past the largest code.
+    const uint32_t m = (a + 0x80000u) >> 20;
     if constexpr (kSigned) {
       return m | ((float_bits(y) >> 24) & 0x80u);
     } else {
@@ -274,9 +278,12 @@ FASTNN_HD T madd(T a, T b, T c) {
 
 // `flag ? if_true : if_false` for a flag fixed per launch (an Op's option), as a bitwise
 // blend: GCC does not vectorize a select on a loop-invariant bool (it left the CPU loops of
-// every rule with such an option scalar, 6x slower). Exact: the bits of one operand.
-template <class T>
+// every rule with such an option scalar, 6x slower). Exact: the bits of one operand. kPlain:
+// the caller knows every flag of the Op is false (Op::plain()), so the blend and the operand
+// it would discard are not computed at all (the CPU loops run such a copy of their loop).
+template <bool kPlain = false, class T>
 FASTNN_HD T pick(bool flag, T if_true, T if_false) {
+  if constexpr (kPlain) return if_false;
 #if defined(__CUDA_ARCH__)
   return flag ? if_true : if_false;
 #else
@@ -304,7 +311,8 @@ struct Lerp {
   FASTNN_HD explicit Lerp(double w)
       : coef(std::abs(T(w)) < T(0.5) ? T(w) : T(w) - T(1)), from_end(!(std::abs(T(w)) < T(0.5))) {}
 
-  FASTNN_HD T operator()(T a, T b) const { return madd(coef, b - a, pick(from_end, b, a)); }
+  template <bool kPlain = false>
+  FASTNN_HD T operator()(T a, T b) const { return madd(coef, b - a, pick<kPlain>(from_end, b, a)); }
 };
 
 // The largest of a and b, NaN if either is NaN (torch.maximum).
@@ -317,7 +325,8 @@ FASTNN_HD T nan_max(T a, T b) {
 // Each operator() is torch.optim's single-tensor step for one element, in torch's order (the
 // torch call each line stands for is on its right). kNonNegative marks (bit l for v[l]) the
 // states that are never negative, stored in int8 with the unsigned code; kQuantizable says
-// whether the rule takes int8 state at all.
+// whether the rule takes int8 state at all. plain() says whether every option flag is off, so
+// that operator()<true> (which assumes so) computes the same.
 
 struct SgdHyper {
   double momentum, dampening, weight_decay;
@@ -340,15 +349,18 @@ struct SgdOp {
         weight_decay(T(h.weight_decay)), nesterov(h.nesterov), maximize(h.maximize),
         first_step(h.first_step), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(nesterov || maximize || first_step || decays); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = pick(maximize, -v[1], v[1]);
-    g = pick(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
     if constexpr (kMomentum) {
       // torch creates the buffer as a copy of the gradient: no decay, no dampening.
       // b.mul_(mu).add_(g, alpha=1-d)
-      const T buf = pick(first_step, g, madd(damp, g, v[2] * momentum));
+      const T buf = pick<kPlain>(first_step, g, madd(damp, g, v[2] * momentum));
       v[2] = buf;
-      g = pick(nesterov, madd(momentum, buf, g), buf);  // g.add(b, alpha=mu)
+      g = pick<kPlain>(nesterov, madd(momentum, buf, g), buf);  // g.add(b, alpha=mu)
     }
     v[0] = madd(neg_lr, g, v[0]);  // p.add_(g, alpha=-lr)
   }
@@ -374,9 +386,12 @@ struct AdagradOp {
       : neg_clr(T(-(lr / (1 + (step - 1) * h.lr_decay)))), weight_decay(T(h.weight_decay)),
         eps(T(h.eps)), maximize(h.maximize), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = pick(maximize, -v[1], v[1]);
-    g = pick(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
     const T sum = madd(g, g, v[2]);  // s.addcmul_(g, g)
     v[2] = sum;
     // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
@@ -410,14 +425,17 @@ struct RmspropOp {
         weight_decay(T(h.weight_decay)), momentum(T(h.momentum)), toward_g(1 - h.alpha),
         maximize(h.maximize), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays || (kCentered && toward_g.from_end)); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = pick(maximize, -v[1], v[1]);
-    g = pick(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
     const T sq = madd(alpha_c * g, g, v[2] * alpha);  // v.mul_(alpha).addcmul_(g, g, value=1-alpha)
     v[2] = sq;
     T avg;
     if constexpr (kCentered) {
-      const T ga = toward_g(v[kGradAvg], g);  // a.lerp_(g, 1-alpha)
+      const T ga = toward_g.template operator()<kPlain>(v[kGradAvg], g);  // a.lerp_(g, 1-alpha)
       v[kGradAvg] = ga;
       avg = std::sqrt(madd(-ga, ga, sq));  // v.addcmul(a, a, value=-1).sqrt_()
     } else {
@@ -460,11 +478,14 @@ struct AdamOp {
         maximize(h.maximize), decays_p(weight_decay != T(0) && h.decoupled),
         decays_g(weight_decay != T(0) && !h.decoupled) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays_p || decays_g || toward_g.from_end); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = pick(maximize, -v[1], v[1]);
-    const T p = pick(decays_p, v[0] * decay, v[0]);   // p.mul_(1 - lr wd)
-    g = pick(decays_g, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
-    const T m = toward_g(v[2], g);                  // m.lerp_(g, 1-beta1)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    const T p = pick<kPlain>(decays_p, v[0] * decay, v[0]);   // p.mul_(1 - lr wd)
+    g = pick<kPlain>(decays_g, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    const T m = toward_g.template operator()<kPlain>(v[2], g);                 // m.lerp_(g, 1-beta1)
     T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;
     v[3] = s;
@@ -498,8 +519,11 @@ struct RpropOp {
       : etaminus(T(h.etaminus)), etaplus(T(h.etaplus)), step_size_min(T(h.step_size_min)),
         step_size_max(T(h.step_size_max)), maximize(h.maximize) {}
 
+  FASTNN_HD bool plain() const { return !maximize; }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = pick(maximize, -v[1], v[1]);
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
     // The sign of the product, not of each factor: a product that underflows to 0 counts as
     // "no sign information", as in torch.
     const T prod = g * v[2];

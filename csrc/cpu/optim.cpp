@@ -83,7 +83,8 @@ struct Lists {
 // Elements [lo, hi) of one tensor: v[l] = list l's element widened to T, updated by op, and
 // written back rounded (all lists but the gradient, list 1).
 // `op` is taken by value: a local copy cannot alias the arrays, so its fields stay in registers.
-template <class Types, class Op, class T = typename Op::value_type>
+// kPlain: op.plain() holds (no option flag set), and the loop is compiled without them.
+template <class Types, bool kPlain, class Op, class T = typename Op::value_type>
 void update_simd(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, int64_t hi) {
   constexpr int L = Op::kLists;
   using P = typename Types::param;
@@ -94,7 +95,7 @@ void update_simd(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, i
     v[0] = widen<T>(ptr.param[i]);
     v[1] = widen<T>(ptr.grad[i]);
     for (int l = 2; l < L; ++l) v[l] = widen<T>(ptr.state[l - 2][i]);
-    op(v);
+    op.template operator()<kPlain>(v);
     ptr.param[i] = narrow<P>(v[0]);
     for (int l = 2; l < L; ++l) ptr.state[l - 2][i] = narrow<S>(v[l]);
   }
@@ -103,13 +104,13 @@ void update_simd(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, i
 // Vector loads that straddle two cache lines cost up to half the bandwidth here, so the range
 // is split where the parameter's address reaches a 64-byte boundary. Arrays with the same
 // offset within a cache line (fastnn allocates the state that way) are then all aligned.
-template <class Types, class Op>
+template <class Types, bool kPlain, class Op>
 void update_range(const Op& op, const Lists<Types, Op::kLists>& ptr, int64_t lo, int64_t hi) {
   const int64_t size = int64_t(sizeof(typename Types::param));
   const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(ptr.param + lo) % 64);
   const int64_t head = offset % size ? 0 : std::min(hi - lo, (64 - offset) % 64 / size);
-  update_simd<Types>(op, ptr, lo, lo + head);
-  update_simd<Types>(op, ptr, lo + head, hi);
+  update_simd<Types, kPlain>(op, ptr, lo, lo + head);
+  update_simd<Types, kPlain>(op, ptr, lo + head, hi);
 }
 
 // Tensor t's lists from the flat pointer table (int8 state: codes then absmaxes per state).
@@ -133,13 +134,15 @@ void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& 
   const int64_t count = int64_t(sizes.size());
   int64_t total = 0;
   for (int64_t n : sizes) total += n;
+  const bool plain = op.plain();
   parallel_for(total, kParallelGrain, [&](int64_t begin, int64_t end) {
     int64_t offset = 0;
     for (int64_t t = 0; t < count && offset < end; offset += sizes[t], ++t) {
       const int64_t lo = std::max(begin, offset) - offset;
       const int64_t hi = std::min(end, offset + sizes[t]) - offset;
       if (lo >= hi) continue;
-      update_range<Types>(op, lists_of<Types, Op>(tensors, count, t), lo, hi);
+      if (plain) update_range<Types, true>(op, lists_of<Types, Op>(tensors, count, t), lo, hi);
+      else update_range<Types, false>(op, lists_of<Types, Op>(tensors, count, t), lo, hi);
     }
   });
 }
@@ -218,7 +221,7 @@ void encode_block(const float* x, uint8_t* codes, float* absmax, int n) {
 // bfloat16 state, the n (<= kQuantBlock) elements of tensor `tensor` from `lo` (a multiple of
 // kQuantBlock): one SIMD loop decodes each element's state, updates it and keeps the new state
 // in an L1 buffer, which is then rounded into the state.
-template <class Types, class Op, class T = typename Op::value_type>
+template <class Types, bool kPlain, class Op, class T = typename Op::value_type>
 void update_block(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, int n,
                   uint64_t tensor, const StateRounding& rounding) {
   constexpr int L = Op::kLists;
@@ -237,7 +240,7 @@ void update_block(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, 
     v[0] = widen<T>(param[i]);
     v[1] = widen<T>(grad[i]);
     for (int l = 2; l < L; ++l) v[l] = widen<T>(state[l - 2][i]);
-    op(v);
+    op.template operator()<kPlain>(v);
     param[i] = narrow<P>(v[0]);
     for (int l = 2; l < L; ++l) buffer[l - 2][i] = v[l];
   }
@@ -269,6 +272,7 @@ class Int8Pipeline {
   };
 
   const Op op_;
+  const bool plain_;  // op_.plain(): run the loop compiled without the option flags
   alignas(64) float buffer_[2][LS][kQuantBlock];
   Block pending_;      // updated, not yet encoded: buffer_[which_]
   int which_ = 0;
@@ -279,6 +283,12 @@ class Int8Pipeline {
   // One SIMD loop: update `n` elements of the block at ptr + lo into buffer_[cur] (when
   // kUpdate), encode the pending block from buffer_[1 - cur] (when kEncode).
   template <bool kUpdate, bool kEncode>
+  void run(const Lists<Types, L>& ptr, int64_t lo, int n, int cur, uint32_t (&largest)[3]) {
+    if (plain_) run<kUpdate, kEncode, true>(ptr, lo, n, cur, largest);
+    else run<kUpdate, kEncode, false>(ptr, lo, n, cur, largest);
+  }
+
+  template <bool kUpdate, bool kEncode, bool kPlain>
   void run(const Lists<Types, L>& ptr, int64_t lo, int n, int cur, uint32_t (&largest)[3]) {
     float* out[LS];
     const float* in[LS];
@@ -309,7 +319,7 @@ class Int8Pipeline {
         v[2] = StateCode<kSigned<2>>::decode(state[0][i].code) * scale[0];
         if constexpr (L > 3) v[3] = StateCode<kSigned<3>>::decode(state[1][i].code) * scale[1];
         if constexpr (L > 4) v[4] = StateCode<kSigned<4>>::decode(state[2][i].code) * scale[2];
-        op_(v);
+        op_.template operator()<kPlain>(v);
         param[i] = narrow<P>(v[0]);
         for (int l = 2; l < L; ++l) out[l - 2][i] = v[l];
         largest0 = std::max(largest0, magnitude_bits(v[2]));
@@ -337,7 +347,7 @@ class Int8Pipeline {
   }
 
  public:
-  explicit Int8Pipeline(const Op& op) : op_(op) {}
+  explicit Int8Pipeline(const Op& op) : op_(op), plain_(op.plain()) {}
 
   // Update the n elements of the block at ptr + lo (a multiple of kQuantBlock), and encode the
   // block before it.
@@ -393,8 +403,10 @@ void update_all_blocks(const Op& op, const TensorPointers& tensors, const Tensor
       each_block([&](const auto& ptr, int64_t lo, int n) { pipeline.update(ptr, lo, n); });
       pipeline.flush();
     } else {
+      const bool plain = op.plain();
       each_block([&](const auto& ptr, int64_t lo, int n) {
-        update_block<Types>(op, ptr, lo, n, uint64_t(t), rounding);
+        if (plain) update_block<Types, true>(op, ptr, lo, n, uint64_t(t), rounding);
+        else update_block<Types, false>(op, ptr, lo, n, uint64_t(t), rounding);
       });
     }
   });
