@@ -300,6 +300,19 @@ FASTNN_HD T pick(bool flag, T if_true, T if_false) {
 #endif
 }
 
+// `flag ? make() : otherwise` for a flag fixed per launch: the CPU loops compute both and pick
+// (above); a GPU thread branches (uniformly), so that the operand not taken holds no registers
+// (computing both made Adam with AMSGrad spill).
+template <bool kPlain = false, class T, class F>
+FASTNN_HD T when(bool flag, F make, T otherwise) {
+  if constexpr (kPlain) return otherwise;
+#if defined(__CUDA_ARCH__)
+  return flag ? make() : otherwise;
+#else
+  return pick(flag, make(), otherwise);
+#endif
+}
+
 // torch.lerp(a, b, w) = a + w (b - a) for a weight w fixed per launch, computed from the end
 // nearer w as torch does: a + w (b - a) when |w| < 0.5, else b + (w - 1) (b - a).
 template <class T>
@@ -354,13 +367,13 @@ struct SgdOp {
   template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = pick<kPlain>(maximize, -v[1], v[1]);
-    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     if constexpr (kMomentum) {
       // torch creates the buffer as a copy of the gradient: no decay, no dampening.
       // b.mul_(mu).add_(g, alpha=1-d)
-      const T buf = pick<kPlain>(first_step, g, madd(damp, g, v[2] * momentum));
+      const T buf = when<kPlain>(first_step, [&] { return g; }, madd(damp, g, v[2] * momentum));
       v[2] = buf;
-      g = pick<kPlain>(nesterov, madd(momentum, buf, g), buf);  // g.add(b, alpha=mu)
+      g = when<kPlain>(nesterov, [&] { return madd(momentum, buf, g); }, buf);  // g.add(b, alpha=mu)
     }
     v[0] = madd(neg_lr, g, v[0]);  // p.add_(g, alpha=-lr)
   }
@@ -391,7 +404,7 @@ struct AdagradOp {
   template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = pick<kPlain>(maximize, -v[1], v[1]);
-    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     const T sum = madd(g, g, v[2]);  // s.addcmul_(g, g)
     v[2] = sum;
     // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
@@ -430,7 +443,7 @@ struct RmspropOp {
   template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = pick<kPlain>(maximize, -v[1], v[1]);
-    g = pick<kPlain>(decays, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     const T sq = madd(alpha_c * g, g, v[2] * alpha);  // v.mul_(alpha).addcmul_(g, g, value=1-alpha)
     v[2] = sq;
     T avg;
@@ -483,8 +496,8 @@ struct AdamOp {
   template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = pick<kPlain>(maximize, -v[1], v[1]);
-    const T p = pick<kPlain>(decays_p, v[0] * decay, v[0]);   // p.mul_(1 - lr wd)
-    g = pick<kPlain>(decays_g, madd(weight_decay, v[0], g), g);  // g.add(p, alpha=wd)
+    const T p = when<kPlain>(decays_p, [&] { return v[0] * decay; }, v[0]);        // p.mul_(1 - lr wd)
+    g = when<kPlain>(decays_g, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     const T m = toward_g.template operator()<kPlain>(v[2], g);                 // m.lerp_(g, 1-beta1)
     T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;

@@ -105,7 +105,7 @@ constexpr int vector_elements() {
 // Where a chunk's stochastic rounding draws from: the element index of its first element and
 // the tensor's first stream (index * 4; the state list is added).
 struct ChunkRounding {
-  const StateRounding& r;
+  StateRounding r;  // a copy: a reference to the kernel's parameter would put it in local memory
   int64_t first;
   uint64_t stream;
 };
@@ -285,7 +285,6 @@ __global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
   constexpr int L = Op::kLists;
   constexpr int V = vector_elements<Types>();
   const Op op = scalars ? Op(hyper, scalars[0], scalars[1]) : host_op;
-  if (scalars) rounding.step = uint64_t(scalars[1]);
   const int chunks = table.first_chunk[table.count];
   for (int c = blockIdx.x; c < chunks; c += gridDim.x) {
     int lo = 0, hi = table.count - 1;  // the last tensor whose first chunk is <= c
@@ -317,6 +316,7 @@ __global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
       }
       uint64_t stream = 0;
       if constexpr (kIndexedTable<Types>) stream = uint64_t(table.index[lo]) * 4;
+      if (scalars) rounding.step = uint64_t(scalars[1]);
       update_chunk<Types>(op, ptr, n, vec, ChunkRounding{rounding, begin, stream});
     }
   }
