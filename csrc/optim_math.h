@@ -9,7 +9,8 @@
 // updated in place. Arithmetic runs in T, the Op's compute type: float32 for float32, bfloat16
 // and float16 parameters, float64 for float64. The device loops widen each stored element to T
 // and round the results back once (below, "Storage"), as torch's fused CPU kernels do for
-// bf16/fp16 parameters. The formulas are in csrc/optim.h.
+// bf16/fp16 parameters; low-bit state (bfloat16, int8 blocks: "Low-bit optimizer state") is
+// decoded before the Op and encoded after it. The formulas are in csrc/optim.h.
 //
 // Rounding: each Op is torch.optim's single-tensor code, operation for operation. Where torch's
 // kernels (on the CPU, built for AVX2 or AVX-512) round a*b+c once with a fused multiply-add,

@@ -76,8 +76,9 @@ def _torch_bfloat16(value) -> bool:
 
 
 class _Bucket:
-    """Tensors of one group that one native call updates: one device and dtype, one step count
-    (outside capturable mode), and state either all just created or all existing."""
+    """Tensors of one group that one native call updates: one device, dtype and state storage
+    (``kind``), one step count (outside capturable mode), and state either all just created or
+    all existing."""
 
     __slots__ = ("positions", "indices", "datas", "states", "pointers", "grads", "grad_pointers",
                  "fresh", "scalars", "kind")
