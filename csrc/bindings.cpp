@@ -560,7 +560,8 @@ void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_
       [](const std::string&, bool is_signed, uintptr_t codes, uintptr_t absmax, uintptr_t out,
          int64_t n) {
         cpu::dequantize_state(is_signed, reinterpret_cast<const uint8_t*>(codes),
-                              reinterpret_cast<const float*>(absmax), reinterpret_cast<float*>(out), n);
+                              reinterpret_cast<const float*>(absmax),
+                              reinterpret_cast<float*>(out), n);
       },
       py::call_guard<py::gil_scoped_release>(), "float32 values of int8 blocks (=).",
       py::arg("dtype"), py::arg("is_signed"), py::arg("codes"), py::arg("absmax"), py::arg("out"),
@@ -601,8 +602,8 @@ void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_
       [](const std::string&, bool is_signed, uintptr_t codes, uintptr_t absmax, uintptr_t out,
          int64_t n, uintptr_t stream) {
         cuda::dequantize_state(is_signed, reinterpret_cast<const uint8_t*>(codes),
-                               reinterpret_cast<const float*>(absmax), reinterpret_cast<float*>(out),
-                               n, reinterpret_cast<Stream>(stream));
+                               reinterpret_cast<const float*>(absmax),
+                               reinterpret_cast<float*>(out), n, reinterpret_cast<Stream>(stream));
       },
       py::call_guard<py::gil_scoped_release>(), "float32 values of int8 blocks on `stream` (=).",
       py::arg("dtype"), py::arg("is_signed"), py::arg("codes"), py::arg("absmax"), py::arg("out"),

@@ -322,7 +322,8 @@ void optim_step(const std::string& dtype, const std::string& state_dtype, const 
 // codes[i] and absmax[i / kQuantBlock] from x[i], i < n (signed: the signed code, else the
 // unsigned one), and out[i] from them.
 void quantize_state(bool is_signed, const float* x, uint8_t* codes, float* absmax, int64_t n);
-void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out, int64_t n);
+void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out,
+                      int64_t n);
 
 // Whether the bfloat16 state is rounded with AVX512_BF16's VCVTNEPS2BF16 (compiled in, and not
 // switched off); `enabled` switches it (tests compare it with the portable loop). Returns the

@@ -224,11 +224,12 @@ struct StateCode {
     }
   }
 
-  // The code of y (|y| <= kMax, finite, as x * (kMax / absmax) is for |x| <= absmax): y * 2^(bias - 127) as a float32 (exact, or rounded to
-  // nearest even where it is a float32 subnormal), its low 20 bits rounded away to nearest,
-  // ties away from zero (one addition: ties to even took three operations more, in a loop that
-  // is compute-bound); a carry moves into the exponent, as it should. In the unsigned code a
-  // nonzero y never becomes 0: it takes the smallest code.
+  // The code of y (|y| <= kMax, finite, as x * (kMax / absmax) is for |x| <= absmax):
+  // y * 2^(bias - 127) as a float32 (exact, or rounded to nearest even where it is a float32
+  // subnormal), its low 20 bits rounded away to nearest, ties away from zero (one addition:
+  // ties to even took three operations more, in a loop that is compute-bound); a carry moves
+  // into the exponent, as it should. In the unsigned code a nonzero y never becomes 0: it takes
+  // the smallest code.
   static FASTNN_HD uint32_t encode(float y) {
     const uint32_t a = float_bits(mul_rn(y, kToCode)) & 0x7fffffffu;
     // |y| <= kMax (1 + 2^-23): the addition cannot carry past the largest code.
@@ -374,7 +375,8 @@ struct SgdOp {
       // b.mul_(mu).add_(g, alpha=1-d)
       const T buf = when<kPlain>(first_step, [&] { return g; }, madd(damp, g, v[2] * momentum));
       v[2] = buf;
-      g = when<kPlain>(nesterov, [&] { return madd(momentum, buf, g); }, buf);  // g.add(b, alpha=mu)
+      // g.add(b, alpha=mu)
+      g = when<kPlain>(nesterov, [&] { return madd(momentum, buf, g); }, buf);
     }
     v[0] = madd(neg_lr, g, v[0]);  // p.add_(g, alpha=-lr)
   }
@@ -497,9 +499,9 @@ struct AdamOp {
   template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
     T g = pick<kPlain>(maximize, -v[1], v[1]);
-    const T p = when<kPlain>(decays_p, [&] { return v[0] * decay; }, v[0]);        // p.mul_(1 - lr wd)
-    g = when<kPlain>(decays_g, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
-    const T m = toward_g.template operator()<kPlain>(v[2], g);                 // m.lerp_(g, 1-beta1)
+    const T p = when<kPlain>(decays_p, [&] { return v[0] * decay; }, v[0]);  // p.mul_(1 - lr wd)
+    g = when<kPlain>(decays_g, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, wd)
+    const T m = toward_g.template operator()<kPlain>(v[2], g);  // m.lerp_(g, 1-beta1)
     T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;
     v[3] = s;

@@ -714,3 +714,15 @@ def test_torch_integration_refusals_and_storages():
     z.grad = torch.ones_like(z)
     opt.step()
     assert opt.state[z]["exp_avg"].dtype == torch.complex64
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_rules_without_state_take_any_state_dtype(path, rng, state_dtype):
+    params, grads = params_and_grads(rng, 2, shapes=[(5000,), (30,)])
+    low = optim.SGD([p.copy() for p in params], lr=0.1, state_dtype=state_dtype)  # no momentum: no state
+    full = optim.SGD([p.copy() for p in params], lr=0.1)
+    for g in grads:
+        low.step(g)
+        full.step(g)
+    for p, q in zip(low.param_groups[0]["params"], full.param_groups[0]["params"]):
+        np.testing.assert_array_equal(p, q)

@@ -113,8 +113,8 @@ struct ChunkRounding {
 // State value x of element e (counted from the chunk's first) of state list l (from 0),
 // rounded to the state's storage: `bits` are the Philox words of the element's group of 8.
 template <class S, class T>
-__device__ __forceinline__ S store_state(T x, const ChunkRounding& cr, int l, const Philox4x32& bits,
-                                         int64_t e) {
+__device__ __forceinline__ S store_state(T x, const ChunkRounding& cr, int l,
+                                         const Philox4x32& bits, int64_t e) {
   if constexpr (std::is_same_v<S, bfloat16>) {
     if (cr.r.stochastic) {
       const int64_t i = cr.first + e;
@@ -212,9 +212,9 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
 // int8 state: the chunk's blocks of kQuantBlock elements, one per warp at a time. `codes` and
 // `absmax` point at the chunk's first code and its first block's absmax.
 template <class Types, class Op, class T = typename Op::value_type>
-__device__ __forceinline__ void update_chunk_int8(const Op& op, const ChunkLists<Types, Op::kLists>& ptr,
-                                                  float* const (&absmax)[Op::kLists > 2 ? Op::kLists - 2 : 1],
-                                                  int64_t n) {
+__device__ __forceinline__ void update_chunk_int8(
+    const Op& op, const ChunkLists<Types, Op::kLists>& ptr,
+    float* const (&absmax)[Op::kLists > 2 ? Op::kLists - 2 : 1], int64_t n) {
   constexpr int L = Op::kLists;
   constexpr int kPerLane = kQuantBlock / 32;
   using P = typename Types::param;
@@ -312,7 +312,8 @@ __global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
 #pragma unroll
       for (int l = 2; l < L; ++l) {
         ptr.state[l - 2] = static_cast<typename Types::state*>(table.ptr[l][lo]) + begin;
-        vec = vec && reinterpret_cast<uintptr_t>(ptr.state[l - 2]) % (V * sizeof(*ptr.state[0])) == 0;
+        vec = vec &&
+              reinterpret_cast<uintptr_t>(ptr.state[l - 2]) % (V * sizeof(*ptr.state[0])) == 0;
       }
       uint64_t stream = 0;
       if constexpr (kIndexedTable<Types>) stream = uint64_t(table.index[lo]) * 4;

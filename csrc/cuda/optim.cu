@@ -24,7 +24,8 @@ __global__ void quantize_state_kernel(const float* x, uint8_t* codes, float* abs
   constexpr int kPerLane = kQuantBlock / 32;
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
-  for (int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; b * kQuantBlock < n; b += warps) {
+  const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  for (int64_t b = first; b * kQuantBlock < n; b += warps) {
     const int64_t lo = b * kQuantBlock;
     float v[kPerLane];
     uint32_t largest = 0;
@@ -43,13 +44,16 @@ __global__ void quantize_state_kernel(const float* x, uint8_t* codes, float* abs
     for (int j = 0; j < kPerLane; ++j) {
       const int64_t i = lo + lane + 32 * j;
       if (i < n)
-        codes[i] = uint8_t(scale.to_code == 0.0f ? 0u : StateCode<kSigned>::encode(mul_rn(v[j], scale.to_code)));
+        codes[i] = uint8_t(scale.to_code == 0.0f
+                               ? 0u
+                               : StateCode<kSigned>::encode(mul_rn(v[j], scale.to_code)));
     }
   }
 }
 
 template <bool kSigned>
-__global__ void dequantize_state_kernel(const uint8_t* codes, const float* absmax, float* out, int64_t n) {
+__global__ void dequantize_state_kernel(const uint8_t* codes, const float* absmax, float* out,
+                                        int64_t n) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     out[i] = mul_rn(StateCode<kSigned>::decode(codes[i]), block_from_code(absmax[i / kQuantBlock]));
@@ -71,10 +75,11 @@ void quantize_state(bool is_signed, const float* x, uint8_t* codes, float* absma
 void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out,
                       int64_t n, Stream stream) {
   if (n <= 0) return;
+  const unsigned grid = grid_for(n);
   if (is_signed)
-    dequantize_state_kernel<true><<<grid_for(n), kBlock, 0, to_stream(stream)>>>(codes, absmax, out, n);
+    dequantize_state_kernel<true><<<grid, kBlock, 0, to_stream(stream)>>>(codes, absmax, out, n);
   else
-    dequantize_state_kernel<false><<<grid_for(n), kBlock, 0, to_stream(stream)>>>(codes, absmax, out, n);
+    dequantize_state_kernel<false><<<grid, kBlock, 0, to_stream(stream)>>>(codes, absmax, out, n);
   check_launch("dequantize_state");
 }
 

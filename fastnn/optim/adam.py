@@ -21,10 +21,11 @@ class Adam(Optimizer):
     (>= 0, as torch), ``weight_decay=0`` (>= 0), ``amsgrad=False``,
     ``maximize=False``, ``decoupled_weight_decay=False`` (True is :class:`AdamW`),
     ``capturable=False`` (lr and t read on the device, bias corrections computed there; see
-    :class:`Optimizer`), ``state_dtype=None`` (the parameters' dtype; ``"float32"``, ``"bfloat16"`` or ``"int8"``:
-    see :class:`Optimizer`), ``stochastic_rounding=False`` and ``seed=None`` (bfloat16 state). State: ``"step"``, ``"exp_avg"``,
-    ``"exp_avg_sq"``, ``"max_exp_avg_sq"`` (amsgrad); with int8 state also their ``"_absmax"``
-    entries (``exp_avg`` in the signed code, the others in the unsigned one).
+    :class:`Optimizer`), ``state_dtype=None`` (the parameters' dtype; ``"float32"``,
+    ``"bfloat16"`` or ``"int8"``: see :class:`Optimizer`), ``stochastic_rounding=False`` and
+    ``seed=None`` (bfloat16 state). State: ``"step"``, ``"exp_avg"``, ``"exp_avg_sq"``,
+    ``"max_exp_avg_sq"`` (amsgrad); with int8 state also their ``"_absmax"`` entries
+    (``exp_avg`` in the signed code, the others in the unsigned one).
 
     >>> opt = fastnn.optim.Adam(model.parameters(), lr=1e-3, state_dtype="int8")  # ~2 bytes/param
     """

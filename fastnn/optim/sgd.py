@@ -23,8 +23,9 @@ class SGD(Optimizer):
     dampening = 0 here; like torch, a group changed later is not checked again),
     ``maximize=False``, ``capturable=False`` (lr read on the device; see :class:`Optimizer`),
     ``state_dtype=None`` (the parameters' dtype; ``"float32"``, ``"bfloat16"`` or ``"int8"``:
-    see :class:`Optimizer`), ``stochastic_rounding=False`` and ``seed=None`` (bfloat16 state). State: ``"momentum_buffer"`` when momentum != 0 (and its
-    ``"_absmax"`` with int8 state; ``"step"`` with stochastic rounding).
+    see :class:`Optimizer`), ``stochastic_rounding=False`` and ``seed=None`` (bfloat16 state).
+    State: ``"momentum_buffer"`` when momentum != 0 (and its ``"_absmax"`` with int8 state;
+    ``"step"`` with stochastic rounding).
 
     >>> opt = fastnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     """
