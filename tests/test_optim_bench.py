@@ -57,3 +57,11 @@ def test_targets_read_the_low_bit_and_integration_rows():
     assert f"{case}, bfloat16 state: fastnn vs torch fused (float32 state), target >= 1.3x: 1.43x (met)" in lines
     assert f"{case}, int8 state: fastnn vs torch fused (float32 state), target >= 1.6x: 2.00x (met)" in lines
     assert f"{case}, int8 state: fastnn vs bitsandbytes Adam8bit, target >= 1.0x: not measured" in lines
+
+
+def test_state_quality_lines_stay_within_the_bounds():
+    lines = bench.state_quality("cpu", n=1 << 16, steps=5)
+    assert [line.split(" state")[0] for line in lines] == ["bfloat16", "int8"]
+    for line, bound in zip(lines, (0.39, 6.25)):
+        error = float(line.split("state error <= ")[1].split("%")[0])
+        assert 0 < error <= bound, line

@@ -12,7 +12,10 @@ GPU: 1 x 256M and 400 tensors of 64K-1M). Then three cases of their own:
   fused and foreach Adam on the same tensors;
 - the torch integration on a model's worth of mixed tensors (a 4-block MLP-transformer-like set:
   large and small, float32 and bfloat16, one transposed weight) against torch's fused and
-  foreach Adam. Competitors, each updating the same parameters and
+  foreach Adam.
+
+The summary also states how far low-bit state moves Adam from float32 state (not timed:
+:func:`state_quality`). Competitors, each updating the same parameters and
 gradients with its own state: fastnn's class (``fastnn.optim.X(params).step(grads)``), fastnn
 through ``fastnn.integrations.torch``, the reference path (NumPy or CuPy ops, in place),
 PyTorch ``foreach`` and ``fused`` where torch has them, and on the GPU a CuPy elementwise
@@ -334,6 +337,57 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: 
     return results
 
 
+def state_quality(device: str = "cpu", n: int = 1 << 20, steps: int = 20) -> list[str]:
+    """How far low-bit state moves Adam from float32 state, not timed: ``steps`` steps on ``n``
+    parameters with random gradients, then one step of each from the same state (the low-bit
+    one's, decoded): the stored state's largest relative error over values above a thousandth of
+    their block's absmax (bounds 2^-8 bfloat16, 1/16 int8), and after ``steps`` steps from the
+    same start the parameters' change against float32 state's, relative RMS."""
+    from ..optim import functional as F
+    from .. import reference as R
+
+    xp = np if device == "cpu" else H.cupy_for(device)
+    rng = np.random.default_rng(2)
+    start = rng.standard_normal(n, dtype=np.float32)
+    grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2) for _ in range(steps + 1)]
+    full = optim.Adam([xp.asarray(start).copy()], lr=1e-3)
+    for g in grads[:steps]:
+        full.step([xp.asarray(g)])
+    moved = _backend.to_numpy(full.param_groups[0]["params"][0]) - start
+    lines = []
+    for state in ("bfloat16", "int8"):
+        low = optim.Adam([xp.asarray(start).copy()], lr=1e-3, state_dtype=state)
+        for g in grads[:steps]:
+            low.step([xp.asarray(g)])
+        drift = _backend.to_numpy(low.param_groups[0]["params"][0]) - start
+        entry = low.state[0]
+        decoded = {}
+        for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+            codes = _backend.to_numpy(entry[key])
+            decoded[key] = (R.widen_bfloat16(codes) if state == "bfloat16" else
+                            R.dequantize_state(codes, _backend.to_numpy(entry[key + "_absmax"]), signed))
+        ref = optim.Adam([xp.asarray(_backend.to_numpy(low.param_groups[0]["params"][0])).copy()], lr=1e-3)
+        ref.load_state_dict({"state": {0: {"step": entry["step"], **{k: xp.asarray(v) for k, v in decoded.items()}}},
+                             "param_groups": low.state_dict()["param_groups"]})
+        low.step([xp.asarray(grads[steps])])
+        ref.step([xp.asarray(grads[steps])])
+        worst = 0.0
+        for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+            codes = _backend.to_numpy(low.state[0][key])
+            got = (R.widen_bfloat16(codes) if state == "bfloat16" else
+                   R.dequantize_state(codes, _backend.to_numpy(low.state[0][key + "_absmax"]), signed))
+            want = _backend.to_numpy(ref.state[0][key]).astype(np.float64)
+            blocks = np.abs(want).reshape(-1, F.QUANT_BLOCK).max(axis=1).repeat(F.QUANT_BLOCK)
+            sized = np.abs(want) > 1e-3 * blocks
+            worst = max(worst, float((np.abs(got - want)[sized] / np.abs(want)[sized]).max()))
+        rms = float(np.sqrt(np.mean((drift - moved) ** 2)) / np.sqrt(np.mean(moved ** 2)))
+        bound = 2.0 ** -8 if state == "bfloat16" else 1 / 16
+        lines.append(f"{state} state, Adam on {n >> 20}M parameters: one step's state error <= {100 * worst:.2f}% "
+                     f"(bound {100 * bound:.2f}%); after {steps} steps the parameters moved {100 * rms:.2f}% "
+                     "(relative RMS) away from float32 state's")
+    return lines
+
+
 def _low_bit_targets(results: list[H.Result]) -> list[str]:
     """The low-bit state targets (issue 14): bfloat16 >= 1.3x and int8 >= 1.6x torch's fused Adam
     with float32 state, int8 >= 1.0x bitsandbytes' Adam8bit; and the state bytes per parameter."""
@@ -388,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmemory bandwidth: {bandwidth[0]:.1f} GB/s ({bandwidth[1]})\n")
     print(H.table(results, bandwidth_gbs=bandwidth[0]))
     summary = targets(results, args.device)
+    if rules is None and _backend.native_available(args.device):
+        summary += state_quality(args.device, n=(1 if args.quick else 4) << 20)
     print("\n" + "\n".join(summary))
     paths = H.write(SUITE, args.device, results, args.out, bandwidth=bandwidth, extra={"targets": summary})
     print("\nwrote " + ", ".join(paths.values()))
