@@ -192,7 +192,7 @@ def check_nesterov(momentum: Any, dampening: Any, nesterov: Any) -> None:
 def check_state_dtype(state_dtype: Any, rule: str) -> str | None:
     """``state_dtype`` as a storage name ("float32", "float64", "float16", "bfloat16" or "int8"),
     or None (the parameters' dtype). Strings, NumPy dtypes and torch dtypes are accepted;
-    anything else is a ValueError saying what is, and Rprop takes no low-bit state."""
+    anything else is a ValueError naming the choices; Rprop takes no low-bit state."""
     if state_dtype is None:
         return None
     if isinstance(state_dtype, str):
