@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "activations.h"
@@ -495,12 +496,18 @@ void bind_losses(py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
 }
 
 // ---- optim ---------------------------------------------------------------------------------
-// One entry point per device for every rule (csrc/optim.h): `tensors` lists the parameters'
-// addresses, then the gradients', then each state list's; `hyper` holds the rule's
-// hyperparameters in the order fastnn._C.optim_rules[rule] names them; `scalars` is 0, or the
-// address of the float64 [lr, step] array that capturable mode reads (and whose step it counts)
-// instead of the lr and step in `hyper`; `dtype` names how the tensors are stored ("float32",
-// "float64", "bfloat16", "float16").
+// One entry point per device for every rule (csrc/optim.h): `dtype` names how the parameters
+// and gradients are stored ("float32", "float64", "bfloat16", "float16"), `state_dtype` how the
+// state is (the same, "float32", "bfloat16" or "int8"); `tensors` lists the parameters'
+// addresses, then the gradients', then each state list's (with int8 state, its codes' then its
+// absmaxes'); `hyper` holds the rule's hyperparameters in the order fastnn._C.optim_rules[rule]
+// names them; `scalars` is 0, or the address of the float64 [lr, step] array that capturable
+// mode reads (and whose step it counts) instead of the lr and step in `hyper`; `rounding` is
+// (stochastic, seed, step), bfloat16 state's rounding.
+
+StateRounding state_rounding(const std::tuple<bool, uint64_t, uint64_t>& r) {
+  return StateRounding{std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
 
 void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_* cuda_m) {
   py::dict rules;
@@ -511,33 +518,96 @@ void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_
     rules[Rule::kName] = py::tuple(args);
   });
   m.attr("optim_rules") = rules;
+  // state_dtype's choices for each parameter dtype, the parameters' own first.
+  py::dict states;
+  for_each_entry(OptimDtypes{}, [&](auto entry) {
+    using Param = decltype(entry);
+    py::list names;
+    for_each_entry(typename Param::states{}, [&](auto s) { names.append(decltype(s)::kName); });
+    states[Param::kName] = py::tuple(names);
+  });
+  m.attr("optim_state_dtypes") = states;
+  m.attr("optim_quant_block") = kQuantBlock;
   // Whether the CPU kernels round a*b+c once where torch's kernels do (csrc/optim_math.h): true
   // when the build targets FMA instructions.
   m.attr("optim_cpu_fma") = bool(FASTNN_OPTIM_FMA);
   cpu_m.def(
       "optim_step",
-      [](const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
-         const TensorSizes& sizes, const Hyperparameters& hyper, uintptr_t scalars) {
-        cpu::optim_step(dtype, rule, tensors, sizes, hyper, reinterpret_cast<double*>(scalars));
+      [](const std::string& dtype, const std::string& state_dtype, const std::string& rule,
+         const TensorPointers& tensors, const TensorSizes& sizes, const Hyperparameters& hyper,
+         uintptr_t scalars, const std::tuple<bool, uint64_t, uint64_t>& rounding) {
+        cpu::optim_step(dtype, state_dtype, rule, tensors, sizes, hyper,
+                        reinterpret_cast<double*>(scalars), state_rounding(rounding));
       },
       py::call_guard<py::gil_scoped_release>(),
       "One step of optimizer `rule` (a key of optim_rules; formulas in csrc/optim.h) over every "
       "tensor of `sizes`, one parallel SIMD pass: parameters and state (=).",
-      py::arg("dtype"), py::arg("rule"), py::arg("tensors"), py::arg("sizes"), py::arg("hyper"),
-      py::arg("scalars"));
+      py::arg("dtype"), py::arg("state_dtype"), py::arg("rule"), py::arg("tensors"),
+      py::arg("sizes"), py::arg("hyper"), py::arg("scalars"), py::arg("rounding"));
+  cpu_m.def(
+      "quantize_state",
+      [](const std::string&, bool is_signed, uintptr_t x, uintptr_t codes, uintptr_t absmax,
+         int64_t n) {
+        cpu::quantize_state(is_signed, reinterpret_cast<const float*>(x),
+                            reinterpret_cast<uint8_t*>(codes), reinterpret_cast<float*>(absmax), n);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "int8 blocks of float32 x[:n]: codes (one per element) and absmax (one per block) (=).",
+      py::arg("dtype"), py::arg("is_signed"), py::arg("x"), py::arg("codes"), py::arg("absmax"),
+      py::arg("n"));
+  cpu_m.def(
+      "dequantize_state",
+      [](const std::string&, bool is_signed, uintptr_t codes, uintptr_t absmax, uintptr_t out,
+         int64_t n) {
+        cpu::dequantize_state(is_signed, reinterpret_cast<const uint8_t*>(codes),
+                              reinterpret_cast<const float*>(absmax),
+                              reinterpret_cast<float*>(out), n);
+      },
+      py::call_guard<py::gil_scoped_release>(), "float32 values of int8 blocks (=).",
+      py::arg("dtype"), py::arg("is_signed"), py::arg("codes"), py::arg("absmax"), py::arg("out"),
+      py::arg("n"));
+  cpu_m.def("set_optim_bf16_instructions", &cpu::set_optim_bf16_instructions,
+            "Round bfloat16 optimizer state with AVX512_BF16's VCVTNEPS2BF16 (when compiled in) or "
+            "with the portable loop (same bits); returns the previous setting.",
+            py::arg("enabled"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def(
       "optim_step",
-      [](const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
-         const TensorSizes& sizes, const Hyperparameters& hyper, uintptr_t scalars,
+      [](const std::string& dtype, const std::string& state_dtype, const std::string& rule,
+         const TensorPointers& tensors, const TensorSizes& sizes, const Hyperparameters& hyper,
+         uintptr_t scalars, const std::tuple<bool, uint64_t, uint64_t>& rounding,
          uintptr_t stream) {
-        cuda::optim_step(dtype, rule, tensors, sizes, hyper, reinterpret_cast<double*>(scalars),
+        cuda::optim_step(dtype, state_dtype, rule, tensors, sizes, hyper,
+                         reinterpret_cast<double*>(scalars), state_rounding(rounding),
                          reinterpret_cast<Stream>(stream));
       },
       py::call_guard<py::gil_scoped_release>(),
       "One step of optimizer `rule` on `stream`, multi-tensor launches: parameters and state (=).",
-      py::arg("dtype"), py::arg("rule"), py::arg("tensors"), py::arg("sizes"), py::arg("hyper"),
-      py::arg("scalars"), py::arg("stream"));
+      py::arg("dtype"), py::arg("state_dtype"), py::arg("rule"), py::arg("tensors"),
+      py::arg("sizes"), py::arg("hyper"), py::arg("scalars"), py::arg("rounding"),
+      py::arg("stream"));
+  cuda_m->def(
+      "quantize_state",
+      [](const std::string&, bool is_signed, uintptr_t x, uintptr_t codes, uintptr_t absmax,
+         int64_t n, uintptr_t stream) {
+        cuda::quantize_state(is_signed, reinterpret_cast<const float*>(x),
+                             reinterpret_cast<uint8_t*>(codes), reinterpret_cast<float*>(absmax), n,
+                             reinterpret_cast<Stream>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>(), "int8 blocks of float32 x[:n] on `stream` (=).",
+      py::arg("dtype"), py::arg("is_signed"), py::arg("x"), py::arg("codes"), py::arg("absmax"),
+      py::arg("n"), py::arg("stream"));
+  cuda_m->def(
+      "dequantize_state",
+      [](const std::string&, bool is_signed, uintptr_t codes, uintptr_t absmax, uintptr_t out,
+         int64_t n, uintptr_t stream) {
+        cuda::dequantize_state(is_signed, reinterpret_cast<const uint8_t*>(codes),
+                               reinterpret_cast<const float*>(absmax),
+                               reinterpret_cast<float*>(out), n, reinterpret_cast<Stream>(stream));
+      },
+      py::call_guard<py::gil_scoped_release>(), "float32 values of int8 blocks on `stream` (=).",
+      py::arg("dtype"), py::arg("is_signed"), py::arg("codes"), py::arg("absmax"), py::arg("out"),
+      py::arg("n"), py::arg("stream"));
 #endif
 }
 

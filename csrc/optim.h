@@ -20,20 +20,28 @@
 //            p -= sign(g') size;  prev = g'
 // (±g: -g when maximizing.) Everything here is "=": parameters and state are overwritten.
 //
-// One entry point per device, optim_step(dtype, rule, tensors, sizes, hyper, scalars[, stream]):
-//   dtype    the parameters' dtype, an entry of OptimDtypes below ("float32", "float64",
-//            "bfloat16", "float16"): it says how every list is stored and what the math runs in.
+// One entry point per device,
+// optim_step(dtype, state_dtype, rule, tensors, sizes, hyper, scalars, rounding[, stream]):
+//   dtype    the parameters' (and gradients') dtype, an entry of OptimDtypes below ("float32",
+//            "float64", "bfloat16", "float16"): it says how they are stored and what the math
+//            runs in (float32, or float64 for float64).
+//   state_dtype  how the state is stored, one of the dtype entry's `states`: the parameters'
+//            dtype, "float32", "bfloat16", or "int8" (codes + a float32 absmax per block of
+//            kQuantBlock elements, optim_math.h; not for rules whose Op is not kQuantizable).
 //   rule     an entry of OptimRules below ("sgd", "adagrad", "rmsprop", "adam", "rprop").
 //   tensors  the raw addresses list by list: all parameters, then all gradients, then each state
-//            list in the order of the rule's Op in optim_math.h. All tensors of a call are
-//            stored as `dtype` says and live on one device; the lists may not overlap, except
-//            that a gradient may be its own parameter (each element is read before written).
+//            list in the order of the rule's Op in optim_math.h; with int8 state each state
+//            list is two lists, its codes (one byte per element) then its absmaxes (float32,
+//            ceil(size / kQuantBlock) per tensor). All tensors of a call live on one device;
+//            the lists may not overlap, except that a gradient may be its own parameter (each
+//            element is read before written).
 //   sizes    each tensor's element count, so tensors.size() == lists * sizes.size().
 //   hyper    the rule's hyperparameters as doubles (flags 0 or 1), in the order its entry's kArgs
 //            names them: the order of RULES[rule].kernel_args in fastnn/optim/functional.py
 //            (the binding exports kArgs as fastnn._C.optim_rules; tests/test_optim.py checks
 //            that the two agree). A count that differs from kArgs' is an invalid_argument.
 //   scalars  null, or capturable mode's [lr, step] (below).
+//   rounding bfloat16 state's rounding (StateRounding below): to nearest even, or stochastic.
 //
 // lr and step: `step` counts updates from 1 (this call's update included). When `scalars` is
 // not null (capturable mode) it points to two float64 values [lr, step] in the tensors' memory
@@ -42,10 +50,9 @@
 //
 // Adding a rule touches its Hyper and Op (optim_math.h), its entry in OptimRules here, and on
 // the Python side its reference, its class and its RULES entry; the entry points, their device
-// loops and the binding stay as they are. Adding a storage combination (e.g. float32 parameters
-// with bfloat16 state) is one more entry in OptimDtypes naming its OptimTypes, given widen and
-// narrow for its storage types (optim_math.h); a quantized state (int8 blocks with a scale
-// each) also needs the device loops to load and store whole blocks.
+// loops and the binding stay as they are. Adding a storage combination (e.g. float16 state for
+// float32 parameters) is one more type in a dtype entry's `states`, given widen and narrow for
+// it (optim_math.h).
 #pragma once
 
 #include <cstdint>
@@ -64,8 +71,17 @@ using TensorPointers = std::vector<uintptr_t>;
 using TensorSizes = std::vector<int64_t>;
 using Hyperparameters = std::vector<double>;
 
-// The one check C++ makes on the tensors: the tables are as long as the rule needs (Python
-// validates the rest).
+// How bfloat16 state is rounded: to nearest even, or (stochastic) by the random bits of
+// element i of stream (tensor index in the call) * 4 + (state list) at `step` under `seed`
+// (optim_math.h). In capturable mode the step is the device's counted step instead.
+struct StateRounding {
+  bool stochastic = false;
+  uint64_t seed = 0;
+  uint64_t step = 0;
+};
+
+// The one check C++ makes on the tensors: the tables are as long as the rule and the storage
+// need (Python validates the rest).
 inline void check_tensor_lists(const char* rule, const TensorPointers& tensors,
                                const TensorSizes& sizes, int lists) {
   if (tensors.size() != sizes.size() * size_t(lists))
@@ -89,16 +105,33 @@ struct OpTag {
   using types = Types;
 };
 
-// What every device's `run` holds: the tensor lists, and the capturable [lr, step] array (null
-// outside capturable mode). A device's run(OpTag<Op, Types>{}, hyper, lr, step) builds the Op
-// and applies it to the tensors, stored as Types says (csrc/cpu/optim.cpp,
-// csrc/cuda/multi_tensor.cuh).
+// What every device's `run` holds: the tensor lists, the capturable [lr, step] array (null
+// outside capturable mode) and the state's rounding. A device's run(OpTag<Op, Types>{}, hyper,
+// lr, step) builds the Op and applies it to the tensors, stored as Types says
+// (csrc/cpu/optim.cpp, csrc/cuda/multi_tensor.cuh).
 struct RunArgs {
   const char* rule;
   const TensorPointers& tensors;
   const TensorSizes& sizes;
   double* scalars;
+  StateRounding rounding;
 };
+
+// Whether Types keeps its state as int8 blocks (two pointer lists per state list).
+template <class Types>
+constexpr bool kQuantized = std::is_same_v<typename Types::state, Int8Blocks>;
+
+// The pointer lists a call of Op with Types' storage takes.
+template <class Types, class Op>
+constexpr int pointer_lists() {
+  return kQuantized<Types> ? 2 + 2 * (Op::kLists - 2) : Op::kLists;
+}
+
+// The int8 error a rule without quantizable state gives.
+inline std::invalid_argument not_quantizable(const char* rule) {
+  return std::invalid_argument(std::string("fastnn optim_step: rule '") + rule +
+                               "' with these options takes no int8 state");
+}
 
 // ---- the tables ----------------------------------------------------------------------------
 // A table is a list of entry types, each with a static kName; the entry points look the
@@ -119,10 +152,12 @@ void for_each_entry(Table<E...>, F&& f) {
   (f(E{}), ...);
 }
 
-// The dtypes, each named as NumPy (or torch, for bfloat16) names the parameters' dtype. `types`
-// says how each list is stored (parameters, gradients, state) and what the Ops compute in: a
-// float32 or float64 call computes in its own dtype, bfloat16 and float16 ones in float32, with
-// gradients and state stored in the parameters' dtype (torch's fused CPU kernels do the same).
+// The dtypes, each named as NumPy (or torch, for bfloat16) names the parameters' dtype. An
+// OptimTypes says how each list is stored (parameters, gradients, state) and what the Ops
+// compute in: a float32 or float64 call computes in its own dtype, bfloat16 and float16 ones in
+// float32 (torch's fused CPU kernels do the same). Gradients are stored as the parameters;
+// the state as one of the entry's `states`, the first being the parameters' own dtype (torch's
+// layout).
 template <class Param, class Grad, class State, class Compute>
 struct OptimTypes {
   using param = Param;
@@ -131,23 +166,36 @@ struct OptimTypes {
   using compute = Compute;
 };
 
-struct OptimFloat32 {
-  static constexpr const char* kName = "float32";
-  using types = OptimTypes<float, float, float, float>;
+// The name of a state storage type, as state_dtype says it.
+template <class S>
+constexpr const char* storage_name() {
+  if constexpr (std::is_same_v<S, float>) return "float32";
+  else if constexpr (std::is_same_v<S, double>) return "float64";
+  else if constexpr (std::is_same_v<S, bfloat16>) return "bfloat16";
+  else if constexpr (std::is_same_v<S, float16>) return "float16";
+  else return "int8";
+}
+
+template <class S>
+struct StateEntry {
+  static constexpr const char* kName = storage_name<S>();
+  using type = S;
 };
-struct OptimFloat64 {
-  static constexpr const char* kName = "float64";
-  using types = OptimTypes<double, double, double, double>;
+
+template <class Param, class Compute, class... States>
+struct ParamEntry {
+  static constexpr const char* kName = storage_name<Param>();
+  using states = Table<StateEntry<States>...>;
+  template <class State>
+  using types = OptimTypes<Param, Param, State, Compute>;
 };
-struct OptimBfloat16 {
-  static constexpr const char* kName = "bfloat16";
-  using types = OptimTypes<bfloat16, bfloat16, bfloat16, float>;
-};
-struct OptimFloat16 {
-  static constexpr const char* kName = "float16";
-  using types = OptimTypes<float16, float16, float16, float>;
-};
-using OptimDtypes = Table<OptimFloat32, OptimFloat64, OptimBfloat16, OptimFloat16>;
+
+// float64 parameters keep float64 state: low-bit state is for memory-bound float32 and half
+// precision steps.
+using OptimDtypes = Table<ParamEntry<float, float, float, bfloat16, Int8Blocks>,
+                          ParamEntry<double, double, double>,
+                          ParamEntry<bfloat16, float, bfloat16, float, Int8Blocks>,
+                          ParamEntry<float16, float, float16, float, bfloat16, Int8Blocks>>;
 
 // The rules. Each entry names the rule (kName, the key of RULES) and its hyperparameters in
 // the order the vector `h` holds them (kArgs), and `dispatch<Types>` builds the rule's Hyper
@@ -232,11 +280,11 @@ std::string entry_names(Table<E...>) {
   return join_names(std::begin(names), std::end(names));
 }
 
-// The entry points' common body: finds the rule and the dtype, checks the hyperparameter
-// count, then the rule's dispatch calls `run` with the Op its flags choose.
+// The entry points' common body: finds the rule, the dtype and the state dtype, checks the
+// hyperparameter count, then the rule's dispatch calls `run` with the Op its flags choose.
 template <class Run>
-void optim_dispatch(const std::string& dtype, const std::string& rule,
-                    const Hyperparameters& hyper, const Run& run) {
+void optim_dispatch(const std::string& dtype, const std::string& state_dtype,
+                    const std::string& rule, const Hyperparameters& hyper, const Run& run) {
   const bool known = with_entry(OptimRules{}, rule, [&](auto entry) {
     using Rule = decltype(entry);
     if (hyper.size() != std::size(Rule::kArgs))
@@ -245,7 +293,16 @@ void optim_dispatch(const std::string& dtype, const std::string& rule,
           " hyperparameters (" + join_names(std::begin(Rule::kArgs), std::end(Rule::kArgs)) +
           "), got " + std::to_string(hyper.size()));
     const bool typed = with_entry(OptimDtypes{}, dtype, [&](auto d) {
-      Rule::template dispatch<typename decltype(d)::types>(run, hyper.data());
+      using Param = decltype(d);
+      const bool stored = with_entry(typename Param::states{}, state_dtype, [&](auto s) {
+        using Types = typename Param::template types<typename decltype(s)::type>;
+        Rule::template dispatch<Types>(run, hyper.data());
+      });
+      if (!stored)
+        throw std::invalid_argument("fastnn optim_step: state_dtype for " + dtype +
+                                    " parameters must be one of " +
+                                    entry_names(typename Param::states{}) + ", got '" +
+                                    state_dtype + "'");
     });
     if (!typed)
       throw std::invalid_argument("fastnn optim_step: dtype must be one of " +
@@ -257,14 +314,32 @@ void optim_dispatch(const std::string& dtype, const std::string& rule,
 }
 
 namespace cpu {
-void optim_step(const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
-                const TensorSizes& sizes, const Hyperparameters& hyper, double* scalars);
+void optim_step(const std::string& dtype, const std::string& state_dtype, const std::string& rule,
+                const TensorPointers& tensors, const TensorSizes& sizes,
+                const Hyperparameters& hyper, double* scalars, const StateRounding& rounding);
+
+// int8 blocks of a float32 array and back (the codes of optim_math.h, as the steps store them):
+// codes[i] and absmax[i / kQuantBlock] from x[i], i < n (signed: the signed code, else the
+// unsigned one), and out[i] from them.
+void quantize_state(bool is_signed, const float* x, uint8_t* codes, float* absmax, int64_t n);
+void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out,
+                      int64_t n);
+
+// Whether the bfloat16 state is rounded with AVX512_BF16's VCVTNEPS2BF16 (compiled in, and not
+// switched off); `enabled` switches it (tests compare it with the portable loop). Returns the
+// previous setting.
+bool set_optim_bf16_instructions(bool enabled);
 }  // namespace cpu
 
 namespace cuda {
-void optim_step(const std::string& dtype, const std::string& rule, const TensorPointers& tensors,
-                const TensorSizes& sizes, const Hyperparameters& hyper, double* scalars,
+void optim_step(const std::string& dtype, const std::string& state_dtype, const std::string& rule,
+                const TensorPointers& tensors, const TensorSizes& sizes,
+                const Hyperparameters& hyper, double* scalars, const StateRounding& rounding,
                 Stream stream);
+void quantize_state(bool is_signed, const float* x, uint8_t* codes, float* absmax, int64_t n,
+                    Stream stream);
+void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out,
+                      int64_t n, Stream stream);
 }  // namespace cuda
 
 }  // namespace fastnn

@@ -9,7 +9,8 @@
 // updated in place. Arithmetic runs in T, the Op's compute type: float32 for float32, bfloat16
 // and float16 parameters, float64 for float64. The device loops widen each stored element to T
 // and round the results back once (below, "Storage"), as torch's fused CPU kernels do for
-// bf16/fp16 parameters. The formulas are in csrc/optim.h.
+// bf16/fp16 parameters; low-bit state (bfloat16, int8 blocks: "Low-bit optimizer state") is
+// decoded before the Op and encoded after it. The formulas are in csrc/optim.h.
 //
 // Rounding: each Op is torch.optim's single-tensor code, operation for operation. Where torch's
 // kernels (on the CPU, built for AVX2 or AVX-512) round a*b+c once with a fused multiply-add,
@@ -135,6 +136,136 @@ FASTNN_HD S narrow(C c) {
   }
 }
 
+// ---- low-bit optimizer state ---------------------------------------------------------------
+// A state list may be stored in fewer bits than the parameters (state_dtype, csrc/optim.h):
+// bfloat16 (rounded by narrow above, or stochastically), or int8 blocks. Arithmetic stays in
+// the Op's compute type; the device loops decode a block of state, run the Op on it and encode
+// the results, in the one pass over memory.
+
+// Stochastic rounding to bfloat16: the float32 bits plus 16 random bits, truncated. Rounds up
+// with probability (distance to the value below) / (bfloat16 step), so the rounding is unbiased
+// and a sum of small increments does not stall as it does under rounding to nearest. NaN
+// becomes 0x7fc0, as in narrow.
+FASTNN_HD bfloat16 narrow_stochastic(float c, uint32_t random16) {
+  const uint32_t u = float_bits(c);
+  return bfloat16{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : (u + random16) >> 16)};
+}
+
+// The 16 random bits of element i of state stream `stream` at step `step` (seed: the
+// optimizer's): Philox4x32-10 (rng.h) keyed by the seed, counter (i / 8, stream << 32 | step mod
+// 2^32); element i takes half i % 2 of word (i / 2) % 4. A stream is (tensor index in the call)
+// * 4 + the state list, so every state element of every step draws its own bits.
+FASTNN_HD uint64_t state_stream_counter(uint64_t stream, uint64_t step) {
+  return (stream << 32) | (step & 0xffffffffu);
+}
+
+// int8 state: codes of 8 bits, one per element, and one float32 absmax per block of
+// kQuantBlock elements of a tensor (the last block may be shorter). A block's values are scaled
+// so that its absmax maps to the code's largest value, and each is rounded to the nearest code
+// (ties away from zero): 8-bit floats, so the relative precision is the same from the block's
+// largest value down to 2^-14 (signed) or 2^-30 (unsigned) of it (docs/DECISIONS.md, "Low-bit
+// optimizer state", says why these codes and this block size).
+//   signed code (first moments, momentum buffers, RMSprop's grad_avg): s eeee mmm, bias 15;
+//   unsigned code (second moments, Adagrad's sums):                     eeeee mmm, bias 31;
+//   value = (1 + m / 8) 2^(e - bias) for e > 0, (m / 8) 2^(1 - bias) for e = 0 (subnormal),
+//   so the largest is 1.875 and 0 is exactly 0. A positive value never rounds to 0 in the
+//   unsigned code (it takes the smallest code instead): a second moment is a divisor, and a
+//   first moment over a zero second moment would step by m / eps. Rounding is to the nearest
+//   code, ties away from zero, after y 2^(bias - 127) is rounded to float32 (which only
+//   rounds, to float32's subnormal grid, values in the code's subnormal range).
+// Blocks whose absmax is 0 or below 2^-126 (float32's smallest normal) are stored as absmax 0,
+// codes 0; a block with an infinite or NaN value as absmax NaN, codes 0 (it decodes to NaN, as
+// the float32 state would have led to NaN parameters).
+constexpr int kQuantBlock = 256;
+
+// The storage type naming int8 block state (the codes; the absmaxes travel as a second list).
+struct Int8Blocks {
+  uint8_t code;
+};
+
+// a * b and a + b rounded alone: nvcc would otherwise contract the codes' mul-then-add into an
+// FMA, which rounds once (the CPU code compiles with contraction off).
+FASTNN_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+FASTNN_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+template <bool kSigned>
+struct StateCode {
+  static constexpr int kBias = kSigned ? 15 : 31;
+  static constexpr uint32_t kMagnitudeMax = kSigned ? 0x7fu : 0xffu;
+  static constexpr float kMax = 1.875f;
+  // A code's bits, (s) eeee(e) mmm, sit where a float32's exponent and top mantissa bits are
+  // (bits 27(26)..20) in the float32 that is its value times 2^(bias - 127): a normal code is a
+  // normal float32 there, a subnormal code a float32 subnormal, so one exact multiplication by
+  // a power of two converts either way. The loops run with float32 subnormals enabled
+  // (csrc/cpu/optim.cpp clears flush-to-zero and denormals-are-zero; CUDA keeps them).
+  static constexpr float kToCode = kSigned ? 0x1p-112f : 0x1p-96f;  // 2^(bias - 127)
+  static constexpr float kFromCode = kSigned ? 0x1p112f : 0x1p96f;
+
+  // The value of a code, before the block's scale.
+  static FASTNN_HD float decode(uint32_t code) {
+    if constexpr (kSigned) {
+      // The code sign-extended and shifted: its sign fills bits 27..31; keep 31 and 26..20.
+      const uint32_t extended = uint32_t(int32_t(int8_t(uint8_t(code))));
+      return mul_rn(bits_float((extended << 20) & 0x87f00000u), kFromCode);
+    } else {
+      return mul_rn(bits_float((code & kMagnitudeMax) << 20), kFromCode);
+    }
+  }
+
+  // The code of y (|y| <= kMax, finite, as x * (kMax / absmax) is for |x| <= absmax):
+  // y * 2^(bias - 127) as a float32 (exact, or rounded to nearest even where it is a float32
+  // subnormal), its low 20 bits rounded away to nearest, ties away from zero (one addition:
+  // ties to even took three operations more, in a loop that is compute-bound); a carry moves
+  // into the exponent, as it should. In the unsigned code a nonzero y never becomes 0: it takes
+  // the smallest code.
+  static FASTNN_HD uint32_t encode(float y) {
+    const uint32_t a = float_bits(mul_rn(y, kToCode)) & 0x7fffffffu;
+    // |y| <= kMax (1 + 2^-23): the addition cannot carry past the largest code.
+    const uint32_t m = (a + 0x80000u) >> 20;
+    if constexpr (kSigned) {
+      return m | ((float_bits(y) >> 24) & 0x80u);
+    } else {
+      const uint32_t nonzero = (float_bits(y) & 0x7fffffffu) != 0 ? 1u : 0u;
+      return m > nonzero ? m : nonzero;
+    }
+  }
+};
+
+// A block's absmax from max(|x| as float32 bits) over its values (an integer maximum: exact,
+// in any order, NaN above infinity): what is stored, and the scale to the codes.
+struct BlockScale {
+  float absmax;  // stored
+  float to_code; // kMax / absmax, or 0 for a block stored as zeros
+
+  FASTNN_HD explicit BlockScale(uint32_t max_bits) {
+    if (max_bits < 0x00800000u) {
+      absmax = 0.0f;
+      to_code = 0.0f;
+    } else if (max_bits >= 0x7f800000u) {
+      absmax = bits_float(0x7fc00000u);
+      to_code = 0.0f;
+    } else {
+      absmax = bits_float(max_bits);
+      to_code = StateCode<true>::kMax / absmax;
+    }
+  }
+};
+
+// The factor that turns a code's value back into the state value: absmax / kMax.
+FASTNN_HD float block_from_code(float absmax) { return absmax / StateCode<true>::kMax; }
+
 // ---- arithmetic ----------------------------------------------------------------------------
 
 // a * b + c, rounded once where torch rounds once (see the top of this file).
@@ -144,6 +275,43 @@ FASTNN_HD T madd(T a, T b, T c) {
   return std::fma(a, b, c);
 #else
   return a * b + c;
+#endif
+}
+
+// `flag ? if_true : if_false` for a flag fixed per launch (an Op's option), as a bitwise
+// blend: GCC does not vectorize a select on a loop-invariant bool (it left the CPU loops of
+// every rule with such an option scalar, 6x slower). Exact: the bits of one operand. kPlain:
+// the caller knows every flag of the Op is false (Op::plain()), so the blend and the operand
+// it would discard are not computed at all (the CPU loops run such a copy of their loop).
+template <bool kPlain = false, class T>
+FASTNN_HD T pick(bool flag, T if_true, T if_false) {
+  if constexpr (kPlain) return if_false;
+#if defined(__CUDA_ARCH__)
+  return flag ? if_true : if_false;
+#else
+  using U = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  static_assert(sizeof(T) == sizeof(U), "pick blends float32 or float64");
+  const U mask = U(0) - U(flag);
+  U a, b;
+  std::memcpy(&a, &if_true, sizeof a);
+  std::memcpy(&b, &if_false, sizeof b);
+  const U blended = (a & mask) | (b & ~mask);
+  T out;
+  std::memcpy(&out, &blended, sizeof out);
+  return out;
+#endif
+}
+
+// `flag ? make() : otherwise` for a flag fixed per launch: the CPU loops compute both and pick
+// (above); a GPU thread branches (uniformly), so that the operand not taken holds no registers
+// (computing both made Adam with AMSGrad spill).
+template <bool kPlain = false, class T, class F>
+FASTNN_HD T when(bool flag, F make, T otherwise) {
+  if constexpr (kPlain) return otherwise;
+#if defined(__CUDA_ARCH__)
+  return flag ? make() : otherwise;
+#else
+  return pick(flag, make(), otherwise);
 #endif
 }
 
@@ -158,7 +326,8 @@ struct Lerp {
   FASTNN_HD explicit Lerp(double w)
       : coef(std::abs(T(w)) < T(0.5) ? T(w) : T(w) - T(1)), from_end(!(std::abs(T(w)) < T(0.5))) {}
 
-  FASTNN_HD T operator()(T a, T b) const { return madd(coef, b - a, from_end ? b : a); }
+  template <bool kPlain = false>
+  FASTNN_HD T operator()(T a, T b) const { return madd(coef, b - a, pick<kPlain>(from_end, b, a)); }
 };
 
 // The largest of a and b, NaN if either is NaN (torch.maximum).
@@ -169,7 +338,10 @@ FASTNN_HD T nan_max(T a, T b) {
 
 // ---- the rules -----------------------------------------------------------------------------
 // Each operator() is torch.optim's single-tensor step for one element, in torch's order (the
-// torch call each line stands for is on its right).
+// torch call each line stands for is on its right). kNonNegative marks (bit l for v[l]) the
+// states that are never negative, stored in int8 with the unsigned code; kQuantizable says
+// whether the rule takes int8 state at all. plain() says whether every option flag is off, so
+// that operator()<true> (which assumes so) computes the same.
 
 struct SgdHyper {
   double momentum, dampening, weight_decay;
@@ -181,24 +353,30 @@ template <class T, bool kMomentum>
 struct SgdOp {
   using value_type = T;
   static constexpr int kLists = kMomentum ? 3 : 2;
+  static constexpr unsigned kNonNegative = 0;
+  static constexpr bool kQuantizable = true;
   T neg_lr, momentum, damp, weight_decay;
-  bool nesterov, maximize, first_step;
+  bool nesterov, maximize, first_step, decays;
 
   SgdOp() = default;
   FASTNN_HD SgdOp(const SgdHyper& h, double lr, double /*step*/)
       : neg_lr(T(-lr)), momentum(T(h.momentum)), damp(T(1 - h.dampening)),
         weight_decay(T(h.weight_decay)), nesterov(h.nesterov), maximize(h.maximize),
-        first_step(h.first_step) {}
+        first_step(h.first_step), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(nesterov || maximize || first_step || decays); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     if constexpr (kMomentum) {
       // torch creates the buffer as a copy of the gradient: no decay, no dampening.
       // b.mul_(mu).add_(g, alpha=1-d)
-      const T buf = first_step ? g : madd(damp, g, v[2] * momentum);
+      const T buf = when<kPlain>(first_step, [&] { return g; }, madd(damp, g, v[2] * momentum));
       v[2] = buf;
-      g = nesterov ? madd(momentum, buf, g) : buf;  // g.add(b, alpha=mu)
+      // g.add(b, alpha=mu)
+      g = when<kPlain>(nesterov, [&] { return madd(momentum, buf, g); }, buf);
     }
     v[0] = madd(neg_lr, g, v[0]);  // p.add_(g, alpha=-lr)
   }
@@ -214,18 +392,23 @@ template <class T>
 struct AdagradOp {
   using value_type = T;
   static constexpr int kLists = 3;
+  static constexpr unsigned kNonNegative = 1u << 2;
+  static constexpr bool kQuantizable = true;
   T neg_clr, weight_decay, eps;
-  bool maximize;
+  bool maximize, decays;
 
   AdagradOp() = default;
   FASTNN_HD AdagradOp(const AdagradHyper& h, double lr, double step)
       : neg_clr(T(-(lr / (1 + (step - 1) * h.lr_decay)))), weight_decay(T(h.weight_decay)),
-        eps(T(h.eps)), maximize(h.maximize) {}
+        eps(T(h.eps)), maximize(h.maximize), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
-    const T sum = madd(g, g, v[2]);                             // s.addcmul_(g, g)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
+    const T sum = madd(g, g, v[2]);  // s.addcmul_(g, g)
     v[2] = sum;
     // p.addcdiv_(g, s.sqrt().add_(eps), value=-clr)
     v[0] = v[0] + neg_clr * g / (std::sqrt(sum) + eps);
@@ -244,24 +427,31 @@ struct RmspropOp {
   static constexpr int kBuffer = 3;
   static constexpr int kGradAvg = kMomentum ? 4 : 3;
   static constexpr int kLists = 3 + int(kMomentum) + int(kCentered);
+  static constexpr unsigned kNonNegative = 1u << 2;
+  // Centered: v - a^2 is a difference of two quantized values, which would go negative
+  // (a NaN step) wherever the gradient's variance is small next to its mean.
+  static constexpr bool kQuantizable = !kCentered;
   T neg_lr, alpha, alpha_c, eps, weight_decay, momentum;
   Lerp<T> toward_g;  // weight 1 - alpha
-  bool maximize;
+  bool maximize, decays;
 
   RmspropOp() = default;
   FASTNN_HD RmspropOp(const RmspropHyper& h, double lr, double /*step*/)
       : neg_lr(T(-lr)), alpha(T(h.alpha)), alpha_c(T(1 - h.alpha)), eps(T(h.eps)),
         weight_decay(T(h.weight_decay)), momentum(T(h.momentum)), toward_g(1 - h.alpha),
-        maximize(h.maximize) {}
+        maximize(h.maximize), decays(weight_decay != T(0)) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays || (kCentered && toward_g.from_end)); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = maximize ? -v[1] : v[1];
-    if (weight_decay != T(0)) g = madd(weight_decay, v[0], g);  // g.add(p, alpha=wd)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    g = when<kPlain>(decays, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, alpha=wd)
     const T sq = madd(alpha_c * g, g, v[2] * alpha);  // v.mul_(alpha).addcmul_(g, g, value=1-alpha)
     v[2] = sq;
     T avg;
     if constexpr (kCentered) {
-      const T ga = toward_g(v[kGradAvg], g);  // a.lerp_(g, 1-alpha)
+      const T ga = toward_g.template operator()<kPlain>(v[kGradAvg], g);  // a.lerp_(g, 1-alpha)
       v[kGradAvg] = ga;
       avg = std::sqrt(madd(-ga, ga, sq));  // v.addcmul(a, a, value=-1).sqrt_()
     } else {
@@ -288,9 +478,11 @@ template <class T, bool kAmsgrad>
 struct AdamOp {
   using value_type = T;
   static constexpr int kLists = kAmsgrad ? 5 : 4;
+  static constexpr unsigned kNonNegative = (1u << 3) | (kAmsgrad ? 1u << 4 : 0u);
+  static constexpr bool kQuantizable = true;
   T beta2, beta2_c, eps, weight_decay, decay, neg_step_size, bias_correction2_sqrt;
   Lerp<T> toward_g;  // weight 1 - beta1
-  bool decoupled, maximize;
+  bool maximize, decays_p, decays_g;  // decoupled weight decay (AdamW), or L2
 
   AdamOp() = default;
   // Bias corrections in float64 whatever T is, as torch computes them in Python floats.
@@ -299,16 +491,17 @@ struct AdamOp {
         decay(T(1 - lr * h.weight_decay)),
         neg_step_size(T(-(lr / (1 - std::pow(h.beta1, step))))),
         bias_correction2_sqrt(T(std::sqrt(1 - std::pow(h.beta2, step)))), toward_g(1 - h.beta1),
-        decoupled(h.decoupled), maximize(h.maximize) {}
+        maximize(h.maximize), decays_p(weight_decay != T(0) && h.decoupled),
+        decays_g(weight_decay != T(0) && !h.decoupled) {}
 
+  FASTNN_HD bool plain() const { return !(maximize || decays_p || decays_g || toward_g.from_end); }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = maximize ? -v[1] : v[1];
-    T p = v[0];
-    if (weight_decay != T(0)) {
-      if (decoupled) p = p * decay;        // p.mul_(1 - lr wd)
-      else g = madd(weight_decay, p, g);  // g.add(p, alpha=wd)
-    }
-    const T m = toward_g(v[2], g);                  // m.lerp_(g, 1-beta1)
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
+    const T p = when<kPlain>(decays_p, [&] { return v[0] * decay; }, v[0]);  // p.mul_(1 - lr wd)
+    g = when<kPlain>(decays_g, [&] { return madd(weight_decay, v[0], g); }, g);  // g.add(p, wd)
+    const T m = toward_g.template operator()<kPlain>(v[2], g);  // m.lerp_(g, 1-beta1)
     T s = madd(beta2_c * g, g, v[3] * beta2);       // v.mul_(beta2).addcmul_(g, g, value=1-beta2)
     v[2] = m;
     v[3] = s;
@@ -331,6 +524,9 @@ template <class T>
 struct RpropOp {
   using value_type = T;
   static constexpr int kLists = 4;
+  static constexpr unsigned kNonNegative = 1u << 3;
+  // Step sizes are multiplied by etaplus or etaminus and clamped: they stay float.
+  static constexpr bool kQuantizable = false;
   T etaminus, etaplus, step_size_min, step_size_max;
   bool maximize;
 
@@ -339,8 +535,11 @@ struct RpropOp {
       : etaminus(T(h.etaminus)), etaplus(T(h.etaplus)), step_size_min(T(h.step_size_min)),
         step_size_max(T(h.step_size_max)), maximize(h.maximize) {}
 
+  FASTNN_HD bool plain() const { return !maximize; }
+
+  template <bool kPlain = false>
   FASTNN_HD void operator()(T (&v)[kLists]) const {
-    T g = maximize ? -v[1] : v[1];
+    T g = pick<kPlain>(maximize, -v[1], v[1]);
     // The sign of the product, not of each factor: a product that underflows to 0 counts as
     // "no sign information", as in torch.
     const T prod = g * v[2];

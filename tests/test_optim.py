@@ -396,22 +396,38 @@ def test_native_entry_point_refuses_what_its_table_lacks():
     # memory is touched, on the CUDA entry point too (so no device is needed).
     p, g = np.ones(5), np.ones(5)
     tensors = [p.ctypes.data, g.ctypes.data]
+    nearest = (False, 0, 0)
     entry_points = [_C.cpu.optim_step]
     if _C.cuda_compiled:
         entry_points.append(lambda *args: _C.cuda.optim_step(*args, 0))
     for optim_step in entry_points:
         with pytest.raises(ValueError, match=r"rule 'adam' takes 9 hyperparameters \(lr, beta1, .*maximize\), got 2"):
-            optim_step("float64", "adam", tensors + [0, 0], [5], [0.1, 0.9], 0)
+            optim_step("float64", "float64", "adam", tensors + [0, 0], [5], [0.1, 0.9], 0, nearest)
         with pytest.raises(ValueError, match=f"unknown rule 'adamw' .expected one of {', '.join(OF.RULES)}"):
-            optim_step("float64", "adamw", tensors + [0, 0], [5], [0.0] * 9, 0)
+            optim_step("float64", "float64", "adamw", tensors + [0, 0], [5], [0.0] * 9, 0, nearest)
         with pytest.raises(ValueError, match="dtype must be one of float32, float64, bfloat16, float16, got .int8."):
-            optim_step("int8", "sgd", tensors, [5], [0.1] + [0.0] * 6, 0)
+            optim_step("int8", "int8", "sgd", tensors, [5], [0.1] + [0.0] * 6, 0, nearest)
+        with pytest.raises(ValueError, match="state_dtype for float64 parameters must be one of float64, got .int8."):
+            optim_step("float64", "int8", "sgd", tensors, [5], [0.1] + [0.0] * 6, 0, nearest)
+        with pytest.raises(ValueError, match="state_dtype for float32 parameters must be one of float32, bfloat16, "
+                                             "int8, got .float16."):
+            optim_step("float32", "float16", "sgd", tensors, [5], [0.1] + [0.0] * 6, 0, nearest)
+        with pytest.raises(ValueError, match="rule 'rprop' with these options takes no int8 state"):
+            optim_step("float32", "int8", "rprop", tensors + [0] * 4, [5], [0.5, 1.2, 0, 1, 0], 0, nearest)
         with pytest.raises(ValueError, match="sgd: expected 3 pointers per tensor, got 2"):
-            optim_step("float64", "sgd", tensors, [5], [0.1, 0.9] + [0.0] * 5, 0)
+            optim_step("float64", "float64", "sgd", tensors, [5], [0.1, 0.9] + [0.0] * 5, 0, nearest)
+        with pytest.raises(ValueError, match="sgd: expected 4 pointers per tensor, got 3"):  # codes and absmax
+            optim_step("float32", "int8", "sgd", tensors + [0], [5], [0.1, 0.9] + [0.0] * 5, 0, nearest)
     assert p.tolist() == [1.0] * 5
     # lr, momentum, dampening, weight_decay, nesterov, maximize, first_step: p += lr g.
-    _C.cpu.optim_step("float64", "sgd", tensors, [5], [0.5, 0, 0, 0, False, True, False], 0)
+    _C.cpu.optim_step("float64", "float64", "sgd", tensors, [5], [0.5, 0, 0, 0, False, True, False], 0, nearest)
     assert p.tolist() == [1.5] * 5
+
+
+@needs_extension
+def test_native_state_tables_are_pythons():
+    assert _C.optim_state_dtypes == OF.STATE_STORAGE
+    assert _C.optim_quant_block == OF.QUANT_BLOCK
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ def test_one_native_call_per_group_device_and_dtype(monkeypatch, rng):
         pytest.skip("no native kernels")
     calls = []
     real = fastnn._backend.launch
-    # launch(path, "optim_step", first, rule, pointers, sizes, hyper, scalars)
-    monkeypatch.setattr(fastnn._backend, "launch", lambda *a: calls.append((a[1], a[3], len(a[5]))) or real(*a))
+    # launch(path, "optim_step", first, state_dtype, rule, pointers, sizes, hyper, scalars, rounding)
+    monkeypatch.setattr(fastnn._backend, "launch", lambda *a: calls.append((a[1], a[4], len(a[6]))) or real(*a))
     params = make_params(np, rng, np.float32, [(10,)] * 150) + make_params(np, rng, np.float64, [(3,)] * 50)
     opt = optim.RMSprop(params, momentum=0.9, centered=True)
     opt.step([np.ones_like(p) for p in params])

@@ -25,6 +25,14 @@
 // Capturable mode: given `scalars` (device float64 [lr, step]), a one-thread kernel first adds
 // 1 to the step, then every thread of the update kernels builds its Op from the device values,
 // so the host supplies no per-step number at all.
+//
+// Low-bit state: bfloat16 state goes through the same loop as any storage type, rounded to
+// nearest even or, stochastically, with Philox bits keyed by element (optim_math.h; the table
+// then carries each tensor's index in the call, its stream). int8 state is updated one block of
+// kQuantBlock elements per warp (a chunk holds whole blocks): each lane loads, updates and keeps
+// kQuantBlock / 32 elements strided by 32 (coalesced), the block's absmax is a warp maximum
+// over the float bits, and the lanes encode and store their codes; the old absmax is read once
+// per block, so the state is still read and written once.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +43,7 @@
 
 #include "cuda/common.cuh"
 #include "optim.h"
+#include "rng.h"
 
 namespace fastnn::cuda {
 
@@ -53,14 +62,21 @@ constexpr int kLargeParams = kSmallParams;
 #endif
 constexpr int kOpBytes = 512;  // kept for the Op, the Hyper and the scalars pointer
 
-template <int L, int kParams>
+// The tensors of a launch: L pointer lists, and with kIndexed each tensor's index in the call
+// (stochastic rounding's stream).
+template <int L, int kParams, bool kIndexed = false>
 struct TensorTable {
-  static constexpr int kMax = (kParams - kOpBytes - 8) / (8 * L + 8 + 4) - 1;
+  static constexpr int kMax = (kParams - kOpBytes - 8) / (8 * L + 8 + 4 + (kIndexed ? 4 : 0)) - 1;
   void* ptr[L][kMax];
   int64_t size[kMax];
   int first_chunk[kMax + 1];  // tensor t owns chunks [first_chunk[t], first_chunk[t + 1])
+  int index[kIndexed ? kMax : 1];
   int count;
 };
+
+// Whether a launch's tensors carry their index (bfloat16 state, which may round stochastically).
+template <class Types>
+constexpr bool kIndexedTable = std::is_same_v<typename Types::state, bfloat16>;
 
 __global__ void count_step_kernel(double* scalars) { scalars[1] += 1.0; }
 
@@ -86,11 +102,44 @@ constexpr int vector_elements() {
   return int(16 / (p > g ? (p > s ? p : s) : (g > s ? g : s)));
 }
 
+// Where a chunk's stochastic rounding draws from: the element index of its first element and
+// the tensor's first stream (index * 4; the state list is added).
+struct ChunkRounding {
+  StateRounding r;  // a copy: a reference to the kernel's parameter would put it in local memory
+  int64_t first;
+  uint64_t stream;
+};
+
+// State value x of element e (counted from the chunk's first) of state list l (from 0),
+// rounded to the state's storage: `bits` are the Philox words of the element's group of 8.
+template <class S, class T>
+__device__ __forceinline__ S store_state(T x, const ChunkRounding& cr, int l,
+                                         const Philox4x32& bits, int64_t e) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    if (cr.r.stochastic) {
+      const int64_t i = cr.first + e;
+      return narrow_stochastic(float(x), (bits.v[(i >> 1) & 3] >> (16 * (i & 1))) & 0xffffu);
+    }
+  }
+  return narrow<S>(x);
+}
+
+// The Philox words of element e's group of 8 in state list l, when S rounds stochastically.
+template <class S>
+__device__ __forceinline__ Philox4x32 state_bits(const ChunkRounding& cr, int l, int64_t e) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    if (cr.r.stochastic)
+      return philox_block(cr.r.seed, state_stream_counter(cr.stream + uint64_t(l), cr.r.step),
+                          uint64_t(cr.first + e) / 8);
+  }
+  return Philox4x32{};
+}
+
 // One chunk of n elements, the lists pointing at its first element; each element is widened to
 // the Op's compute type, updated, and rounded back.
 template <class Types, class Op, class T = typename Op::value_type>
 __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Types, Op::kLists>& ptr,
-                                             int64_t n, bool vec) {
+                                             int64_t n, bool vec, const ChunkRounding& cr) {
   constexpr int L = Op::kLists;
   constexpr int LS = L > 2 ? L - 2 : 1;
   constexpr int V = vector_elements<Types>();
@@ -120,6 +169,10 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
       for (int k = 0; k < kIlp; ++k) {
         const int64_t i = first + int64_t(k) * blockDim.x;
         if (i < packs) {
+          // V (4 or 8) consecutive elements share one group of 8 for the random bits.
+          Philox4x32 bits[LS];
+#pragma unroll
+          for (int l = 2; l < L; ++l) bits[l - 2] = state_bits<S>(cr, l - 2, i * V);
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             T v[L];
@@ -130,7 +183,8 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
             op(v);
             rp[k].v[j] = narrow<P>(v[0]);
 #pragma unroll
-            for (int l = 2; l < L; ++l) rs[k][l - 2].v[j] = narrow<S>(v[l]);
+            for (int l = 2; l < L; ++l)
+              rs[k][l - 2].v[j] = store_state<S>(v[l], cr, l - 2, bits[l - 2], i * V + j);
           }
           reinterpret_cast<Elements<P, V>*>(ptr.param)[i] = rp[k];
 #pragma unroll
@@ -150,14 +204,84 @@ __device__ __forceinline__ void update_chunk(const Op& op, const ChunkLists<Type
     op(v);
     ptr.param[i] = narrow<P>(v[0]);
 #pragma unroll
-    for (int l = 2; l < L; ++l) ptr.state[l - 2][i] = narrow<S>(v[l]);
+    for (int l = 2; l < L; ++l)
+      ptr.state[l - 2][i] = store_state<S>(v[l], cr, l - 2, state_bits<S>(cr, l - 2, i), i);
+  }
+}
+
+// int8 state: the chunk's blocks of kQuantBlock elements, one per warp at a time. `codes` and
+// `absmax` point at the chunk's first code and its first block's absmax.
+template <class Types, class Op, class T = typename Op::value_type>
+__device__ __forceinline__ void update_chunk_int8(
+    const Op& op, const ChunkLists<Types, Op::kLists>& ptr,
+    float* const (&absmax)[Op::kLists > 2 ? Op::kLists - 2 : 1], int64_t n) {
+  constexpr int L = Op::kLists;
+  constexpr int kPerLane = kQuantBlock / 32;
+  using P = typename Types::param;
+  const int lane = threadIdx.x & 31;
+  const int warps = blockDim.x / 32;
+  for (int64_t block = threadIdx.x / 32; block * kQuantBlock < n; block += warps) {
+    const int64_t first = block * kQuantBlock;
+    const int m = n - first < kQuantBlock ? int(n - first) : kQuantBlock;
+    T v[kPerLane][L];
+    float scale[L > 2 ? L - 2 : 1];
+#pragma unroll
+    for (int l = 2; l < L; ++l) scale[l - 2] = block_from_code(absmax[l - 2][block]);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < m) {
+        v[j][0] = widen<T>(ptr.param[first + e]);
+        v[j][1] = widen<T>(ptr.grad[first + e]);
+#pragma unroll
+        for (int l = 2; l < L; ++l) {
+          const uint32_t code = ptr.state[l - 2][first + e].code;
+          v[j][l] = mul_rn((Op::kNonNegative >> l & 1u) ? StateCode<false>::decode(code)
+                                                        : StateCode<true>::decode(code),
+                           scale[l - 2]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < m) {
+        op(v[j]);
+        ptr.param[first + e] = narrow<P>(v[j][0]);
+      }
+    }
+#pragma unroll
+    for (int l = 2; l < L; ++l) {
+      uint32_t largest = 0;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j)
+        if (lane + 32 * j < m) largest = max(largest, float_bits(float(v[j][l])) & 0x7fffffffu);
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1)
+        largest = max(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+      const BlockScale bs(largest);
+      if (lane == 0) absmax[l - 2][block] = bs.absmax;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int e = lane + 32 * j;
+        if (e < m) {
+          const float y = mul_rn(float(v[j][l]), bs.to_code);
+          const uint32_t code = bs.to_code == 0.0f                   ? 0u
+                                : (Op::kNonNegative >> l & 1u) ? StateCode<false>::encode(y)
+                                                               : StateCode<true>::encode(y);
+          ptr.state[l - 2][first + e].code = uint8_t(code);
+        }
+      }
+    }
   }
 }
 
 template <class Types, class Op, class Hyper, int kParams>
 __global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
-    multi_tensor_kernel(const __grid_constant__ TensorTable<Op::kLists, kParams> table,
-                        const Op host_op, const Hyper hyper, const double* scalars) {
+    multi_tensor_kernel(const __grid_constant__ TensorTable<pointer_lists<Types, Op>(), kParams,
+                                                            kIndexedTable<Types>> table,
+                        const Op host_op, const Hyper hyper, const double* scalars,
+                        StateRounding rounding) {
   constexpr int L = Op::kLists;
   constexpr int V = vector_elements<Types>();
   const Op op = scalars ? Op(hyper, scalars[0], scalars[1]) : host_op;
@@ -174,14 +298,28 @@ __global__ void __launch_bounds__(kMultiBlock, kMinBlocksPerSm)
     ChunkLists<Types, L> ptr;
     ptr.param = static_cast<typename Types::param*>(table.ptr[0][lo]) + begin;
     ptr.grad = static_cast<const typename Types::grad*>(table.ptr[1][lo]) + begin;
-    bool vec = reinterpret_cast<uintptr_t>(ptr.param) % (V * sizeof(*ptr.param)) == 0 &&
-               reinterpret_cast<uintptr_t>(ptr.grad) % (V * sizeof(*ptr.grad)) == 0;
+    if constexpr (kQuantized<Types>) {
+      float* absmax[L > 2 ? L - 2 : 1];
 #pragma unroll
-    for (int l = 2; l < L; ++l) {
-      ptr.state[l - 2] = static_cast<typename Types::state*>(table.ptr[l][lo]) + begin;
-      vec = vec && reinterpret_cast<uintptr_t>(ptr.state[l - 2]) % (V * sizeof(*ptr.state[0])) == 0;
+      for (int l = 2; l < L; ++l) {
+        ptr.state[l - 2] = static_cast<Int8Blocks*>(table.ptr[2 + 2 * (l - 2)][lo]) + begin;
+        absmax[l - 2] = static_cast<float*>(table.ptr[3 + 2 * (l - 2)][lo]) + begin / kQuantBlock;
+      }
+      update_chunk_int8<Types>(op, ptr, absmax, n);
+    } else {
+      bool vec = reinterpret_cast<uintptr_t>(ptr.param) % (V * sizeof(*ptr.param)) == 0 &&
+                 reinterpret_cast<uintptr_t>(ptr.grad) % (V * sizeof(*ptr.grad)) == 0;
+#pragma unroll
+      for (int l = 2; l < L; ++l) {
+        ptr.state[l - 2] = static_cast<typename Types::state*>(table.ptr[l][lo]) + begin;
+        vec = vec &&
+              reinterpret_cast<uintptr_t>(ptr.state[l - 2]) % (V * sizeof(*ptr.state[0])) == 0;
+      }
+      uint64_t stream = 0;
+      if constexpr (kIndexedTable<Types>) stream = uint64_t(table.index[lo]) * 4;
+      if (scalars) rounding.step = uint64_t(scalars[1]);
+      update_chunk<Types>(op, ptr, n, vec, ChunkRounding{rounding, begin, stream});
     }
-    update_chunk<Types>(op, ptr, n, vec);
   }
 }
 
@@ -223,8 +361,17 @@ struct Run : RunArgs {
 
   template <class Op, class Types, class Hyper>
   void operator()(OpTag<Op, Types>, const Hyper& hyper, double lr, double step) const {
-    constexpr int L = Op::kLists;
-    static_assert(sizeof(Op) + sizeof(Hyper) + sizeof(double*) <= kOpBytes,
+    if constexpr (kQuantized<Types> && !Op::kQuantizable) {
+      throw not_quantizable(rule);
+    } else {
+      run<Op, Types>(hyper, lr, step);
+    }
+  }
+
+  template <class Op, class Types, class Hyper>
+  void run(const Hyper& hyper, double lr, double step) const {
+    constexpr int L = pointer_lists<Types, Op>();
+    static_assert(sizeof(Op) + sizeof(Hyper) + sizeof(double*) + sizeof(StateRounding) <= kOpBytes,
                   "the Op and Hyper must fit beside the tensor table");
     check_tensor_lists(rule, tensors, sizes, L);
     const cudaStream_t s = to_stream(stream);
@@ -234,7 +381,7 @@ struct Run : RunArgs {
     }
     const Op host_op = scalars ? Op{} : Op(hyper, lr, step);
     const int64_t used = std::count_if(sizes.begin(), sizes.end(), [](int64_t n) { return n > 0; });
-    if (used > TensorTable<L, kSmallParams>::kMax && large_params_supported())
+    if (used > TensorTable<L, kSmallParams, kIndexedTable<Types>>::kMax && large_params_supported())
       launch_tables<kLargeParams, Types>(host_op, hyper, s);
     else
       launch_tables<kSmallParams, Types>(host_op, hyper, s);
@@ -242,8 +389,8 @@ struct Run : RunArgs {
 
   template <int kParams, class Types, class Op, class Hyper>
   void launch_tables(const Op& host_op, const Hyper& hyper, cudaStream_t s) const {
-    constexpr int L = Op::kLists;
-    using Table = TensorTable<L, kParams>;
+    constexpr int L = pointer_lists<Types, Op>();
+    using Table = TensorTable<L, kParams, kIndexedTable<Types>>;
     static_assert(sizeof(Table) + kOpBytes <= kParams, "kernel parameters must fit their block");
     const int64_t count = int64_t(sizes.size());
     Table table;
@@ -253,8 +400,8 @@ struct Run : RunArgs {
       const int chunks = table.first_chunk[table.count];
       if (chunks == 0) return;
       const unsigned grid = grid_for_chunks<Types, Op, Hyper, kParams>(chunks);
-      multi_tensor_kernel<Types, Op, Hyper, kParams><<<grid, kMultiBlock, 0, s>>>(table, host_op,
-                                                                                   hyper, scalars);
+      multi_tensor_kernel<Types, Op, Hyper, kParams><<<grid, kMultiBlock, 0, s>>>(
+          table, host_op, hyper, scalars, rounding);
       check_launch(rule);
       table.count = 0;
     };
@@ -269,6 +416,7 @@ struct Run : RunArgs {
       const int k = table.count;
       for (int l = 0; l < L; ++l) table.ptr[l][k] = reinterpret_cast<void*>(tensors[size_t(l * count + t)]);
       table.size[k] = n;
+      if constexpr (kIndexedTable<Types>) table.index[k] = int(t);
       table.first_chunk[k + 1] = table.first_chunk[k] + int(chunks);
       table.count = k + 1;
     }

@@ -4,7 +4,9 @@ schedules.
 Every rule is ``torch.optim``'s, with its hyperparameter names and defaults, so results match
 PyTorch to rounding (bit for bit on the CPU for float32 where no square root is involved).
 Parameters may be :class:`fastnn.nn.Parameter` (gradients from ``.grad``) or plain arrays
-(``opt.step(grads)``), float32, float64 or float16 (computed in float32). On the CPU each
+(``opt.step(grads)``), float32, float64 or float16 (computed in float32), with state in the
+parameters' dtype or, with ``state_dtype``, in float32, bfloat16 or block-wise int8 (about 2
+bytes of Adam state per parameter; see :class:`Optimizer`). On the CPU each
 step reads and writes every parameter and state element once, over all tensors at once
 (SIMD + OpenMP); on the GPU many tensors of one dtype are updated per kernel launch. See
 :class:`Optimizer` for the interface and for capturable mode (CUDA graphs).

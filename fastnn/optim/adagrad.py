@@ -18,18 +18,24 @@ class Adagrad(Optimizer):
 
     Args: ``params``, ``lr=1e-2``, ``lr_decay=0`` (>= 0), ``weight_decay=0`` (>= 0),
     ``initial_accumulator_value=0`` (>= 0), ``eps=1e-10`` (>= 0, as torch),
-    ``maximize=False``, ``capturable=False``. State: ``"step"``, ``"sum"`` (created on the first
-    step; torch creates it at construction).
+    ``maximize=False``, ``capturable=False``, ``state_dtype=None`` (the parameters' dtype;
+    ``"float32"``, ``"bfloat16"`` or ``"int8"``: see :class:`Optimizer`),
+    ``stochastic_rounding=False`` and ``seed=None`` (bfloat16 state). State: ``"step"``,
+    ``"sum"`` (created on the first step; torch creates it at construction; with int8 state
+    also ``"sum_absmax"``). Rounded to nearest, a low-bit sum stops growing once
+    g^2 falls below half its step (1/512 of the sum in bfloat16, 1/16 in int8); stochastic
+    rounding keeps bfloat16 sums unbiased.
     """
 
     rule = "adagrad"
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False, capturable=False):
+                 *, maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, seed=None):
         B.check_scalar(initial_accumulator_value, "initial_accumulator_value", low=0.0)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
-                         capturable=capturable)
+                         capturable=capturable, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
 
     @staticmethod
     def _hyper(group):

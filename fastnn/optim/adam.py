@@ -21,17 +21,24 @@ class Adam(Optimizer):
     (>= 0, as torch), ``weight_decay=0`` (>= 0), ``amsgrad=False``,
     ``maximize=False``, ``decoupled_weight_decay=False`` (True is :class:`AdamW`),
     ``capturable=False`` (lr and t read on the device, bias corrections computed there; see
-    :class:`Optimizer`). State: ``"step"``, ``"exp_avg"``, ``"exp_avg_sq"``,
-    ``"max_exp_avg_sq"`` (amsgrad).
+    :class:`Optimizer`), ``state_dtype=None`` (the parameters' dtype; ``"float32"``,
+    ``"bfloat16"`` or ``"int8"``: see :class:`Optimizer`), ``stochastic_rounding=False`` and
+    ``seed=None`` (bfloat16 state). State: ``"step"``, ``"exp_avg"``, ``"exp_avg_sq"``,
+    ``"max_exp_avg_sq"`` (amsgrad); with int8 state also their ``"_absmax"`` entries
+    (``exp_avg`` in the signed code, the others in the unsigned one).
+
+    >>> opt = fastnn.optim.Adam(model.parameters(), lr=1e-3, state_dtype="int8")  # ~2 bytes/param
     """
 
     rule = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, capturable=False, decoupled_weight_decay=False):
+                 maximize=False, capturable=False, decoupled_weight_decay=False, state_dtype=None,
+                 stochastic_rounding=False, seed=None):
         super().__init__(params, dict(lr=lr, betas=pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay), capturable=capturable)
+                                      decoupled_weight_decay=decoupled_weight_decay), capturable=capturable,
+                         state_dtype=state_dtype, stochastic_rounding=stochastic_rounding, seed=seed)
 
     @staticmethod
     def _hyper(group):
@@ -54,9 +61,10 @@ class AdamW(Adam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, capturable=False):
+                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, seed=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, capturable=capturable,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     @staticmethod
     def _hyper(group):

@@ -30,22 +30,27 @@ def _on_device(a):
     return a.device if B.is_cupy(a) else contextlib.nullcontext()
 
 
-def _new_like(like):
-    """An uninitialised array like ``like``. On the CPU its address has the same offset within a
-    64-byte cache line as ``like``'s, so the kernel's cache-line-aligned loop (csrc/cpu/optim.cpp)
-    covers parameter and state alike."""
+def _new_like(like, dtype=None, shape=None):
+    """An uninitialised array on ``like``'s device, of ``like``'s dtype and shape unless given.
+    On the CPU an array of ``like``'s dtype has the same offset within a 64-byte cache line as
+    ``like``, so the kernel's cache-line-aligned loop (csrc/cpu/optim.cpp) covers parameter and
+    state alike; one of another dtype (low-bit state) starts a cache line."""
+    dtype = np.dtype(like.dtype if dtype is None else dtype)
+    shape = tuple(like.shape if shape is None else shape)
     if not isinstance(like, np.ndarray):
         with _on_device(like):
-            return B.array_module(like).empty_like(like)
-    buf = np.empty(like.size + 64 // like.itemsize, like.dtype)
-    shift = (B.pointer(like) - B.pointer(buf)) % 64 // like.itemsize
-    return buf[shift:shift + like.size].reshape(like.shape)
+            return B.array_module(like).empty(shape, dtype)
+    size = math.prod(shape)
+    buf = np.empty(size + 64 // dtype.itemsize, dtype)
+    target = B.pointer(like) if dtype == like.dtype else 0
+    shift = (target - B.pointer(buf)) % 64 // dtype.itemsize
+    return buf[shift:shift + size].reshape(shape)
 
 
-def _copy_onto(value, like, out=None):
-    """A copy of array ``value`` with ``like``'s dtype on ``like``'s device (moving it if
-    needed), written into ``out`` (an array like ``like``, new if None)."""
-    out = _new_like(like) if out is None else out
+def _copy_onto(value, like, out=None, dtype=None):
+    """A copy of array ``value`` with ``like``'s dtype (or ``dtype``) on ``like``'s device
+    (moving it if needed), written into ``out`` (new if None)."""
+    out = _new_like(like, dtype, value.shape) if out is None else out
     with _on_device(like):
         if isinstance(like, np.ndarray):
             source = B.to_numpy(value)
@@ -61,17 +66,28 @@ def _same_kind(a, b) -> bool:
     return B.device_of(a) == B.device_of(b) and a.dtype == b.dtype and a.shape == b.shape
 
 
+def absmax_key(key: str) -> str:
+    """The state entry holding int8 state ``key``'s block absmaxes (``"exp_avg_absmax"``)."""
+    return key + "_absmax"
+
+
+def _torch_bfloat16(value) -> bool:
+    return type(value).__module__.startswith("torch") and str(getattr(value, "dtype", "")) == "torch.bfloat16"
+
+
 class _Bucket:
-    """Tensors of one group that one native call updates: one device and dtype, one step count
-    (outside capturable mode), and state either all just created or all existing."""
+    """Tensors of one group that one native call updates: one device, dtype and state storage
+    (``kind``), one step count (outside capturable mode), and state either all just created or
+    all existing."""
 
     __slots__ = ("positions", "indices", "datas", "states", "pointers", "grads", "grad_pointers",
-                 "fresh", "scalars")
+                 "fresh", "scalars", "kind")
 
-    def __init__(self, positions, indices, datas, states, fresh, scalars, native):
+    def __init__(self, positions, indices, datas, states, fresh, scalars, native, kind):
         self.positions, self.indices, self.datas, self.states = positions, indices, datas, states
-        self.fresh, self.scalars = fresh, scalars
-        self.pointers = ([B.pointer(a) for a in datas], [B.pointer(a) for lst in states for a in lst]) if native else None
+        self.fresh, self.scalars, self.kind = fresh, scalars, kind
+        self.pointers = ([B.pointer(a) for a in datas],
+                         [B.pointer(a) for lst in states for a in OF.flat_arrays(lst)]) if native else None
         self.grads = self.grad_pointers = None
 
 
@@ -141,6 +157,17 @@ class Optimizer:
       shapes (naming the parameter), and copies each array onto its parameter's device and
       dtype; PyTorch tensors are accepted, so a torch.optim state dict of the same rule loads.
 
+    Low-bit state (``state_dtype``, as in :mod:`fastnn.optim.functional`): ``None`` keeps the
+    parameters' dtype; ``"float32"``; ``"bfloat16"`` (arrays of uint16 bit patterns, rounded to
+    nearest even, or stochastically with ``stochastic_rounding=True`` from Philox bits of
+    ``seed``, by default drawn from :func:`fastnn.seed`'s sequence; the random stream counts
+    each parameter's ``"step"``, which SGD then keeps too); ``"int8"`` (block-wise 8-bit: each
+    state key holds uint8 codes of the parameter's shape and ``key + "_absmax"`` one float32 per
+    256 elements; parameters under 4096 elements keep float32 state). The state dict holds
+    exactly these arrays, so a checkpoint resumes bit for bit; loading converts a state of
+    another storage (float, bfloat16 bits, int8 blocks) into this optimizer's, and refuses int8
+    blocks whose codes or absmaxes do not fit the parameter.
+
     Capturable mode (``capturable=True``), for CUDA graphs (like torch's ``capturable=True``):
     each group keeps, per device and dtype, a float64 array ``[lr, step]`` beside its
     parameters. The kernels count the step there and read lr and the step from it (Adam's and
@@ -185,12 +212,22 @@ class Optimizer:
 
     rule = ""  # the fastnn.optim.functional rule the subclass runs
 
-    def __init__(self, params: Iterable, defaults: dict, *, capturable: bool = False):
+    def __init__(self, params: Iterable, defaults: dict, *, capturable: bool = False, state_dtype=None,
+                 stochastic_rounding: bool = False, seed: int | None = None):
         if isinstance(params, (Parameter, dict)) or hasattr(params, "shape"):
             raise TypeError("params must be an iterable of Parameters or arrays, or of parameter-group dicts; "
                             f"got a single {type(params).__name__}")
         self.defaults = dict(defaults)
         self.capturable = bool(capturable)
+        self.state_dtype = OF.check_state_dtype(state_dtype, self.rule)
+        self.stochastic_rounding = bool(stochastic_rounding)
+        if seed is None:
+            from ..data import as_generator
+
+            seed = int(as_generator(None).integers(2 ** 63)) if self.stochastic_rounding else 0
+        self.seed = OF.check_state_options(self.rule, {}, self.state_dtype, self.stochastic_rounding, seed)
+        # Stochastic rounding counts each parameter's steps for its random stream, SGD's too.
+        self._counts_steps = OF.RULES[self.rule].counts_steps or self.stochastic_rounding
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
         self._plans: dict[int, _Plan] = {}
@@ -216,11 +253,34 @@ class Optimizer:
         """The value every element of state ``key`` starts from."""
         return 0.0
 
-    def _initial_state(self, key: str, data, group: dict):
-        state = _new_like(data)
+    def _kind(self, data) -> str:
+        """How ``data``'s state is stored (a storage name of fastnn.optim.functional)."""
+        return OF.storage(np.dtype(data.dtype).name, self.state_dtype, int(data.size))
+
+    def _initial_state(self, state: dict, spec, data, group: dict, kind: str) -> None:
+        """Create state ``spec.key`` (and its absmaxes, for int8) in ``state``, every element the
+        rule's initial value."""
+        value = self._initial_value(spec.key, group)
+        if kind == "int8":
+            # Every element alike: each block's absmax is |value| and each code the same one.
+            codes, absmax = OF.ref.quantize_state(np.full(1, value, np.float32), not spec.nonnegative)
+            state[spec.key] = _new_like(data, np.uint8)
+            state[absmax_key(spec.key)] = _new_like(data, np.float32, (OF.blocks(data.size),))
+            with _on_device(data):
+                state[spec.key].fill(int(codes[0]))
+                state[absmax_key(spec.key)].fill(float(absmax[0]))
+            return
+        if kind == "bfloat16":
+            value = int(OF.ref.round_bfloat16(np.full(1, value, np.float32))[0])
+        array = _new_like(data, OF.storage_dtype(kind))
         with _on_device(data):
-            state.fill(self._initial_value(key, group))
-        return state
+            array.fill(value)
+        state[spec.key] = array
+
+    def _state_arrays(self, index: int, key: str, kind: str):
+        """A parameter's state ``key`` as the kernels take it (an Int8State for int8)."""
+        entry = self.state[index]
+        return OF.Int8State(entry[key], entry[absmax_key(key)]) if kind == "int8" else entry[key]
 
     # --- groups ---------------------------------------------------------------------------------
 
@@ -247,7 +307,8 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         group["params"] = checked
-        OF.check_hyper(self.rule, self._hyper(group), need_step=False)
+        OF.check_state_options(self.rule, OF.check_hyper(self.rule, self._hyper(group), need_step=False),
+                               self.state_dtype, self.stochastic_rounding, self.seed)
         self.param_groups.append(group)
 
     def _offsets(self) -> list[int]:
@@ -276,6 +337,8 @@ class Optimizer:
         """Update every parameter once. ``grads``: None to read each Parameter's ``.grad``, or
         a list with one gradient per parameter, in the order of ``param_groups``."""
         hypers = [OF.check_hyper(self.rule, self._hyper(g), need_step=False) for g in self.param_groups]
+        for hyper in hypers:
+            OF.check_state_options(self.rule, hyper, self.state_dtype, self.stochastic_rounding, self.seed)
         per_group = self._split_grads(grads)
         offsets = self._offsets()
         # 1. validate everything; 2. create missing state; 3. run. Nothing changes before 3.
@@ -331,16 +394,23 @@ class Optimizer:
         for k, data in enumerate(datas):
             name = self._name(gi, k)
             data = B.check_float(data, name, writable=True, dtypes=OF.DTYPES)
+            kind = self._kind(data)
+            entry = self.state.get(offset + k, {})
             for key in layout:
-                s = self.state.get(offset + k, {}).get(key)
-                if s is None:
-                    continue
-                if not _same_kind(s, data):
-                    raise ValueError(
-                        f"the optimizer state '{key}' of {name} is {s.dtype} {tuple(s.shape)} on {B.device_of(s)} "
-                        f"but the parameter is {data.dtype} {tuple(data.shape)} on {B.device_of(data)}: create the "
-                        "optimizer after moving or converting the model, or reload its state with "
-                        "opt.load_state_dict(opt.state_dict()), which moves it")
+                expected = [(key, OF.storage_dtype(kind), data.shape)]
+                if kind == "int8":
+                    expected.append((absmax_key(key), np.dtype(np.float32), (OF.blocks(data.size),)))
+                for name_, dtype, shape in expected:
+                    s = entry.get(name_)
+                    if s is None:
+                        continue
+                    if not (B.device_of(s) == B.device_of(data) and s.dtype == dtype and s.shape == shape):
+                        raise ValueError(
+                            f"the optimizer state '{name_}' of {name} is {s.dtype} {tuple(s.shape)} on "
+                            f"{B.device_of(s)} but the parameter ({data.dtype} {tuple(data.shape)} on "
+                            f"{B.device_of(data)}) keeps it as {dtype} {tuple(shape)}: create the optimizer after "
+                            "moving or converting the model, or reload its state with "
+                            "opt.load_state_dict(opt.state_dict()), which moves it")
             checked.append(data)
         if self.capturable and any(isinstance(d, B.CudaView) for d in checked):
             raise TypeError("capturable mode on GPU arrays needs CuPy (install fastnn[cuda])")
@@ -395,14 +465,16 @@ class Optimizer:
                                    "capturing (a write captured into the graph would replay the old value)")
 
     def _plan(self, gi: int, group: dict, layout: tuple, datas: list, offset: int) -> _Plan:
-        counts_steps = OF.RULES[self.rule].counts_steps
+        counts_steps = self._counts_steps
+        specs = {s.key: s for s in OF.RULES[self.rule].states}
         buckets: dict[tuple, list[int]] = {}
         fresh_positions = set()
         for k, data in enumerate(datas):
             state = self.state.setdefault(offset + k, {})
+            kind = self._kind(data)
             for key in layout:
                 if key not in state:
-                    state[key] = self._initial_state(key, data, group)
+                    self._initial_state(state, specs[key], data, group, kind)
                     fresh_positions.add(k)
             if counts_steps and not self.capturable:
                 state.setdefault("step", 0)
@@ -410,9 +482,9 @@ class Optimizer:
             # Only SGD treats fresh state differently (its first momentum step); splitting other
             # rules' buckets would make capturable mode count their shared step twice.
             fresh = k in fresh_positions and self.rule == "sgd"
-            buckets.setdefault((B.device_of(data), np.dtype(data.dtype), step, fresh), []).append(k)
+            buckets.setdefault((B.device_of(data), np.dtype(data.dtype), kind, step, fresh), []).append(k)
         out = []
-        for (device, dtype, _, fresh), positions in buckets.items():
+        for (device, dtype, kind, _, fresh), positions in buckets.items():
             scalars = None
             if self.capturable:
                 key = (gi, device, dtype)
@@ -421,10 +493,10 @@ class Optimizer:
                     self._scalars_lr[key] = float(group["lr"])
                 scalars = (key, self._scalars[key])
             indices = [offset + k for k in positions]
-            states = [[self.state[i][key] for i in indices] for key in layout]
+            states = [[self._state_arrays(i, key, kind) for i in indices] for key in layout]
             bucket_datas = [datas[k] for k in positions]
             native = B.path_of(bucket_datas[0]) != "reference"
-            out.append(_Bucket(positions, indices, bucket_datas, states, fresh, scalars, native))
+            out.append(_Bucket(positions, indices, bucket_datas, states, fresh, scalars, native, kind))
         return _Plan(datas, layout, out)
 
     @staticmethod
@@ -433,7 +505,7 @@ class Optimizer:
             return B.array_module(like).array([lr, float(step)], dtype=np.float64)
 
     def _run(self, group: dict, hyper: dict, plan: _Plan, grads: list) -> None:
-        counts_steps = OF.RULES[self.rule].counts_steps
+        counts_steps = self._counts_steps
         new_grads = plan.grads is None or not _same(grads, plan.grads) or _spans(grads) != plan.grad_spans
         plan.grads = grads
         if new_grads:
@@ -445,14 +517,17 @@ class Optimizer:
             args = dict(hyper)
             if "first_step" in args:
                 args["first_step"] = b.fresh
-            scalars = None
+            scalars, step = None, 0
             if b.scalars is not None:
                 key, scalars = b.scalars
                 self._write_lr(key, scalars, float(group["lr"]))
-            elif "step" in args:
-                args["step"] = self.state[b.indices[0]]["step"] + 1
+            elif counts_steps:
+                step = self.state[b.indices[0]]["step"] + 1
+                if "step" in args:
+                    args["step"] = step
             pointers = None if b.pointers is None else b.pointers[0] + b.grad_pointers + b.pointers[1]
-            OF.run(self.rule, [b.datas, b.grads, *b.states], args, scalars=scalars, pointers=pointers)
+            OF.run(self.rule, [b.datas, b.grads, *b.states], args, scalars=scalars, pointers=pointers, state=b.kind,
+                   rounding=(self.stochastic_rounding, self.seed, step))
             if counts_steps and b.scalars is None:
                 for i in b.indices:
                     self.state[i]["step"] += 1
@@ -497,7 +572,7 @@ class Optimizer:
         state = {}
         for index, entry in self.state.items():
             entry = dict(entry)
-            if OF.RULES[self.rule].counts_steps and entry:
+            if self._counts_steps and entry:
                 entry["step"] = self._step_of(index, group_of[index])
             state[index] = entry
         return {"state": state, "param_groups": groups}
@@ -543,9 +618,16 @@ class Optimizer:
         state = {}
         for index, (data, entry) in loaded.items():
             old = self.state.get(index, {})
-            state[index] = {key: value if key == "step" else
-                            _copy_onto(value, data, old[key] if key in old and _same_kind(old[key], data) else None)
-                            for key, value in entry.items()}
+            state[index] = {}
+            for key, value in entry.items():
+                if key == "step":
+                    state[index][key] = value
+                    continue
+                array, dtype = value
+                into = old.get(key)
+                fits = into is not None and B.device_of(into) == B.device_of(data) and into.dtype == dtype and \
+                    tuple(into.shape) == tuple(array.shape)
+                state[index][key] = _copy_onto(array, data, into if fits else None, dtype)
         self.state = state
         self._plans.clear()
         scalars = {}
@@ -561,14 +643,17 @@ class Optimizer:
         self._scalars_lr = {key: float(self.param_groups[key[0]]["lr"]) for key in scalars}
 
     def _load_entry(self, entry: dict, gi: int, k: int) -> dict:
-        """The entry's step and its arrays (viewed, not yet copied), all checked."""
+        """The entry's step and its arrays, checked and converted to the storage this optimizer
+        keeps for the parameter: ``{"step": n, key: (array, dtype to keep it in), ...}``."""
         name = self._name(gi, k)
         data = B.check_float(_data(self.param_groups[gi]["params"][k]), name, dtypes=OF.DTYPES)
-        rule = OF.RULES[self.rule]
-        known = {s.key: s for s in rule.states}
+        kind = self._kind(data)
+        specs = {s.key: s for s in OF.RULES[self.rule].states}
         out = {}
         for key, value in entry.items():
-            if key == "step" and rule.counts_steps:
+            if key == "step":
+                if not self._counts_steps:  # a stochastically rounding SGD's count
+                    continue
                 try:
                     step = float(value)
                 except OverflowError:
@@ -577,25 +662,79 @@ class Optimizer:
                     raise ValueError(f"the loaded step of {name} must be a whole number from 0 to 2**53 - 1, "
                                      f"got {value!r}")
                 out["step"] = int(step)
-            elif key in known:
+            elif key in specs:
                 if value is None:  # torch.optim.SGD saves an absent momentum buffer as None
                     continue
-                a = B.as_array(value, f"the loaded state '{key}' of {name}")
-                if np.dtype(a.dtype).kind != "f":
-                    raise TypeError(f"the loaded state '{key}' of {name} has dtype {np.dtype(a.dtype)}; "
-                                    "expected a floating dtype")
-                if tuple(a.shape) != tuple(data.shape):
-                    raise ValueError(f"the loaded state '{key}' of {name} has shape {tuple(a.shape)} but the "
-                                     f"parameter has shape {tuple(data.shape)}")
-                out[key] = a
+                out.update(self._load_state(entry, specs[key], name, data, kind))
+            elif key.endswith("_absmax") and key[:-len("_absmax")] in specs:
+                if entry.get(key[:-len("_absmax")]) is None:
+                    raise ValueError(f"the loaded state of {name} has {key!r} but no {key[:-len('_absmax')]!r} "
+                                     "codes to go with it")
             else:
                 raise ValueError(f"the loaded state of {name} has an unknown entry {key!r} for "
-                                 f"{type(self).__name__} (expected {sorted(known)})")
-        required = [s.key for s in rule.states if s.used is None]
+                                 f"{type(self).__name__} (expected {sorted(specs)})")
+        required = [s.key for s in OF.RULES[self.rule].states if s.used is None]
         missing = [key for key in required if key not in out]
-        if out and (missing or (rule.counts_steps and "step" not in out)):
+        if out and (missing or (self._counts_steps and "step" not in out)):
             raise ValueError(f"the loaded state of {name} lacks {missing or ['step']}")
         return out
+
+    @staticmethod
+    def _load_state(entry: dict, spec, name: str, data, kind: str) -> dict:
+        """State ``spec.key`` of a loaded entry in storage ``kind``: float arrays, bfloat16 bits
+        (uint16, or torch bfloat16 tensors) and int8 blocks (uint8 codes with their
+        ``"_absmax"`` entry) each convert to the others (rounded to nearest even, quantized or
+        decoded); the same storage is taken as it is, so a state dict loads back exactly."""
+        key = spec.key
+        where = f"the loaded state '{key}' of {name}"
+        value = entry[key]
+        if _torch_bfloat16(value):
+            import torch
+
+            value = value.view(torch.uint16)
+        a = B.as_array(value, where)
+        dt = np.dtype(a.dtype)
+        if tuple(a.shape) != tuple(data.shape):
+            raise ValueError(f"{where} has shape {tuple(a.shape)} but the parameter has shape {tuple(data.shape)}")
+        absmax = entry.get(absmax_key(key))
+        if absmax is not None:
+            source = "int8"
+            if dt != np.uint8:
+                raise TypeError(f"{where} comes with '{absmax_key(key)}', so it should hold int8 codes (uint8), but "
+                                f"it has dtype {dt}")
+            absmax = B.as_array(absmax, f"the loaded state '{absmax_key(key)}' of {name}")
+            count = OF.blocks(data.size)
+            if np.dtype(absmax.dtype).kind != "f" or tuple(absmax.shape) != (count,):
+                raise ValueError(f"the loaded state '{absmax_key(key)}' of {name} is {np.dtype(absmax.dtype)} "
+                                 f"{tuple(absmax.shape)}, but the parameter's {data.size} elements are quantized in "
+                                 f"{count} blocks of {OF.QUANT_BLOCK} (one float absmax each): these int8 blocks do "
+                                 "not belong to this parameter")
+        elif dt == np.uint16:
+            source = "bfloat16"
+        elif dt == np.uint8:
+            raise ValueError(f"{where} holds int8 codes (uint8) without their '{absmax_key(key)}' entry, the block "
+                             "absmaxes they are scaled by")
+        elif dt.kind == "f":
+            source = "float"
+        else:
+            raise TypeError(f"{where} has dtype {dt}; expected a floating dtype (or bfloat16 bits as uint16, or "
+                            "int8 codes as uint8 with their absmaxes)")
+        signed = not spec.nonnegative
+        if source == kind or (source == "float" and kind not in ("bfloat16", "int8")):
+            out = {key: (a, OF.storage_dtype(kind))}
+            if kind == "int8":
+                out[absmax_key(key)] = (absmax, np.dtype(np.float32))
+            return out
+        xp = B.array_module(a)
+        wide = (a.astype(xp.float32) if source == "float" else
+                OF.ref.widen_bfloat16(a) if source == "bfloat16" else
+                OF.ref.dequantize_state(a, absmax.astype(xp.float32), signed))
+        if kind == "int8":
+            codes, absmaxes = OF.ref.quantize_state(wide, signed)
+            return {key: (codes, np.dtype(np.uint8)), absmax_key(key): (absmaxes, np.dtype(np.float32))}
+        if kind == "bfloat16":
+            return {key: (OF.ref.round_bfloat16(wide), np.dtype(np.uint16))}
+        return {key: (wide, OF.storage_dtype(kind))}
 
     def _capturable_steps(self, loaded: dict, groups: list, offsets: list) -> dict:
         """(group, device, dtype) -> (a parameter array there, the step its parameters share)."""

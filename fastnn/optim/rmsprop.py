@@ -24,16 +24,21 @@ class RMSprop(Optimizer):
 
     Args: ``params``, ``lr=1e-2``, ``alpha=0.99`` (>= 0), ``eps=1e-8`` (>= 0, as
     torch), ``weight_decay=0``, ``momentum=0`` (>= 0), ``centered=False``,
-    ``maximize=False``, ``capturable=False``. State: ``"step"``, ``"square_avg"``,
-    ``"momentum_buffer"`` (momentum > 0), ``"grad_avg"`` (centered).
+    ``maximize=False``, ``capturable=False``, ``state_dtype=None`` (the parameters' dtype;
+    ``"float32"``, ``"bfloat16"`` or ``"int8"``, not int8 with ``centered``: v - a^2 of two
+    quantized values can go negative; see :class:`Optimizer`), ``stochastic_rounding=False``
+    and ``seed=None`` (bfloat16 state). State: ``"step"``,
+    ``"square_avg"``, ``"momentum_buffer"`` (momentum > 0), ``"grad_avg"`` (centered), with
+    int8 state also their ``"_absmax"`` entries.
     """
 
     rule = "rmsprop"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, capturable=False):
+                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, seed=None):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize), capturable=capturable)
+                                      centered=centered, maximize=maximize), capturable=capturable,
+                         state_dtype=state_dtype, stochastic_rounding=stochastic_rounding, seed=seed)
 
     @staticmethod
     def _hyper(group):

@@ -22,17 +22,19 @@ class Rprop(Optimizer):
 
     Args: ``params``, ``lr=1e-2`` (only the initial step size: changing lr later has no
     effect, as in torch), ``etas=(0.5, 1.2)`` (0 < etaminus < 1 < etaplus),
-    ``step_sizes=(1e-6, 50)`` (0 <= min <= max), ``maximize=False``, ``capturable=False``.
-    State: ``"step"``, ``"prev"``, ``"step_size"``.
+    ``step_sizes=(1e-6, 50)`` (0 <= min <= max), ``maximize=False``, ``capturable=False``,
+    ``state_dtype=None`` (or ``"float32"`` for half-precision parameters: Rprop's step sizes,
+    multiplied and clamped every step, stay float; low-bit state is refused). State:
+    ``"step"``, ``"prev"``, ``"step_size"``.
     """
 
     rule = "rprop"
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *, maximize=False,
-                 capturable=False):
+                 capturable=False, state_dtype=None):
         super().__init__(params, dict(lr=lr, etas=pair(etas, "etas"),
                                       step_sizes=pair(step_sizes, "step_sizes"), maximize=maximize),
-                         capturable=capturable)
+                         capturable=capturable, state_dtype=state_dtype)
 
     @staticmethod
     def _hyper(group):

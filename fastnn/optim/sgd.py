@@ -21,8 +21,11 @@ class SGD(Optimizer):
     Args: ``params`` (see :class:`Optimizer`), ``lr=1e-3``, ``momentum=0`` (>= 0),
     ``dampening=0``, ``weight_decay=0`` (>= 0), ``nesterov=False`` (needs momentum > 0 and
     dampening = 0 here; like torch, a group changed later is not checked again),
-    ``maximize=False``, ``capturable=False`` (lr read on the device; see :class:`Optimizer`).
-    State: ``"momentum_buffer"`` when momentum != 0.
+    ``maximize=False``, ``capturable=False`` (lr read on the device; see :class:`Optimizer`),
+    ``state_dtype=None`` (the parameters' dtype; ``"float32"``, ``"bfloat16"`` or ``"int8"``:
+    see :class:`Optimizer`), ``stochastic_rounding=False`` and ``seed=None`` (bfloat16 state).
+    State: ``"momentum_buffer"`` when momentum != 0 (and its ``"_absmax"`` with int8 state;
+    ``"step"`` with stochastic rounding).
 
     >>> opt = fastnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     """
@@ -30,10 +33,11 @@ class SGD(Optimizer):
     rule = "sgd"
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, capturable=False):
+                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, seed=None):
         OF.check_nesterov(momentum, dampening, nesterov)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize), capturable=capturable)
+                                      nesterov=nesterov, maximize=maximize), capturable=capturable,
+                         state_dtype=state_dtype, stochastic_rounding=stochastic_rounding, seed=seed)
 
     @staticmethod
     def _hyper(group):
