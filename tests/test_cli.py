@@ -92,15 +92,29 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
         assert "--device cuda:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_memory_bandwidth_is_a_stream_triad():
+def test_memory_bandwidth_is_a_stream_triad_in_place():
     if _backend._C is None:
         pytest.skip("no native CPU kernels")
     n = 100_003
     a, b, c = np.empty(n), np.random.default_rng(0).random(n), np.random.default_rng(1).random(n)
     _backend._C.cpu.stream_triad(a.ctypes.data, b.ctypes.data, c.ctypes.data, 3.0, n)
     np.testing.assert_allclose(a, b + 3.0 * c, rtol=1e-15)  # one rounding (FMA) or two
-    gbs, how = H.memory_bandwidth("cpu", array_bytes=1 << 20, repeats=1)  # small: only the plumbing
-    assert gbs > 0 and how.startswith("STREAM triad, 3 x 0.00 GiB float64, best of 1: fastnn's OpenMP triad")
+    probe = H.bandwidth_probe("cpu", array_bytes=1 << 20)  # small: only the plumbing
+    before = np.full(1 << 17, 1.0)
+    probe.run()  # a = a + s b on the probe's own arrays: one pass of 24 bytes per element
+    assert probe.bytes == 3 * (1 << 20) and probe.how.startswith("in-place STREAM triad a = a + s b, 2 x 0.00 GiB")
+    gbs, how = H.memory_bandwidth("cpu", array_bytes=1 << 20, repeats=1)
+    assert gbs > 0 and how.endswith("best of 1") and before.sum() == 1 << 17
+
+
+def test_the_bandwidth_row_is_each_case_s_yardstick():
+    rows = [H.Result("demo", "case A", H.BANDWIDTH_ROW, "cpu", ms=1.0, bytes=8_000_000),
+            H.Result("demo", "case A", "fastnn", "cpu", ms=2.0, bytes=4_000_000),
+            H.Result("demo", "case B", "fastnn", "cpu", ms=2.0, bytes=4_000_000)]
+    markdown = H.table(rows, bandwidth_gbs=10.0)
+    assert f"| case A | {H.BANDWIDTH_ROW} | 1.000 | 8.0 | - | 100 | - |" in markdown
+    assert "| case A | fastnn | 2.000 | 2.0 | - | 25 | 1.00x |" in markdown  # 2 of the case's own 8 GB/s
+    assert "| case B | fastnn | 2.000 | 2.0 | - | 20 | 1.00x |" in markdown  # no row: the run's reading
 
 
 def test_bench_files_json_markdown_and_chart(tmp_path):

@@ -156,14 +156,23 @@ def progress(cases: list, desc: str, enabled: bool = True):
     return tqdm(cases, desc=desc, unit="case")
 
 
+BANDWIDTH_ROW = "memory bandwidth (in-place STREAM triad, the limit)"
+
+
 def run_case(suite: str, case: str, device: str, competitors, *, min_time: float, settle: float = 0.0,
-             **measures) -> list[Result]:
+             probe: "BandwidthProbe | None" = None, **measures) -> list[Result]:
     """One case of a suite, every competitor timed side by side (:func:`measure_many`).
     ``competitors``: (implementation name, build) pairs, ``build`` a function returning the call
     to time, or a string saying why that competitor cannot run here. Each built call runs once
     first; one that raises is listed as skipped with the error. ``measures``: the
-    :class:`Result` fields of the measured rows (``bytes=`` or ``flops=``)."""
+    :class:`Result` fields of the measured rows (``bytes=`` or ``flops=``). With ``probe`` (a
+    :class:`BandwidthProbe`), the memory bandwidth is timed in the same rounds as a row of its
+    own (:data:`BANDWIDTH_ROW`): the machine's limit at the moment the case ran, which the
+    table's "% of bandwidth" divides by."""
     steps, rows = {}, []
+    if probe is not None and probe.run is not None:
+        steps[BANDWIDTH_ROW] = probe.run
+        rows.append(Result(suite, case, BANDWIDTH_ROW, device, bytes=probe.bytes, note=probe.how))
     for impl, build in competitors:
         if isinstance(build, str):
             rows.append(skipped(suite, case, impl, device, build))
@@ -211,44 +220,66 @@ def _best_ms(fn: Callable[[], object], sync: Callable[[], object], repeats: int)
     return best * 1e3
 
 
-def memory_bandwidth(device: str, array_bytes: int | None = None, repeats: int = 10) -> tuple[float, str]:
-    """The machine's memory bandwidth in GB/s, measured now the way STREAM measures it, and
-    what measured it: the triad a = b + s * c over three float64 arrays of ``array_bytes``
-    each (default: 4x the largest cache and at least 128 MiB on the CPU, at least 1 GiB on a
-    GPU, so that nothing is served from a cache), best of ``repeats`` runs, counting 24 bytes
-    per element (b and c read, a written; like STREAM, not the write-allocate read of a).
-    CPU: fastnn's OpenMP triad on every thread (``csrc/cpu/triad.cpp``), else torch's
-    multi-threaded ``torch.add(b, c, alpha=s, out=a)``. GPU: a CuPy elementwise kernel, else
-    that torch call on the device. NaN where neither can run."""
+@dataclasses.dataclass
+class BandwidthProbe:
+    """The memory-bandwidth yardstick as a call to time beside the competitors: STREAM's triad
+    done in place, a = a + s * b, over two float64 arrays far larger than the caches, counting
+    24 bytes per element (a and b read, a written), as STREAM counts its triad. In place, as
+    every optimizer updates its arrays: STREAM's own a = b + s * c also makes each store
+    first read a's cache line (write-allocate), which STREAM does not count, so an in-place
+    kernel can run well above it (measured here: 48 against 70 GB/s). ``run`` makes one pass;
+    ``how`` says what runs it."""
+
+    run: Callable[[], object] | None
+    bytes: int
+    how: str
+
+
+def bandwidth_probe(device: str, array_bytes: int | None = None) -> BandwidthProbe:
+    """The :class:`BandwidthProbe` for ``device``: two arrays of ``array_bytes`` each (default:
+    4x the largest cache and at least 128 MiB on the CPU, at least 1 GiB on a GPU, so nothing
+    is served from a cache). CPU: fastnn's OpenMP triad on every thread
+    (``csrc/cpu/triad.cpp``), else torch's multi-threaded ``a.add_(b, alpha=s)``. GPU: a CuPy
+    elementwise kernel, else that torch call on the device. ``run`` is None where neither can
+    run."""
     from .. import _backend
 
     if array_bytes is None:
         array_bytes = max(4 * _cache_bytes(), 128 << 20) if device == "cpu" else 1 << 30
     n = array_bytes // 8
-    s = 3.0
+    s = 1e-3
     torch = torch_for(device)
+    gib = array_bytes / (1 << 30)
     if device == "cpu" and _backend._C is not None:
-        a, b, c = np.empty(n), np.full(n, 1.0), np.full(n, 2.0)
+        a, b = np.full(n, 1.0), np.full(n, 2.0)
         C = _backend._C.cpu
-        ms = _best_ms(lambda: C.stream_triad(a.ctypes.data, b.ctypes.data, c.ctypes.data, s, n), lambda: None,
-                      repeats)
+        run = lambda: C.stream_triad(a.ctypes.data, a.ctypes.data, b.ctypes.data, s, n)  # noqa: E731
         how = f"fastnn's OpenMP triad, {C.omp_threads()} threads"
     elif device == "cuda" and cupy_for(device) is not None:
         cupy = cupy_for(device)
-        triad = cupy.ElementwiseKernel("float64 b, float64 c, float64 s", "float64 a", "a = b + s * c",
-                                       "bench_stream_triad")
-        a, b, c = cupy.empty(n), cupy.full(n, 1.0), cupy.full(n, 2.0)
-        ms = _best_ms(lambda: triad(b, c, s, a), gpu_sync(), repeats)
+        triad = cupy.ElementwiseKernel("float64 b, float64 s", "float64 a", "a = a + s * b", "bench_stream_triad")
+        a, b = cupy.full(n, 1.0), cupy.full(n, 2.0)
+        run = lambda: triad(b, s, a)  # noqa: E731
         how = "a CuPy triad kernel"
     elif torch is not None:
-        a, b, c = (torch.full((n,), v, dtype=torch.float64, device=device) for v in (0.0, 1.0, 2.0))
-        ms = _best_ms(lambda: torch.add(b, c, alpha=s, out=a), gpu_sync() if device == "cuda" else (lambda: None),
-                      repeats)
-        how = "torch.add(b, c, alpha=s, out=a)"
+        a, b = (torch.full((n,), v, dtype=torch.float64, device=device) for v in (1.0, 2.0))
+        run = lambda: a.add_(b, alpha=s)  # noqa: E731
+        how = "torch's a.add_(b, alpha=s)"
     else:
-        return float("nan"), "no triad measured (needs fastnn's CPU kernels, CuPy or torch)"
-    gib = array_bytes / (1 << 30)
-    return 3 * 8 * n / (ms * 1e-3) / 1e9, f"STREAM triad, 3 x {gib:.2f} GiB float64, best of {repeats}: {how}"
+        return BandwidthProbe(None, 0, "no triad measured (needs fastnn's CPU kernels, CuPy or torch)")
+    return BandwidthProbe(run, 3 * 8 * n, f"in-place STREAM triad a = a + s b, 2 x {gib:.2f} GiB float64: {how}")
+
+
+def memory_bandwidth(device: str, array_bytes: int | None = None, repeats: int = 10) -> tuple[float, str]:
+    """The machine's memory bandwidth in GB/s, measured now with :func:`bandwidth_probe`'s
+    in-place triad (best of ``repeats`` passes), and what measured it; NaN where nothing can
+    run it. A single reading: the suites also time the probe beside every case, since this
+    machine's bandwidth changes from minute to minute."""
+    probe = bandwidth_probe(device, array_bytes)
+    if probe.run is None:
+        return float("nan"), probe.how
+    ms = _best_ms(probe.run, gpu_sync() if device == "cuda" else (lambda: None), repeats)
+    return probe.bytes / (ms * 1e-3) / 1e9, f"{probe.how}, best of {repeats}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +292,9 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def table(results: Iterable[Result], *, baseline: str = "fastnn", bandwidth_gbs: float | None = None) -> str:
     """The comparison table as Markdown: per case, each implementation's time, bandwidth or
-    rate, its bandwidth as a % of the machine's (:func:`memory_bandwidth`), and
-    ``baseline``'s speed-up over it (other ms / baseline ms)."""
+    rate, its bandwidth as a % of the machine's (the case's own :data:`BANDWIDTH_ROW`, timed in
+    the same rounds, where it has one; else ``bandwidth_gbs``), and ``baseline``'s speed-up
+    over it (other ms / baseline ms)."""
     results = list(results)
     header = "| case | implementation | ms | GB/s | TFLOP/s | % of bandwidth | speed-up of fastnn |"
     lines = [header, "|" + "---|" * 7]
@@ -270,8 +302,13 @@ def table(results: Iterable[Result], *, baseline: str = "fastnn", bandwidth_gbs:
     for case in cases:
         rows = [r for r in results if r.case == case]
         base = next((r.ms for r in rows if r.impl == baseline and r.ms is not None), None)
+        limit = next((r.gbs for r in rows if r.impl == BANDWIDTH_ROW and r.gbs), bandwidth_gbs)
         for r in rows:
-            pct = None if bandwidth_gbs is None or r.gbs is None else 100 * r.gbs / bandwidth_gbs
+            pct = None if limit is None or r.gbs is None else 100 * r.gbs / limit
+            if r.impl == BANDWIDTH_ROW:
+                lines.append(f"| {case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.gbs, '.1f')} | - | "
+                             f"{_fmt(pct, '.0f')} | - |")
+                continue
             if r.ms is None:
                 speedup = r.note or "skipped"
             elif base is None or r.impl == baseline:
@@ -360,7 +397,7 @@ def chart(suite: str, device: str, results: list[Result], path: str, baseline: s
     except ImportError:
         return None
     cases = list(dict.fromkeys(r.case for r in results))
-    impls = list(dict.fromkeys(r.impl for r in results if r.ms is not None))
+    impls = list(dict.fromkeys(r.impl for r in results if r.ms is not None and r.impl != BANDWIDTH_ROW))
     if not cases or not impls:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cases) * max(1, len(impls)) / 2), 4))

@@ -21,9 +21,11 @@ through ``fastnn.integrations.torch``, the reference path (NumPy or CuPy ops, in
 PyTorch ``foreach`` and ``fused`` where torch has them, and on the GPU a CuPy elementwise
 kernel per tensor. Effective GB/s counts every byte a one-pass update reads and writes
 (Adam: p, g, m, v read, p, m, v written: 28 bytes per float32 parameter); "% of bandwidth"
-compares it with the machine's memory bandwidth measured in the same run as STREAM measures
-it (``_harness.memory_bandwidth``: the triad a = b + s * c on every thread over arrays far
-larger than the caches, best of 10, bytes read + written).
+compares it with the machine's memory bandwidth timed in the same rounds as the case's
+competitors (``_harness.bandwidth_probe``: STREAM's triad done in place, a = a + s * b, on
+every thread over arrays far larger than the caches, 24 bytes per element read + written, as
+the optimizers update in place), shown as a row of its own; the bandwidth printed above the
+table is one reading of the same probe at the start.
 
     python bench/optim.py --device cpu [--quick] [--out bench/results]
 """
@@ -235,8 +237,9 @@ def _torch_cases(device: str, quick: bool) -> list[tuple[str, Callable, int]]:
              model_bytes)]
 
 
-def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True) -> list[H.Result]:
-    """The low-bit state case and the torch integration's cases."""
+def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True,
+              probe: H.BandwidthProbe | None = None) -> list[H.Result]:
+    """The low-bit state case and the torch integration's cases (``probe``: as in :func:`run`)."""
     xp = np if device == "cpu" else H.cupy_for(device)
     min_time = 0.2 if quick else 1.0
     results = []
@@ -245,10 +248,11 @@ def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True) -
     params = [xp.asarray(rng.standard_normal(n, dtype=np.float32))]
     grads = [xp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-2)]
     case = f"Adam low-bit state, 1 x {n // _M}M"
-    rows = H.run_case(SUITE, case, device, _low_bit_competitors(device, params, grads), min_time=min_time)
+    rows = H.run_case(SUITE, case, device, _low_bit_competitors(device, params, grads), min_time=min_time,
+                      probe=probe)
     for row in rows:
-        state = next(s for s in _STATE_BYTES if f"{s} state" in row.impl)
-        row.bytes = int(_step_bytes(state) * n)
+        if row.impl != H.BANDWIDTH_ROW:
+            row.bytes = int(_step_bytes(next(s for s in _STATE_BYTES if f"{s} state" in row.impl)) * n)
     results.extend(rows)
     del params, grads
     gc.collect()
@@ -258,7 +262,7 @@ def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True) -
                            for impl in ("fastnn", "torch fused", "torch foreach"))
             continue
         results.extend(H.run_case(SUITE, case, device, _torch_competitors(device, tensors_of), min_time=min_time,
-                                  bytes=nbytes))
+                                  bytes=nbytes, probe=probe))
         gc.collect()
     return results
 
@@ -315,8 +319,11 @@ def _competitors(rule: Rule, device: str, params, grads):
         yield "CuPy elementwise kernel", cupy_kernel if cupy is not None else "CuPy not installed"
 
 
-def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: list[str] | None = None) -> list[H.Result]:
-    """Measure every rule on every case of ``device``; one row per (case, implementation)."""
+def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: list[str] | None = None,
+        probe: H.BandwidthProbe | None = None) -> list[H.Result]:
+    """Measure every rule on every case of ``device``; one row per (case, implementation).
+    ``probe`` (:func:`_harness.bandwidth_probe`): the memory bandwidth timed in the same rounds
+    as each case's competitors, its own row, the case's "% of bandwidth" yardstick."""
     xp = np if device == "cpu" else H.cupy_for(device)
     if xp is None:
         raise RuntimeError("--device cuda needs CuPy and a GPU")
@@ -331,7 +338,7 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: 
         nbytes = rule.passes * 4 * sum(sizes)
         case = f"{rule.name}, {case_name}"
         results.extend(H.run_case(SUITE, case, device, _competitors(rule, device, params, grads), min_time=min_time,
-                                  bytes=nbytes))
+                                  bytes=nbytes, probe=probe))
         del params, grads
         gc.collect()
     return results
@@ -435,10 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", help="comma-separated subset, e.g. 'Adam,RMSprop'")
     args = parser.parse_args(argv)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",")]
-    bandwidth = H.memory_bandwidth(args.device, repeats=3 if args.quick else 10)
-    results = run(args.device, quick=args.quick, progress=not args.no_progress, rules=rules)
+    array_bytes = 16 << 20 if args.quick else None
+    bandwidth = H.memory_bandwidth(args.device, array_bytes, repeats=3 if args.quick else 10)
+    probe = H.bandwidth_probe(args.device, array_bytes)
+    results = run(args.device, quick=args.quick, progress=not args.no_progress, rules=rules, probe=probe)
     if rules is None:
-        results += run_extra(args.device, quick=args.quick, progress=not args.no_progress)
+        results += run_extra(args.device, quick=args.quick, progress=not args.no_progress, probe=probe)
+    del probe
     print(f"\nmemory bandwidth: {bandwidth[0]:.1f} GB/s ({bandwidth[1]})\n")
     print(H.table(results, bandwidth_gbs=bandwidth[0]))
     summary = targets(results, args.device)
