@@ -115,7 +115,10 @@ class _Plan:
 
 
 def _spans(arrays: list) -> list:
-    return [(B.pointer(a), a.shape) for a in arrays]
+    """What may not change under a plan: each array's shape and address. A NumPy array's memory
+    moves only with its shape (``ndarray.resize``), so its shape is enough, and the per-step
+    check takes no address."""
+    return [a.shape if type(a) is np.ndarray else (B.pointer(a), a.shape) for a in arrays]
 
 
 def _data(p):
