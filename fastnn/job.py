@@ -61,13 +61,17 @@ from .train import Trainer
 
 # The optimizers `--optimizer` offers, with the settings a practitioner starts from.
 OPTIMIZERS = {
-    "adam": lambda params, lr, wd: optim.Adam(params, lr=lr, weight_decay=wd),
-    "adamw": lambda params, lr, wd: optim.AdamW(params, lr=lr, weight_decay=wd or 1e-2),
-    "sgd": lambda params, lr, wd: optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
-    "rmsprop": lambda params, lr, wd: optim.RMSprop(params, lr=lr, weight_decay=wd),
-    "adagrad": lambda params, lr, wd: optim.Adagrad(params, lr=lr, weight_decay=wd),
-    "rprop": lambda params, lr, wd: optim.Rprop(params, lr=lr),
+    "adam": lambda params, lr, wd, state: optim.Adam(params, lr=lr, weight_decay=wd, state_dtype=state),
+    "adamw": lambda params, lr, wd, state: optim.AdamW(params, lr=lr, weight_decay=wd or 1e-2, state_dtype=state),
+    "sgd": lambda params, lr, wd, state: optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd,
+                                                   state_dtype=state),
+    "rmsprop": lambda params, lr, wd, state: optim.RMSprop(params, lr=lr, weight_decay=wd, state_dtype=state),
+    "adagrad": lambda params, lr, wd, state: optim.Adagrad(params, lr=lr, weight_decay=wd, state_dtype=state),
+    "rprop": lambda params, lr, wd, state: optim.Rprop(params, lr=lr, state_dtype=state),
 }
+# How the optimizer stores its state (`--state-dtype`): float32 (8 bytes per parameter for Adam),
+# bfloat16 (4) or block-wise int8 (about 2; tensors under 4096 elements keep float32).
+STATE_DTYPE_CHOICES = ("float32", "bfloat16", "int8")
 TASK_CHOICES = ("auto", "classify", "regress")
 IMPUTE_CHOICES = ("mean", "median")
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
@@ -96,6 +100,7 @@ class JobConfig:
     hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.2
     optimizer: str = "adam"
+    state_dtype: str = "float32"
     lr: float = 3e-3
     weight_decay: float = 0.0
     epochs: int = 60
@@ -139,11 +144,14 @@ def check_config(config: JobConfig) -> None:
         problem = option_problem(field, getattr(config, field))
         if problem:
             raise ValueError(f"{flag(field)} {problem}")
-    for field, choices in (("optimizer", tuple(OPTIMIZERS)), ("task", TASK_CHOICES), ("device", DEVICE_CHOICES),
-                           ("impute", (None, *IMPUTE_CHOICES))):
+    for field, choices in (("optimizer", tuple(OPTIMIZERS)), ("state_dtype", STATE_DTYPE_CHOICES),
+                           ("task", TASK_CHOICES), ("device", DEVICE_CHOICES), ("impute", (None, *IMPUTE_CHOICES))):
         if getattr(config, field) not in choices:
             raise ValueError(f"{flag(field)} must be one of {', '.join(map(str, choices))}, got "
                              f"{getattr(config, field)!r}")
+    if config.optimizer == "rprop" and config.state_dtype != "float32":
+        raise ValueError(f"--state-dtype {config.state_dtype} is not available with --optimizer rprop (its step "
+                         "sizes stay float32); use another optimizer or --state-dtype float32")
     hidden = config.hidden
     if not isinstance(hidden, (tuple, list)) or \
             not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0 for w in hidden):
@@ -291,7 +299,7 @@ def run(config: JobConfig, X=None, y=None) -> dict:
     if device == "cuda":
         model.to(distributed.device() if parallel else "cuda")  # batches follow the model onto the GPU
     loss = nn.SoftmaxCrossEntropy() if task == "classification" else nn.MSE()
-    opt = OPTIMIZERS[config.optimizer](model.parameters(), config.lr, config.weight_decay)
+    opt = OPTIMIZERS[config.optimizer](model.parameters(), config.lr, config.weight_decay, config.state_dtype)
     warmup = max(1, min(5, config.epochs // 10))
     schedule = LinearWarmup(CosineAnnealingLR(opt, T_max=config.epochs), warmup_epochs=warmup)
     stopper = cb.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best=True)
@@ -332,6 +340,7 @@ def run(config: JobConfig, X=None, y=None) -> dict:
         "device": device,
         "data_parallel": parallel.describe() if parallel else None,
         "task": task,
+        "optimizer": {"rule": config.optimizer, "state_dtype": config.state_dtype},
         "classes": None if classes is None else classes.tolist(),
         "features": data.feature_names,
         "samples": {"train": int(len(y_train)), "test": int(len(y_test))},

@@ -50,6 +50,38 @@ def test_checkpoint_of_the_main_job_loads_back(tmp_path):
     assert tuple(extras["config"]["hidden"]) == (16,) and len(extras["history"]["loss"]) == 3
 
 
+def test_state_dtype_option_trains_with_int8_state_and_checkpoints_it(tmp_path):
+    """`--state-dtype int8`: the job's Adam keeps int8 codes for the large weights (float32 for
+    tensors under the int8 size), the checkpoint holds them and loads into an int8 Adam."""
+    import fastnn as fnn
+    from fastnn import optim
+    from fastnn.job import JobConfig, build_model
+
+    out = tmp_path / "run"
+    result = fastnn_cli("train", "--epochs", "2", "--state-dtype", "int8", "--out", str(out), "--verbose", "0")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.8 and metrics["optimizer"] == {"rule": "adam", "state_dtype": "int8"}
+    model = build_model(64, 10, JobConfig())
+    opt = optim.Adam(model.parameters(), state_dtype="int8")
+    extras = fnn.load(out / "checkpoint.npz", model=model, optimizer=opt)
+    assert extras["config"]["state_dtype"] == "int8"
+    sizes = [p.size for p in model.parameters()]
+    kinds = [opt.state_dict()["state"][k]["exp_avg"].dtype for k in range(len(sizes))]
+    assert kinds == [np.uint8 if n >= 4096 else np.float32 for n in sizes]
+    assert np.uint8 in kinds and np.float32 in kinds
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--state-dtype", "fp8"], "invalid choice: 'fp8'"),
+    (["--optimizer", "rprop", "--state-dtype", "int8"], "--state-dtype int8 is not available with --optimizer rprop"),
+])
+def test_state_dtype_errors_are_clear(tmp_path, args, message):
+    result = fastnn_cli("train", *args, "--epochs", "1", "--out", str(tmp_path / "x"), "--verbose", "0")
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_on_a_csv_file_and_the_tiny_run_writes_everything(tmp_path, rng):
     X = rng.standard_normal((120, 3))
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
