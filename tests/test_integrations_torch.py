@@ -25,17 +25,22 @@ def set_grads(tensors, grads):
         t.grad = torch.as_tensor(g, device=t.device)
 
 
+def step_in_lockstep(rng, opts, groups, steps, first=0):
+    """Steps ``first`` .. ``first + steps - 1`` of each optimizer in ``opts``, the same random
+    gradients set on each tensor list of ``groups`` (one list per optimizer) before its step."""
+    for step in range(first, first + steps):
+        grads = make_grads(np, rng, [t.detach().cpu().numpy() for t in groups[0]], step)
+        for tensors, opt in zip(groups, opts):
+            set_grads(tensors, grads)
+            opt.step()
+
+
 def run_both(rng, cls, kwargs, dtype, device="cpu", steps=20):
     ours, theirs = twin_tensors(rng, dtype, device)
     opt = getattr(FT, TORCH_NAMES[cls])(ours, **kwargs)
     topt = getattr(torch.optim, TORCH_NAMES[cls])(theirs, **kwargs)
     pointers = [t.data_ptr() for t in ours]
-    for step in range(steps):
-        grads = make_grads(np, rng, [t.detach().cpu().numpy() for t in ours], step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        opt.step()
-        topt.step()
+    step_in_lockstep(rng, (opt, topt), (ours, theirs), steps)
     assert [t.data_ptr() for t in ours] == pointers
     return ours, theirs, opt, topt
 
@@ -72,12 +77,7 @@ def test_state_dicts_are_interchangeable_with_torch_optim(rng, cls, kwargs):
     copies = [t.detach().clone().requires_grad_() for t in ours]
     back = getattr(FT, TORCH_NAMES[cls])(copies, **kwargs)
     back.load_state_dict(copy.deepcopy(topt.state_dict()))
-    for step in range(5, 10):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours], step)
-        for group in (ours, copies):
-            set_grads(group, grads)
-        opt.step()
-        back.step()
+    step_in_lockstep(rng, (opt, back), (ours, copies), 5, first=5)
     for a, b in zip(ours, copies):
         np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
 
@@ -172,12 +172,7 @@ def test_torch_keyword_arguments_are_accepted_and_kept(rng, name):
     assert opt.param_groups[0].keys() == topt.param_groups[0].keys()
     assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == \
         {k: v for k, v in topt.param_groups[0].items() if k != "params"}
-    for step in range(3):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours], step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        opt.step()
-        topt.step()
+    step_in_lockstep(rng, (opt, topt), (ours, theirs), 3)
     for a, b in zip(ours, theirs):
         assert_tensors_close(a, b, torch.float32)
     with pytest.raises(NotImplementedError, match="differentiable=True"):
@@ -198,12 +193,7 @@ def test_adagrad_takes_its_initial_accumulator_from_the_constructor(rng):
         assert float(opt.state[tensors[0]]["step"]) == 0
         opt.add_param_group({"params": [add], "initial_accumulator_value": 7.0})
         opts.append(opt)
-    for step in range(3):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours + [extra]], step)
-        set_grads(ours + [extra], grads)
-        set_grads(theirs + [extra_twin], grads)
-        for opt in opts:
-            opt.step()
+    step_in_lockstep(rng, opts, (ours + [extra], theirs + [extra_twin]), 3)
     for a, b in zip(ours + [extra], theirs + [extra_twin]):
         assert_tensors_close(a, b, torch.float64)
     np.testing.assert_allclose(opts[0].state[extra]["sum"].numpy(), opts[1].state[extra_twin]["sum"].numpy())
@@ -217,12 +207,7 @@ def test_nesterov_is_checked_at_construction_only(rng):
         opt.add_param_group({"params": tensors[1:], "momentum": 0.0})  # nesterov=True, momentum 0
         opt.param_groups[0]["dampening"] = 0.5  # changed later: the formula as written
         opts.append(opt)
-    for step in range(4):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours], step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        for opt in opts:
-            opt.step()
+    step_in_lockstep(rng, opts, (ours, theirs), 4)
     for a, b in zip(ours, theirs):
         assert_tensors_close(a, b, torch.float64)
 
@@ -231,12 +216,7 @@ def test_nesterov_is_checked_at_construction_only(rng):
 def test_eps_zero_is_accepted(rng, name):
     ours, theirs = twin_tensors(rng, torch.float64)
     opt, topt = getattr(FT, name)(ours, eps=0.0), getattr(torch.optim, name)(theirs, eps=0.0)
-    for step in range(3):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours], step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        opt.step()
-        topt.step()
+    step_in_lockstep(rng, (opt, topt), (ours, theirs), 3)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-11, atol=1e-13)
 
@@ -245,12 +225,7 @@ def test_tensor_lr_and_betas(rng):
     ours, theirs = twin_tensors(rng, torch.float32)
     kwargs = lambda: dict(lr=torch.tensor(0.01), betas=(torch.tensor(0.8), torch.tensor(0.95)))  # noqa: E731
     opt, topt = FT.Adam(ours, **kwargs()), torch.optim.Adam(theirs, **kwargs())
-    for step in range(3):
-        grads = make_grads(np, rng, [t.detach().numpy() for t in ours], step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        opt.step()
-        topt.step()
+    step_in_lockstep(rng, (opt, topt), (ours, theirs), 3)
     for a, b in zip(ours, theirs):
         assert_tensors_close(a, b, torch.float32)
 

@@ -131,6 +131,15 @@ def _state_label(state: str) -> str:
     return f"{state} state ({_STATE_BYTES[state]:.3g} B/param)"
 
 
+def _torch_views(torch, device: str, params, grads):
+    """torch tensors over ``params`` (no copy), each with its gradient from ``grads``."""
+    convert = torch.from_numpy if device == "cpu" else torch.from_dlpack
+    tensors = [convert(p) for p in params]
+    for t, g in zip(tensors, grads):
+        t.grad = convert(g)
+    return tensors
+
+
 def _low_bit_competitors(device: str, params, grads):
     """(name, build or reason) of the low-bit state case: Adam on ``params``."""
     torch = H.torch_for(device)
@@ -142,24 +151,17 @@ def _low_bit_competitors(device: str, params, grads):
             return lambda: opt.step(grads)
         return build
 
-    def torch_tensors():
-        convert = torch.from_numpy if device == "cpu" else torch.from_dlpack
-        tensors = [convert(p) for p in params]
-        for t, g in zip(tensors, grads):
-            t.grad = convert(g)
-        return tensors
-
     def integration():
         from ..integrations import torch as fnn_torch
 
-        return fnn_torch.Adam(torch_tensors(), state_dtype="int8").step
+        return fnn_torch.Adam(_torch_views(torch, device, params, grads), state_dtype="int8").step
 
     def torch_fused():
-        return torch.optim.Adam(torch_tensors(), fused=True).step
+        return torch.optim.Adam(_torch_views(torch, device, params, grads), fused=True).step
 
     def bnb_adam8bit():
         bnb = H.optional_import("bitsandbytes")
-        return bnb.optim.Adam8bit(torch_tensors()).step
+        return bnb.optim.Adam8bit(_torch_views(torch, device, params, grads)).step
 
     native = _backend.native_available(device)
     for state in ("float32", "bfloat16", "int8"):
@@ -284,23 +286,16 @@ def _competitors(rule: Rule, device: str, params, grads):
                 opt.step(grads)
         return step
 
-    def torch_tensors():
-        convert = torch.from_numpy if device == "cpu" else torch.from_dlpack
-        tensors = [convert(p) for p in params]
-        for t, g in zip(tensors, grads):
-            t.grad = convert(g)
-        return tensors
-
     def torch_optimizer(**flags):
         def build():
-            opt = getattr(torch.optim, rule.torch_name)(torch_tensors(), **rule.kwargs, **flags)
+            opt = getattr(torch.optim, rule.torch_name)(_torch_views(torch, device, params, grads), **rule.kwargs, **flags)
             return opt.step
         return build
 
     def integration():
         from ..integrations import torch as fnn_torch
 
-        opt = getattr(fnn_torch, rule.cls.__name__)(torch_tensors(), **rule.kwargs)
+        opt = getattr(fnn_torch, rule.cls.__name__)(_torch_views(torch, device, params, grads), **rule.kwargs)
         return opt.step
 
     def cupy_kernel():
