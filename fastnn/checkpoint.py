@@ -222,9 +222,10 @@ def _sync_directory(directory: str) -> None:
 
 
 # RecursionError: json.loads of a manifest nested deeper than Python's recursion limit;
-# MemoryError: an array header claiming more elements than memory holds.
+# MemoryError: an array header claiming more elements than memory holds; NotImplementedError:
+# zipfile's answer to a damaged entry header that names a zip version or compression it lacks.
 _READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError,
-                RecursionError, MemoryError)
+                RecursionError, MemoryError, NotImplementedError)
 
 
 def _unreadable(path: str, what: str, exc: Exception) -> Exception:

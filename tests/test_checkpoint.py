@@ -127,6 +127,30 @@ def test_truncated_file_is_refused_and_nothing_changes(tmp_path):
         assert "truncated or corrupt" in message
 
 
+@pytest.mark.parametrize("field,value", [(6, 200), (10, 99)], ids=["zip-version", "compression-method"])
+def test_damaged_zip_entry_header_is_a_checkpoint_error(tmp_path, field, value):
+    """A flipped byte in a central-directory record (the zip version needed to extract, or the
+    compression method) makes zipfile raise NotImplementedError: it must reach the user as
+    CheckpointError, for checkpoints and model files alike, with nothing changed."""
+    model, opt, _ = trained()
+    for path in (fnn.save(tmp_path / "ckpt.npz", model=model, optimizer=opt),
+                 fnn.save_model(tmp_path / "model.npz", model, task="classify")):
+        data = bytearray(open(path, "rb").read())
+        record = bytes(data).find(b"PK\x01\x02")  # the first entry's central-directory record
+        assert record > 0
+        data[record + field] = value
+        bad = tmp_path / f"bad_{os.path.basename(path)}"
+        bad.write_bytes(bytes(data))
+        if os.path.basename(path) == "ckpt.npz":
+            target, target_opt, _ = trained(seed=3)
+            message = unchanged_after(lambda: fnn.load(bad, model=target, optimizer=target_opt), target, target_opt)
+        else:
+            with pytest.raises(CheckpointError) as info:
+                fnn.load_model(bad)
+            message = str(info.value)
+        assert "truncated or corrupt" in message and "NotImplementedError" in message
+
+
 def test_flipped_bytes_in_an_array_are_caught_and_named(tmp_path):
     model, opt, _ = trained()
     path = fnn.save(tmp_path / "ckpt.npz", model=model, optimizer=opt)
