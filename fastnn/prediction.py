@@ -39,9 +39,11 @@ def _model_place(model: Module, who: str):
     return B.device_of(params[0].data), params[0].data.dtype
 
 
-def _prepare(model: Module, X, y, who: str):
+def _prepare(model: Module, X, y, who: str, labels: bool = False):
     """X (and y) checked against the model: on its device, or on the CPU when the model is on a
-    GPU (then moved batch by batch); X and float targets converted to the model's dtype."""
+    GPU (then moved batch by batch); X and float targets converted to the model's dtype.
+    ``labels``: the loss takes integer class labels, and y given as whole-number floats or
+    booleans (as Keras accepts them) becomes int64; other float y is refused, saying why."""
     device, dtype = _model_place(model, who)
     X = B.as_array(X, "X")
     arrays = {"X": X} if y is None else {"X": X, "y": B.as_array(y, "y")}
@@ -56,11 +58,29 @@ def _prepare(model: Module, X, y, who: str):
     if y is None:
         return X, None
     y = arrays["y"]
+    if labels and np.dtype(y.dtype).kind in "fb":
+        return X, _float_labels(y, who)
     if np.dtype(y.dtype).kind in "fb":
         y = y.astype(dtype, copy=False)
     elif np.dtype(y.dtype).kind not in "iu":
         raise TypeError(f"{who}: y must hold integer labels or float targets, got dtype {np.dtype(y.dtype)}")
     return X, y
+
+
+def _float_labels(y, who: str):
+    """Class labels given as floats or booleans, as int64 when they are whole numbers, one per
+    sample; anything else a TypeError naming what y holds."""
+    xp = B.array_module(y)
+    given = f"y is {np.dtype(y.dtype)} of shape {tuple(y.shape)}"
+    if y.ndim != 1:
+        hint = " (one-hot or probability rows? pass y.argmax(axis=1))" if y.ndim == 2 else ""
+        raise TypeError(f"{who}: the loss takes integer class labels, one per sample, shape (N,); {given}{hint}")
+    whole = xp.isfinite(y) & (y == xp.floor(y)) if np.dtype(y.dtype).kind == "f" else xp.ones(y.shape, bool)
+    if not bool(whole.all()):
+        index = int(xp.argmin(whole))
+        raise TypeError(f"{who}: the loss takes integer class labels; {given} and holds {float(y[index])!r} at "
+                        f"index {index} (for regression targets, use a regression loss such as MSE)")
+    return y.astype(np.int64)
 
 
 def _to_device(a, device):

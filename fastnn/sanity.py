@@ -61,7 +61,7 @@ def initial_loss(model: Module, loss: Loss, X, y, tolerance: float = 0.25) -> In
 
     tolerance = B.check_scalar(tolerance, "tolerance", low=0.0, low_open=True)
     clone = inspection_copy(model)
-    X, y = _prepare(clone, X, y, "initial_loss")
+    X, y = _prepare(clone, X, y, "initial_loss", labels=bool(getattr(loss, "labels", False)))
     device = B.device_of(clone.parameters()[0].data)
     pred = clone.forward(B.to_device(X, device), training=True)
     value = loss.forward(pred, B.to_device(y, device))

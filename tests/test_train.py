@@ -313,3 +313,40 @@ def test_numpy_data_trains_a_gpu_model_batch_by_batch():
     cpu_trainer = Trainer(cpu_model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(cpu_model.parameters()))
     with pytest.raises(ValueError, match="never copies"):
         cpu_trainer.fit(cupy.asarray(X_train), y_train, verbose=0)
+
+
+def test_class_labels_given_as_whole_floats_or_booleans_train_as_integers():
+    """Keras accepts sparse labels as floats: whole-number float (and boolean) labels train and
+    evaluate exactly as their integer twins, with a label-taking loss."""
+    X_train, _, y_train, _ = digits()
+    X, y = X_train[:256], y_train[:256]
+    binary = (y % 2).astype(np.int64)
+    for loss, given, labels in ((nn.SoftmaxCrossEntropy(), y.astype(np.float64), y),
+                                (nn.Hinge(), y.astype(np.float32), y),
+                                (nn.SoftmaxCrossEntropy(), binary.astype(bool), binary)):
+        classes = int(labels.max()) + 1
+        runs = []
+        for targets in (labels, given):
+            model = mlp(seed=3, classes=classes)
+            trainer = Trainer(model, loss, fnn.optim.Adam(model.parameters(), lr=1e-2), metrics=["accuracy"], seed=0)
+            trainer.fit(X, targets, epochs=2, batch_size=64, verbose=0)
+            runs.append((snapshot(model), trainer.evaluate(X, targets)))
+        assert_same_state(model, runs[0][0])
+        assert runs[1][1] == runs[0][1]
+
+
+@pytest.mark.parametrize("y,message", [
+    (lambda y: np.eye(10)[y], r"shape \(N,\); y is float64 of shape \(64, 10\) \(one-hot .* y\.argmax\(axis=1\)\)"),
+    (lambda y: np.where(np.arange(64) == 5, 2.5, y), r"y is float64 of shape \(64,\) and holds 2\.5 at index 5 "
+                                                     r"\(for regression targets, use a regression loss"),
+    (lambda y: np.where(np.arange(64) == 7, np.nan, y), r"holds nan at index 7"),
+])
+def test_float_labels_that_are_not_class_labels_are_refused_saying_what_they_hold(y, message):
+    X_train, _, y_train, _ = digits()
+    model = mlp()
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()))
+    bad = y(y_train[:64])
+    for call in (lambda: trainer.fit(X_train[:64], bad, verbose=0), lambda: trainer.evaluate(X_train[:64], bad),
+                 lambda: fnn.sanity.initial_loss(model, nn.SoftmaxCrossEntropy(), X_train[:64], bad)):
+        with pytest.raises(TypeError, match=message):
+            call()
