@@ -32,16 +32,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend as B
-from .data import features
+from .data import check_missing, features
 from .metrics import check_labels
 
 __all__ = ["Standardizer", "MeanCenter", "MinMaxScaler", "PCAWhitening", "SimpleImputer", "one_hot", "TRANSFORMERS"]
 
 
-def _as_features(X, min_ndim: int = 2):
+def _as_features(X, min_ndim: int = 2, who: str | None = None, allow_nan: bool = False):
     """X as a float array (N, ...): float32/float64 kept, integers and bools made float32
-    (a DataFrame's columns: float64)."""
-    a, _ = features(X, "X")
+    (a DataFrame's columns: float64). ``who`` (a method's name): NaN (unless ``allow_nan``) and
+    infinities are a ValueError naming the columns and rows, since statistics over them, or
+    their transform, would silently turn whole columns into NaN."""
+    a, names = features(X, "X")
     xp = B.array_module(a)
     kind = np.dtype(a.dtype).kind
     if kind in "biu":
@@ -50,7 +52,22 @@ def _as_features(X, min_ndim: int = 2):
         raise TypeError(f"X: expected a float32, float64, integer or bool array, got dtype {np.dtype(a.dtype)}")
     if a.ndim < min_ndim:
         raise ValueError(f"X must be (N, features...) with at least {min_ndim} dimensions, got shape {tuple(a.shape)}")
+    if who is not None:
+        _refuse_nonfinite(a, names, who, allow_nan)
     return a
+
+
+def _refuse_nonfinite(X, names, who: str, allow_nan: bool) -> None:
+    """The ValueError of :func:`fastnn.data.check_missing` (columns and rows named) when X holds
+    infinities, or NaN unless ``allow_nan``. Checked on X's device; the host copy is made only
+    to name the culprits."""
+    xp = B.array_module(X)
+    if X.size == 0 or bool((~xp.isinf(X) if allow_nan else xp.isfinite(X)).all()):
+        return
+    flat = B.to_numpy(X).reshape(X.shape[0], -1)
+    if allow_nan:
+        flat = np.where(np.isnan(flat), 0.0, flat)
+    check_missing(flat, names if names is not None and len(names) == flat.shape[1] else None, name=f"{who}: X")
 
 
 class _Transformer:
@@ -60,6 +77,7 @@ class _Transformer:
 
     _state: tuple[str, ...] = ()
     _min_ndim = 2
+    _allow_nan = False  # NaN in X is refused (SimpleImputer: it is what it fills)
 
     def __init__(self):
         self.fitted = False
@@ -90,7 +108,7 @@ class _Transformer:
 
     def fit(self, X):
         """Learn the statistics of the training data X (N, ...). Returns self."""
-        X = _as_features(X, self._min_ndim)
+        X = _as_features(X, self._min_ndim, f"{type(self).__name__}.fit", self._allow_nan)
         if X.shape[0] < 1:
             raise ValueError(f"{type(self).__name__}.fit needs at least one sample, got shape {tuple(X.shape)}")
         xp = B.array_module(X)
@@ -175,7 +193,9 @@ class _Transformer:
         """X validated against the fitted feature shape (of the output when ``transformed``)."""
         self._require_fitted(method)
         feature_shape = self._output_shape() if transformed else self.feature_shape
-        X = _as_features(X, len(feature_shape) + 1)
+        # (inverse_transform takes a model's outputs as they are)
+        X = _as_features(X, len(feature_shape) + 1, None if transformed else f"{type(self).__name__}.{method}",
+                         self._allow_nan)
         if tuple(X.shape[1:]) != feature_shape:
             raise ValueError(f"{type(self).__name__}.{method}: fitted on features of shape {feature_shape}, "
                              f"got X of shape {tuple(X.shape)} (features {tuple(X.shape[1:])})")
@@ -309,7 +329,7 @@ class PCAWhitening(_Transformer):
 
     def fit(self, X):
         """Learn the mean and the principal axes of the training data X (N, F). Returns self."""
-        X = _as_features(X)
+        X = _as_features(X, who="PCAWhitening.fit")  # (named while X may still be a DataFrame)
         if X.ndim != 2:
             raise ValueError(f"PCAWhitening needs X of shape (N, F), got {tuple(X.shape)}; flatten the features first")
         if self.n_components is not None and self.n_components > X.shape[1]:
@@ -359,6 +379,7 @@ class SimpleImputer(_Transformer):
     """
 
     _state = ("statistics",)
+    _allow_nan = True
     STRATEGIES = ("mean", "median")
 
     def __init__(self, strategy: str = "mean"):

@@ -176,6 +176,38 @@ def test_transform_before_fit_and_wrong_feature_count_are_clear_errors(cls):
         transformer.transform(np.zeros((3, 4), dtype=np.complex64))
 
 
+@pytest.mark.parametrize("cls", ALL + [P.SimpleImputer])
+def test_nan_and_infinity_are_refused_naming_columns_and_rows(rng, cls):
+    """Statistics over NaN or inf (or their transform) would silently make whole columns NaN:
+    fit and transform refuse them, naming the columns (by name from a DataFrame) and rows.
+    SimpleImputer takes NaN (it fills them) but not infinities; inverse_transform takes a
+    model's outputs as they are."""
+    X = rng.standard_normal((20, 4))
+    bad_nan, bad_inf = X.copy(), X.copy()
+    bad_nan[[3, 7], 1] = np.nan
+    bad_inf[5, 2] = -np.inf
+    cases = [(bad_inf, r"infinite values in column 2 \(rows 5; 1 in all\): fix or drop those rows")]
+    if cls is not P.SimpleImputer:
+        cases.append((bad_nan, r"missing values \(NaN\) in column 1 \(rows 3, 7; 2 in all\).*SimpleImputer"))
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=rf"{cls.__name__}\.fit: X has {message}"):
+            cls().fit(bad)
+        fitted = cls().fit(X)
+        with pytest.raises(ValueError, match=rf"{cls.__name__}\.transform: X has {message}"):
+            fitted.transform(bad)
+    if cls is P.SimpleImputer:
+        filled = cls().fit(bad_nan).transform(bad_nan)
+        assert np.isfinite(filled).all()
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(bad_inf, columns=["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"infinite values in column 'c' \(rows 5"):
+        cls().fit(frame)
+    fitted = cls().fit(X)
+    outputs = fitted.transform(X)
+    outputs[0, 0] = np.nan
+    assert np.isnan(fitted.inverse_transform(outputs)).any()
+
+
 @pytest.mark.parametrize("cls", ALL)
 def test_state_dict_round_trip(rng, cls):
     train, test = skewed(rng, 100, features=4), skewed(rng, 10, features=4)
