@@ -48,6 +48,9 @@ def as_generator(seed: Any) -> np.random.Generator:
 def _num_samples(arrays: dict[str, Any]) -> int:
     """The common length of the non-None arrays, by name; ValueError naming them if their lengths
     or devices differ."""
+    first = next(iter(arrays))
+    if arrays[first] is None:
+        raise TypeError(f"{first} must be an array, got None")
     present = {name: a for name, a in arrays.items() if a is not None}
     devices = {name: device_of(as_array(a, name)) for name, a in present.items()}
     if len(set(devices.values())) > 1:

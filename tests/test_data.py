@@ -160,3 +160,6 @@ def test_batches_reject_bad_arguments():
         data.batches(np.zeros((4, 2)), np.zeros(3))
     with pytest.raises(ValueError, match="empty"):
         data.batches(np.zeros((0, 2)))
+    for call in (lambda: data.batches(None, np.zeros(3)), lambda: data.train_test_split(None, np.zeros(3))):
+        with pytest.raises(TypeError, match="X must be an array, got None"):
+            call()
