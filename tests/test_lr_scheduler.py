@@ -103,6 +103,9 @@ def test_scheduler_state_dict_round_trip():
 def test_resuming_needs_initial_lr():
     with pytest.raises(KeyError, match="initial_lr"):
         S.StepLR(two_group_sgd(), step_size=2, last_epoch=5)
+    for bad in (math.nan, 2.0, None, "3", True, -2):  # named as such, before the missing initial_lr
+        with pytest.raises(ValueError, match=r"last_epoch must be an integer >= -1, got"):
+            S.StepLR(two_group_sgd(), step_size=2, last_epoch=bad)
 
 
 @pytest.mark.parametrize("make,kwargs,error", [

@@ -24,14 +24,18 @@ from .. import _backend as B
 __all__ = ["LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup", "MomentumSchedule"]
 
 
+def _check_last_epoch(last_epoch) -> None:
+    if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
+        raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
+
+
 class _Schedule:
     """A per-group value set from the epoch: subclasses define :meth:`values_at`."""
 
     def __init__(self, optimizer, last_epoch: int = -1):
         if not hasattr(optimizer, "param_groups"):
             raise TypeError(f"{type(optimizer).__name__} is not an optimizer (it has no param_groups)")
-        if not isinstance(last_epoch, int) or last_epoch < -1:
-            raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
+        _check_last_epoch(last_epoch)
         self.optimizer = optimizer
         self.last_epoch = last_epoch
         self.step()
@@ -67,6 +71,7 @@ class LRScheduler(_Schedule):
     (their lr when the first schedule was attached)."""
 
     def __init__(self, optimizer, last_epoch: int = -1):
+        _check_last_epoch(last_epoch)  # (before the groups are read: a bad value names itself)
         for i, group in enumerate(getattr(optimizer, "param_groups", [])):
             if last_epoch == -1:
                 group.setdefault("initial_lr", group["lr"])
