@@ -225,6 +225,9 @@ class Choice(Dimension):
     scale = "categorical"
 
     def __init__(self, options):
+        if isinstance(options, (str, bytes)):
+            raise TypeError(f"Choice takes a list of options, got the string {options!r} (whose letters would be "
+                            f"the options); for one fixed value write Choice([{options!r}])")
         self.options = list(options)
         if not self.options:
             raise ValueError("Choice needs at least one option")

@@ -75,6 +75,7 @@ def test_int_log_uniform_and_uniform_and_choice():
     (lambda: T.LogUniform(0, 1), "low must be > 0"), (lambda: T.LogUniform(1, 1), "low < high"),
     (lambda: T.OneMinusLogUniform(0.9, 1.0), "high < 1"), (lambda: T.IntLogUniform(0, 5), ">= 1"),
     (lambda: T.IntLogUniform(1.5, 5), "ints"), (lambda: T.Choice([]), "at least one"),
+    (lambda: T.Choice("relu"), r"list of options, got the string 'relu' .* Choice\(\['relu'\]\)"),
 ])
 def test_bad_dimensions(make, message):
     with pytest.raises((ValueError, TypeError), match=message):
