@@ -159,6 +159,10 @@ def _manifest(encoder: _Encoder, model, optimizer, extras: dict) -> dict:
     """The manifest of a checkpoint without its array list (:func:`_write` adds it); other
     files built on the format (``fastnn.model_file``) add their own sections."""
     manifest = {"format": FORMAT, "version": VERSION, "fastnn": __version__, "model": None, "optimizer": None}
+    for name, given in (("model", model), ("optimizer", optimizer)):
+        if given is not None and not callable(getattr(given, "state_dict", None)):
+            raise TypeError(f"{name} must be a fastnn {'Module' if name == 'model' else 'optimizer'} (an object with "
+                            f"a state_dict() method), got {type(given).__name__}")
     if model is not None:
         manifest["model"] = {"type": type(model).__name__, "state": encoder.tree(model.state_dict(), "model")}
     if optimizer is not None:

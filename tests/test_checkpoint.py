@@ -257,6 +257,12 @@ def test_no_pickle_anywhere(tmp_path):
     with pytest.raises(TypeError, match="extras/thing: cannot save a set"):
         fnn.save(tmp_path / "set.npz", thing={1, 2})
     assert not (tmp_path / "obj.npz").exists() and not (tmp_path / "set.npz").exists()
+    with pytest.raises(TypeError, match=r"model must be a fastnn Module \(an object with a state_dict\(\) method\), "
+                                        r"got int"):
+        fnn.save(tmp_path / "int.npz", model=3)
+    with pytest.raises(TypeError, match="optimizer must be a fastnn optimizer .* got str"):
+        fnn.save(tmp_path / "str.npz", model=mlp(), optimizer="adam")
+    assert not (tmp_path / "int.npz").exists() and not (tmp_path / "str.npz").exists()
 
 
 def leftovers(directory):
