@@ -33,6 +33,7 @@ an epoch it ends training at once and the unfinished epoch is not recorded; requ
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -194,6 +195,14 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs):
         self._best.reset()
+        # A folder that cannot take the file is said now, not after the first epoch's training.
+        folder = os.path.dirname(os.fspath(self.path)) or "."
+        if "{" not in folder:
+            if not os.path.isdir(folder):
+                raise ValueError(f"ModelCheckpoint: the folder {folder!r} of {os.fspath(self.path)!r} does not exist "
+                                 "or is not a folder; create it first")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"ModelCheckpoint: cannot write into the folder {folder!r} (permission denied)")
 
     def on_epoch_end(self, epoch, logs):
         if not self.trainer.is_main_process:
@@ -248,6 +257,9 @@ class MomentumRamp(LRScheduler):
     a log scale)."""
 
     def __init__(self, start: float = 0.5, end: float = 0.99, epochs: int = 10, mode: str = "linear"):
+        from .optim.lr_scheduler import MomentumSchedule
+
+        start, end, epochs, mode = MomentumSchedule.check_options(start, end, epochs, mode)  # now, not at fit
         self.options = dict(start=start, end=end, epochs=epochs, mode=mode)
         self.scheduler, self.interval = None, "epoch"
 

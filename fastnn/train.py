@@ -263,6 +263,9 @@ class Trainer:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names) or "loss" in names:
             raise ValueError(f"metric names must be unique and not 'loss', got {names}")
+        if isinstance(callbacks, Callback):
+            raise TypeError(f"callbacks must be a list of Callback objects, got one {type(callbacks).__name__}; "
+                            f"wrap it: callbacks=[{type(callbacks).__name__}(...)]")
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):

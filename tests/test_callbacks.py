@@ -253,3 +253,31 @@ def test_without_a_monitor_the_trainer_measures_the_last_batch_of_each_epoch():
     assert len(check.ratios) == 3 and [s for s, _ in trainer.measured_update_ratios] == [23]
     for epoch, (mine, _) in enumerate(check.ratios):
         assert history.update_ratios["4.weight"][epoch] == pytest.approx(mine["4.weight"], rel=1e-5)
+
+
+def test_callback_misuse_is_refused_before_any_training(tmp_path):
+    """Errors that would otherwise surface after an epoch of training, or as a bare Python
+    error: a ModelCheckpoint folder that is missing or a file, momenta outside [0, 1) in a
+    MomentumRamp, one callback given instead of a list."""
+    X, _, y, _ = digits()
+    (tmp_path / "a_file").write_text("")
+    for path, message in ((tmp_path / "missing" / "ck.npz", "does not exist or is not a folder"),
+                          (tmp_path / "a_file" / "ck.npz", "does not exist or is not a folder")):
+        model = mlp()
+        before = snapshot(model)
+        trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
+                          callbacks=[ModelCheckpoint(str(path))])
+        with pytest.raises(ValueError, match=f"ModelCheckpoint: the folder .* {message}"):
+            trainer.fit(X[:64], y[:64], epochs=2, verbose=0)
+        assert_same_state(model, before)  # refused before the first step
+    model = mlp()
+    fields = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
+                     callbacks=[ModelCheckpoint(str(tmp_path / "e{epoch}" / "ck.npz"))])
+    with pytest.raises(FileNotFoundError):  # a folder named by the epoch is not checked ahead
+        fields.fit(X[:64], y[:64], epochs=1, verbose=0)
+    for options, message in ((dict(start=1.5), "start"), (dict(end=1.0), "end"), (dict(epochs=0), "epochs"),
+                             (dict(start=math.nan), "start"), (dict(mode="cosine"), "mode")):
+        with pytest.raises(ValueError, match=message):
+            MomentumRamp(**options)
+    with pytest.raises(TypeError, match=r"callbacks must be a list .* wrap it: callbacks=\[EarlyStopping\(...\)\]"):
+        Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()), callbacks=EarlyStopping())

@@ -199,17 +199,23 @@ class MomentumSchedule(_Schedule):
 
     def __init__(self, optimizer, start: float = 0.5, end: float = 0.99, epochs: int = 10, mode: str = "linear",
                  last_epoch: int = -1):
-        self.start = B.check_scalar(start, "start", low=0.0, high=1.0, high_open=True)
-        self.end = B.check_scalar(end, "end", low=0.0, high=1.0, high_open=True)
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if mode not in ("linear", "geometric"):
-            raise ValueError(f"mode must be 'linear' or 'geometric', got {mode!r}")
-        self.epochs, self.mode = epochs, mode
+        self.start, self.end, self.epochs, self.mode = self.check_options(start, end, epochs, mode)
         for i, group in enumerate(getattr(optimizer, "param_groups", [])):
             if "momentum" not in group and "betas" not in group:
                 raise ValueError(f"param_groups[{i}] has neither 'momentum' nor 'betas' to schedule")
         super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def check_options(start, end, epochs, mode) -> tuple[float, float, int, str]:
+        """The schedule's options checked (momenta in [0, 1), a positive number of epochs, a
+        known mode), as ``(start, end, epochs, mode)``; ValueError naming the bad one."""
+        start = B.check_scalar(start, "start", low=0.0, high=1.0, high_open=True)
+        end = B.check_scalar(end, "end", low=0.0, high=1.0, high_open=True)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if mode not in ("linear", "geometric"):
+            raise ValueError(f"mode must be 'linear' or 'geometric', got {mode!r}")
+        return start, end, epochs, mode
 
     def value(self, epoch: int) -> float:
         """The momentum at ``epoch``."""
