@@ -329,7 +329,12 @@ class Trainer:
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
         if validation_split is not None:
-            X, X_val, y, y_val = D.train_test_split(X, y, test_size=validation_split, shuffle=False)
+            split = B.check_scalar(validation_split, "validation_split", low=0.0, high=1.0, low_open=True,
+                                   high_open=True)
+            held_out = math.ceil(split * X.shape[0])
+            if held_out >= X.shape[0]:
+                raise ValueError(f"validation_split={validation_split!r} of {X.shape[0]} samples leaves no training data")
+            X, X_val, y, y_val = D.train_test_split(X, y, test_size=held_out, shuffle=False)
             validation_data = (X_val, y_val)
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

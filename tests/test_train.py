@@ -288,6 +288,11 @@ def test_bad_arguments_are_refused():
         trainer.fit(X, y[:-1], verbose=0)
     with pytest.raises(ValueError, match="out of range"):
         trainer.fit(X, y + 5, verbose=0)
+    for split in (1.0, 0.0, math.nan, -0.5):  # named as the argument given, not as train_test_split's test_size
+        with pytest.raises((ValueError, TypeError), match="validation_split"):
+            trainer.fit(X, y, validation_split=split, verbose=0)
+    with pytest.raises(ValueError, match=r"validation_split=0\.9 of 2 samples leaves no training data"):
+        trainer.fit(X[:2], y[:2], validation_split=0.9, verbose=0)
     assert trainer.epoch == 0 and len(trainer.history) == 0
 
 
