@@ -253,6 +253,9 @@ class Trainer:
         if not any(id(p) in model_ids for g in optimizer.param_groups for p in g["params"]):
             raise ValueError("the optimizer updates none of the model's parameters; build it with "
                              "optimizer(model.parameters(), ...)")
+        if not isinstance(distributed, (bool, np.bool_)):
+            raise TypeError(f"distributed must be True or False (the backend is chosen by fastnn.distributed.init), "
+                            f"got {distributed!r}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         if metrics is None:
             metrics = ()

@@ -279,6 +279,8 @@ def test_bad_arguments_are_refused():
         Trainer(model, loss, opt, metrics=["precision"])
     with pytest.raises(ValueError, match="l1 must be >= 0"):
         Trainer(model, loss, opt, l1=-1)
+    with pytest.raises(TypeError, match=r"distributed must be True or False .* got 'nccl'"):
+        Trainer(model, loss, opt, distributed="nccl")
     trainer = Trainer(model, loss, opt)
     with pytest.raises(ValueError, match="verbose"):
         trainer.fit(X, y, verbose=3)
