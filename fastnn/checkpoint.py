@@ -241,6 +241,17 @@ def _unreadable(path: str, what: str, exc: Exception) -> Exception:
 
 def _read(path: str) -> tuple[dict, list]:
     """The manifest and the arrays, every array checked against it."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint or model file (fastnn train writes "
+                              f"{os.path.join(path, 'model.npz')} and checkpoint.npz there)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise _unreadable(path, "the file", exc) from None
+    if not head.startswith(b"PK") and head != b"\x93NUMPY":  # neither a zip (.npz) nor a .npy
+        raise CheckpointError(f"{path} is not a fastnn checkpoint or model file: those are .npz (zip) archives, and "
+                              f"this file starts with {head!r}")
     try:
         npz = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:

@@ -116,6 +116,15 @@ def test_cuda_without_a_gpu_is_refused(tmp_path):
         assert "--device cuda:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bench_refuses_an_unwritable_out_before_measuring(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    for command in (["bench", "optim"], ["bench", "mlp"], ["bench", "dist"]):
+        result = fastnn_cli(*command, "--quick", "--out", str(tmp_path / "a_file" / "results"), timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "--out" in result.stderr and "cannot write there (Not a directory)" in result.stderr
+        assert "Traceback" not in result.stderr and "memory bandwidth" not in result.stdout  # nothing was measured
+
+
 def test_memory_bandwidth_is_a_stream_triad_in_place():
     if _backend._C is None:
         pytest.skip("no native CPU kernels")

@@ -367,6 +367,13 @@ def test_damaged_and_foreign_files(tmp_path, rng):
         fnn.load_model(tmp_path / "ckpt.npz")
     with pytest.raises(FileNotFoundError):
         fnn.load_model(tmp_path / "absent.npz")
+    # a file of another kind is named as such (np.load would have suggested allow_pickle=True)
+    (tmp_path / "data.csv").write_text("a,b,label\n1,2,x\n")
+    with pytest.raises(CheckpointError, match=r"not a fastnn checkpoint or model file: those are \.npz \(zip\) "
+                                              r"archives, and this file starts with b'a,b,la'"):
+        fnn.load_model(tmp_path / "data.csv")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint or model file .*model\.npz"):
+        fnn.load_model(tmp_path)
 
 
 def test_json_values_for_configs():

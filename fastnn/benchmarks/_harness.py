@@ -332,6 +332,19 @@ def arguments(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, and ``--out`` created and checked writable now: a bad folder
+    is an argparse error before the minutes of measuring, not a traceback that loses them."""
+    from ..job import prepare_out
+
+    args = parser.parse_args(argv)
+    try:
+        prepare_out(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
 def environment(device: str) -> dict:
     """What the numbers were measured on."""
     env = {

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="GB/s per node for the model on paper (default 12.5: 100 Gb/s)")
     parser.add_argument("--latency", type=float, default=5.0,
                         help="microseconds per message hop for the model on paper (default 5)")
-    args = parser.parse_args(argv)
+    args = H.parse(parser, argv)
     rows = run(args.device, quick=args.quick, progress=not args.no_progress)
     paper = model_on_paper(rows, args.bandwidth, args.latency)
     print("\n" + table(rows) + "\n\n" + paper)

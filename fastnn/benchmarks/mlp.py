@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", help="only the cases whose name contains this text, e.g. '784' or '+BN'")
     parser.add_argument("--min-time", type=float, help="seconds of timing per competitor and case")
     parser.add_argument("--settle", type=float, help=f"seconds of pause before each timed batch (CPU default {SETTLE})")
-    args = parser.parse_args(argv)
+    args = H.parse(parser, argv)
     results = run(args.device, quick=args.quick, progress=not args.no_progress, cases_filter=args.cases,
                   min_time=args.min_time, settle=args.settle)
     print("\n" + H.table(results))

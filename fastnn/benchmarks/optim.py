@@ -435,7 +435,7 @@ def targets(results: list[H.Result], device: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = H.arguments("bench/optim.py", __doc__)
     parser.add_argument("--rules", help="comma-separated subset, e.g. 'Adam,RMSprop'")
-    args = parser.parse_args(argv)
+    args = H.parse(parser, argv)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",")]
     array_bytes = 16 << 20 if args.quick else None
     bandwidth = H.memory_bandwidth(args.device, array_bytes, repeats=3 if args.quick else 10)
