@@ -279,7 +279,7 @@ def run(config: JobConfig, X=None, y=None) -> dict:
     if task == "classification":
         classes, targets = encode_labels(data.y)
         if len(classes) < 2:
-            raise ValueError(f"every label is {classes[0]!r}: classification needs two or more classes")
+            raise ValueError(f"every label is {classes[0].item()!r}: classification needs two or more classes")
     else:
         targets = np.asarray(data.y, dtype=np.float32).reshape(len(data.y), -1)
     X_train, X_test, y_train, y_test = _split(X, targets, config, stratify=task == "classification")

@@ -160,6 +160,13 @@ def test_class_count_comes_from_the_distinct_labels(tmp_path, capsys, rng):
     assert os.path.getsize(tmp_path / "run" / "model.npz") < 200_000
 
 
+def test_a_single_class_is_named_as_the_file_writes_it(tmp_path, capsys, rng):
+    rows = [[f"{v:.3f}", "setosa"] for v in rng.standard_normal(20)]
+    data = write_csv(tmp_path / "one.csv", ["x", "label"], rows)
+    status, _, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *QUICK)
+    assert status != 0 and "every label is 'setosa': classification needs two or more classes" in err, err
+
+
 def test_task_inference_and_choice(tmp_path, capsys, rng):
     labels = np.repeat(np.arange(30), 10)  # 30 whole numbers over 300 samples: ambiguous
     rows = [[f"{v:.3f}", int(label)] for v, label in zip(rng.standard_normal(300), labels)]
