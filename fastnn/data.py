@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import seeding
-from ._backend import array_module, as_array, device_of, to_numpy
+from ._backend import array_module, as_array, device_of, shown, to_numpy
 
 __all__ = ["as_generator", "train_test_split", "batches", "Batches", "features", "check_missing", "infer_task",
            "encode_labels", "TASKS", "MAX_INFERRED_CLASSES"]
@@ -81,10 +81,10 @@ def _test_count(test_size, n: int) -> int:
         return count
     fraction = float(test_size)
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"test_size as a fraction must be in (0, 1), got {test_size!r}")
+        raise ValueError(f"test_size as a fraction must be in (0, 1), got {shown(test_size)}")
     count = math.ceil(fraction * n)
     if count >= n:
-        raise ValueError(f"test_size={test_size!r} of {n} samples leaves no training data")
+        raise ValueError(f"test_size={shown(test_size)} of {n} samples leaves no training data")
     return count
 
 
@@ -164,7 +164,7 @@ class Batches:
                  drop_last: bool = False):
         self.num_samples = _num_samples({"X": X, "y": y})
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ValueError(f"batch_size must be a positive int, got {shown(batch_size)}")
         if drop_last and batch_size > self.num_samples:
             raise ValueError(f"drop_last=True with batch_size={batch_size} > {self.num_samples} samples "
                              "would yield no batch at all")

@@ -44,6 +44,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._backend import shown
 from ._warnings import FastnnRuntimeWarning
 from .data import as_generator
 
@@ -85,7 +86,7 @@ class _Numeric(Dimension):
     def __init__(self, low: float, high: float):
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"{type(self).__name__}: need finite low < high, got ({low!r}, {high!r})")
+            raise ValueError(f"{type(self).__name__}: need finite low < high, got ({shown(low)}, {shown(high)})")
         self.low, self.high = low, high
 
     def _warp(self, values):
@@ -143,7 +144,7 @@ class LogUniform(_Numeric):
     def __init__(self, low: float, high: float):
         super().__init__(low, high)
         if self.low <= 0:
-            raise ValueError(f"{type(self).__name__}: low must be > 0 for a log scale, got {low!r}")
+            raise ValueError(f"{type(self).__name__}: low must be > 0 for a log scale, got {shown(low)}")
 
     def _warp(self, values):
         return np.log(values)
@@ -163,7 +164,7 @@ class OneMinusLogUniform(_Numeric):
     def __init__(self, low: float, high: float):
         super().__init__(low, high)
         if not (0.0 <= self.low and self.high < 1.0):
-            raise ValueError(f"{type(self).__name__}: need 0 <= low < high < 1, got ({low!r}, {high!r})")
+            raise ValueError(f"{type(self).__name__}: need 0 <= low < high < 1, got ({shown(low)}, {shown(high)})")
 
     def _warp(self, values):
         return np.log1p(-np.asarray(values))
@@ -181,10 +182,10 @@ class IntLogUniform(_Numeric):
 
     def __init__(self, low: int, high: int):
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (low, high)):
-            raise TypeError(f"IntLogUniform: low and high must be ints, got ({low!r}, {high!r})")
+            raise TypeError(f"IntLogUniform: low and high must be ints, got ({shown(low)}, {shown(high)})")
         super().__init__(low, high)
         if self.low < 1:
-            raise ValueError(f"IntLogUniform: low must be >= 1, got {low!r}")
+            raise ValueError(f"IntLogUniform: low must be >= 1, got {shown(low)}")
         self.low, self.high = int(low), int(high)
 
     def _warp(self, values):
@@ -417,7 +418,7 @@ def _seed_and_generator(seed) -> tuple[int | None, np.random.Generator]:
 
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive int, got {shown(value)}")
     return int(value)
 
 
@@ -497,10 +498,10 @@ def coarse_to_fine(objective: Callable, space: dict, stages: list[dict], seed=No
         raise ValueError("stages must be a non-empty list of dicts with a 'trials' entry, "
                          "e.g. [{'trials': 20, 'epochs': 2}, {'trials': 5, 'epochs': 10}]")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+        raise ValueError(f"top must be a positive int, got {shown(top)}")
     shrink = float(shrink)
     if not 0.0 < shrink <= 1.0:
-        raise ValueError(f"shrink must be in (0, 1], got {shrink!r}")
+        raise ValueError(f"shrink must be in (0, 1], got {shown(shrink)}")
     for number, stage in enumerate(stages):
         _check_kwargs(objective, {k: v for k, v in stage.items() if k != "trials"}, f"stage {number}")
     recorded, rng = _seed_and_generator(seed)

@@ -167,3 +167,17 @@ def test_pandas_objects_are_arrays():
     np.testing.assert_array_equal(a, [[1.0, 3.0], [2.0, 4.0]])
     np.testing.assert_array_equal(_backend.as_array(frame["b"], "y"), [3.0, 4.0])
     np.testing.assert_array_equal(F.relu_forward(frame - 2.5), [[0.0, 0.5], [0.0, 1.5]])
+
+
+@pytest.mark.parametrize("value,message", [
+    (np.float64(-1.0), "lr must be >= 0.0, got -1.0"), (np.float32(np.inf), "lr must be finite, got inf"),
+    (np.int64(5), "lr must be <= 1.0, got 5"), (-2.5, "lr must be >= 0.0, got -2.5"),
+])
+def test_scalar_checks_show_numpy_scalars_as_the_numbers_they_hold(value, message):
+    """Hyperparameters often arrive as NumPy scalars (a value read from an array); the message
+    shows the number, not NumPy 2's np.float64(-1.0)."""
+    with pytest.raises(ValueError) as info:
+        _backend.check_scalar(value, "lr", low=0.0, high=1.0)
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"test_size as a fraction must be in \(0, 1\), got 2\.0$"):
+        fastnn.data.train_test_split(np.zeros((5, 2)), test_size=np.float64(2.0))

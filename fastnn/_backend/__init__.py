@@ -26,7 +26,7 @@ from .arrays import (CPU, CudaView, Device, array_module, as_array, cupy_module,
                      gpu_unavailable_reason, is_contiguous, is_cupy, is_writable, on_device, parse_device,
                      partially_overlaps, pointer, shares_memory, to_device, to_numpy)
 from .checks import (FLOAT_DTYPES, LABEL_DTYPES, check_disjoint, check_finite, check_float, check_labels,
-                     check_scalar, finish, output)
+                     check_scalar, finish, output, shown)
 from .launch import capturing, launch, path_of, stream_buffer, stream_buffers, stream_of, workspace_pointer
 from .native import (NATIVE_ERROR, _C, cuda_device_count, cuda_unavailable_reason, get_backend, native_available,
                      set_backend, use_backend)

@@ -124,6 +124,12 @@ def check_finite(a: Any, name: str, where=None) -> None:
         raise _fail(ValueError, where, f"{name} contains {kind} (first at index {index}, shape {tuple(a.shape)})")
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, a NumPy scalar as the Python number it holds
+    (``-1.0``, not ``np.float64(-1.0)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def check_scalar(value: Any, name: str, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False) -> float:
     """A finite real hyperparameter within [low, high] (ends open when asked), else ValueError."""
@@ -132,11 +138,11 @@ def check_scalar(value: Any, name: str, *, low: float | None = None, high: float
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {shown(value)}")
     if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {shown(value)}")
     if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {shown(value)}")
     return v
 
 
