@@ -195,14 +195,13 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs):
         self._best.reset()
-        # A folder that cannot take the file is said now, not after the first epoch's training.
+        # The folder is made (as Keras does), and one that cannot take the file is said now, not
+        # after the first epoch's training. (A folder named by the epoch's fields is made at save.)
         folder = os.path.dirname(os.fspath(self.path)) or "."
         if "{" not in folder:
-            if not os.path.isdir(folder):
-                raise ValueError(f"ModelCheckpoint: the folder {folder!r} of {os.fspath(self.path)!r} does not exist "
-                                 "or is not a folder; create it first")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise ValueError(f"ModelCheckpoint: cannot write into the folder {folder!r} (permission denied)")
+            from .job import prepare_out
+
+            prepare_out(folder, option="ModelCheckpoint: the folder")
 
     def on_epoch_end(self, epoch, logs):
         if not self.trainer.is_main_process:
@@ -215,6 +214,7 @@ class ModelCheckpoint(Callback):
         from .checkpoint import save
 
         path = str(self.path).format(epoch=epoch + 1, **logs)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # (a folder named by the epoch's fields)
         trainer = self.trainer
         save(path, model=trainer.model, optimizer=trainer.optimizer if self.save_optimizer else None,
              epoch=epoch, logs=dict(logs), trainer=trainer.state_dict())

@@ -178,6 +178,8 @@ def resolve_device(device: str) -> str:
 def prepare_out(out: str, option: str = "--out") -> None:
     """Create the output folder ``out`` and check that files can be written in it, so that a
     bad ``--out`` fails before the work, not after it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{option} {out!r}: is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):

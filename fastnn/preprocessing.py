@@ -327,16 +327,12 @@ class PCAWhitening(_Transformer):
     def get_config(self) -> dict:
         return {"n_components": self.n_components, "eps": self.eps}
 
-    def fit(self, X):
-        """Learn the mean and the principal axes of the training data X (N, F). Returns self."""
-        X = _as_features(X, who="PCAWhitening.fit")  # (named while X may still be a DataFrame)
+    def _fit(self, X, xp):
+        # The mean and the principal axes of the training data X, which must be (N, F).
         if X.ndim != 2:
             raise ValueError(f"PCAWhitening needs X of shape (N, F), got {tuple(X.shape)}; flatten the features first")
         if self.n_components is not None and self.n_components > X.shape[1]:
             raise ValueError(f"PCAWhitening: n_components={self.n_components} > {X.shape[1]} features")
-        return super().fit(X)
-
-    def _fit(self, X, xp):
         mean = X.mean(axis=0)
         centred = X - mean
         eigenvalues, eigenvectors = xp.linalg.eigh(centred.T @ centred / X.shape[0])

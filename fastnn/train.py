@@ -336,7 +336,7 @@ class Trainer:
                                    high_open=True)
             held_out = math.ceil(split * X.shape[0])
             if held_out >= X.shape[0]:
-                raise ValueError(f"validation_split={validation_split!r} of {X.shape[0]} samples leaves no training data")
+                raise ValueError(f"validation_split={split!r} of {X.shape[0]} samples leaves no training data")
             X, X_val, y, y_val = D.train_test_split(X, y, test_size=held_out, shuffle=False)
             validation_data = (X_val, y_val)
         elif validation_data is not None:

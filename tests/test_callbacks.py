@@ -257,24 +257,24 @@ def test_without_a_monitor_the_trainer_measures_the_last_batch_of_each_epoch():
 
 def test_callback_misuse_is_refused_before_any_training(tmp_path):
     """Errors that would otherwise surface after an epoch of training, or as a bare Python
-    error: a ModelCheckpoint folder that is missing or a file, momenta outside [0, 1) in a
-    MomentumRamp, one callback given instead of a list."""
+    error: a ModelCheckpoint folder that cannot be made (under a file), momenta outside [0, 1)
+    in a MomentumRamp, one callback given instead of a list. A missing folder is made, as
+    Keras makes it, also one named by the epoch."""
     X, _, y, _ = digits()
     (tmp_path / "a_file").write_text("")
-    for path, message in ((tmp_path / "missing" / "ck.npz", "does not exist or is not a folder"),
-                          (tmp_path / "a_file" / "ck.npz", "does not exist or is not a folder")):
-        model = mlp()
-        before = snapshot(model)
-        trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
-                          callbacks=[ModelCheckpoint(str(path))])
-        with pytest.raises(ValueError, match=f"ModelCheckpoint: the folder .* {message}"):
-            trainer.fit(X[:64], y[:64], epochs=2, verbose=0)
-        assert_same_state(model, before)  # refused before the first step
     model = mlp()
-    fields = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
-                     callbacks=[ModelCheckpoint(str(tmp_path / "e{epoch}" / "ck.npz"))])
-    with pytest.raises(FileNotFoundError):  # a folder named by the epoch is not checked ahead
-        fields.fit(X[:64], y[:64], epochs=1, verbose=0)
+    before = snapshot(model)
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
+                      callbacks=[ModelCheckpoint(str(tmp_path / "a_file" / "ck.npz"))])
+    with pytest.raises(ValueError, match=r"ModelCheckpoint: the folder '.*a_file': is a file, not a folder"):
+        trainer.fit(X[:64], y[:64], epochs=2, verbose=0)
+    assert_same_state(model, before)  # refused before the first step
+    for path, written in ((tmp_path / "new" / "deeper" / "ck.npz", tmp_path / "new" / "deeper" / "ck.npz"),
+                          (tmp_path / "e{epoch}" / "ck.npz", tmp_path / "e1" / "ck.npz")):
+        model = mlp()
+        Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
+                callbacks=[ModelCheckpoint(str(path))]).fit(X[:64], y[:64], epochs=1, verbose=0, validation_split=0.25)
+        assert written.exists()
     for options, message in ((dict(start=1.5), "start"), (dict(end=1.0), "end"), (dict(epochs=0), "epochs"),
                              (dict(start=math.nan), "start"), (dict(mode="cosine"), "mode")):
         with pytest.raises(ValueError, match=message):

@@ -287,16 +287,17 @@ def test_the_job_api_checks_the_same_options(tmp_path):
 def test_a_bad_out_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(job, "load_data", lambda *a, **k: pytest.fail("data was loaded"))
     (tmp_path / "file").write_text("x")
-    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+    for out, message in ((tmp_path / "file", "is a file, not a folder"),
+                         (tmp_path / "file" / "run", "cannot write there (Not a directory)")):
         status, _, err = cli(capsys, "train", "--out", out, *QUICK)
-        assert status == 2 and f"--out '{out}': cannot write there" in err and "Traceback" not in err
+        assert status == 2 and f"--out '{out}': {message}" in err and "Traceback" not in err
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         status, _, err = cli(capsys, "train", "--out", locked / "run", *QUICK)
         assert status == 2 and "cannot write there (Permission denied)" in err
     status, _, err = cli(capsys, "predict", "--model", "m.npz", "--data", "d.csv", "--out", tmp_path / "file" / "p.csv")
-    assert status == 2 and "cannot write there" in err
+    assert status == 2 and f"--out '{tmp_path / 'file'}': is a file, not a folder" in err
     status, _, err = cli(capsys, "predict", "--model", "m.npz", "--data", "d.csv", "--out", tmp_path)
     assert status == 2 and "is a folder" in err
 
