@@ -176,7 +176,8 @@ class ModelCheckpoint(Callback):
     :class:`EarlyStopping`).
 
     ``path`` may hold ``str.format`` fields filled from the epoch (from 1) and its logs, e.g.
-    ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``; each save replaces the file atomically. The file
+    ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``; each save replaces the file atomically, in a
+    folder made when missing (checked when training begins, unless fields name it). The file
     holds the model, the optimizer (unless ``save_optimizer=False``) and the extras ``epoch``
     (from 0), ``logs`` and ``trainer`` (:meth:`Trainer.state_dict`: epoch count, shuffling
     generator, dropout counters, History), so ``fastnn.load`` plus
