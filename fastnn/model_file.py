@@ -229,7 +229,7 @@ class Predictor:
                              "moves batches to the model's device itself")
         if a.ndim == 1:
             raise ValueError(f"X must be (samples, features), got shape {a.shape} (one sample: X.reshape(1, -1))")
-        a = a.astype(np.float64).reshape(len(a), -1)
+        a = a.astype(np.float64).reshape(a.shape[0], int(np.prod(a.shape[1:])))  # (also 0 rows)
         if self.n_features is not None and a.shape[1] != self.n_features:
             raise ValueError(f"X has {a.shape[1]} features, the model takes {self.n_features}" +
                              (f" ({list(self.feature_names)})" if self.feature_names is not None else ""))

@@ -161,6 +161,10 @@ def test_dataframes_are_read_by_column_name(tmp_path, rng):
     unnamed = fnn.Predictor(model, classes=["n", "y"], preprocessing=Standardizer().fit(X))
     np.testing.assert_array_equal(unnamed.predict(pd.DataFrame(X)), predictor.predict(X))
     np.testing.assert_array_equal(unnamed.predict(X.tolist()), predictor.predict(X))
+    # no rows (a filter that matched nothing): empty answers, as Trainer.predict gives
+    for empty in (pd.DataFrame(X, columns=["a", "b", "c"]).iloc[:0], X[:0]):
+        labels, proba = predictor.predict(empty), predictor.predict_proba(empty)
+        assert labels.shape == (0,) and labels.dtype == predictor.classes.dtype and proba.shape == (0, 2)
 
 
 def test_wrong_inputs_are_named(tmp_path, rng):
