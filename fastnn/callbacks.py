@@ -215,7 +215,9 @@ class ModelCheckpoint(Callback):
         from .checkpoint import save
 
         path = str(self.path).format(epoch=epoch + 1, **logs)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # (a folder named by the epoch's fields)
+        folder = os.path.dirname(path) or "."
+        if folder != (os.path.dirname(os.fspath(self.path)) or "."):  # named by the epoch's fields: made now
+            os.makedirs(folder, exist_ok=True)
         trainer = self.trainer
         save(path, model=trainer.model, optimizer=trainer.optimizer if self.save_optimizer else None,
              epoch=epoch, logs=dict(logs), trainer=trainer.state_dict())

@@ -306,10 +306,6 @@ class Trainer:
 
     # -- fit ------------------------------------------------------------------------------
 
-    def _labels(self) -> bool:
-        """Whether the loss takes integer class labels (y as whole-number floats is converted)."""
-        return bool(getattr(self.loss, "labels", False))
-
     def fit(self, X, y, epochs: int = 1, batch_size: int = 32, validation_data=None, validation_split=None,
             shuffle: bool = True, verbose: int = 1, drop_last: bool = False) -> History:
         """Train for ``epochs`` more epochs of mini-batches of ``batch_size`` (reshuffled every
@@ -328,7 +324,7 @@ class Trainer:
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         device, _ = _model_place(self.model, "fit")
-        X, y = _prepare(self.model, X, y, "fit", labels=self._labels())
+        X, y = _prepare(self.model, X, y, "fit", labels=self.loss.labels)
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
         if validation_split is not None:
@@ -342,7 +338,7 @@ class Trainer:
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            validation_data = _prepare(self.model, *validation_data, "fit: validation_data", labels=self._labels())
+            validation_data = _prepare(self.model, *validation_data, "fit: validation_data", labels=self.loss.labels)
         check_targets(self.metrics, y, "fit")
         # labels are checked against the model's outputs once, on the first batch's prediction
         unchecked = [("y", y)] + ([("validation y", validation_data[1])] if validation_data is not None else [])
@@ -503,7 +499,7 @@ class Trainer:
         Nothing in the model or the loss changes. An empty X is a ``ValueError`` (a mean over no
         samples is undefined)."""
         device, _ = _model_place(self.model, "evaluate")
-        X, y = _prepare(self.model, X, y, "evaluate", labels=self._labels())
+        X, y = _prepare(self.model, X, y, "evaluate", labels=self.loss.labels)
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"evaluate: X has {X.shape[0]} samples but y has {y.shape[0]}")
         if X.shape[0] == 0:

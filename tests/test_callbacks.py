@@ -255,7 +255,7 @@ def test_without_a_monitor_the_trainer_measures_the_last_batch_of_each_epoch():
         assert history.update_ratios["4.weight"][epoch] == pytest.approx(mine["4.weight"], rel=1e-5)
 
 
-def test_callback_misuse_is_refused_before_any_training(tmp_path):
+def test_callback_misuse_is_refused_before_any_training(tmp_path, monkeypatch):
     """Errors that would otherwise surface after an epoch of training, or as a bare Python
     error: a ModelCheckpoint folder that cannot be made (under a file), momenta outside [0, 1)
     in a MomentumRamp, one callback given instead of a list. A missing folder is made, as
@@ -269,8 +269,10 @@ def test_callback_misuse_is_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match=r"ModelCheckpoint: the folder '.*a_file': is a file, not a folder"):
         trainer.fit(X[:64], y[:64], epochs=2, verbose=0)
     assert_same_state(model, before)  # refused before the first step
+    monkeypatch.chdir(tmp_path)
     for path, written in ((tmp_path / "new" / "deeper" / "ck.npz", tmp_path / "new" / "deeper" / "ck.npz"),
-                          (tmp_path / "e{epoch}" / "ck.npz", tmp_path / "e1" / "ck.npz")):
+                          (tmp_path / "e{epoch}" / "ck.npz", tmp_path / "e1" / "ck.npz"),
+                          ("bare.npz", tmp_path / "bare.npz")):  # (the working folder)
         model = mlp()
         Trainer(model, nn.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters()),
                 callbacks=[ModelCheckpoint(str(path))]).fit(X[:64], y[:64], epochs=1, verbose=0, validation_split=0.25)
