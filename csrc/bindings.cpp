@@ -566,9 +566,10 @@ void bind_optim(py::module_& m, py::module_& cpu_m, [[maybe_unused]] py::module_
       py::call_guard<py::gil_scoped_release>(), "float32 values of int8 blocks (=).",
       py::arg("dtype"), py::arg("is_signed"), py::arg("codes"), py::arg("absmax"), py::arg("out"),
       py::arg("n"));
-  cpu_m.def("set_optim_bf16_instructions", &cpu::set_optim_bf16_instructions,
-            "Round bfloat16 optimizer state with AVX512_BF16's VCVTNEPS2BF16 (when compiled in) or "
-            "with the portable loop (same bits); returns the previous setting.",
+  cpu_m.def("set_optim_avx512_loops", &cpu::set_optim_avx512_loops,
+            "Run the hand-written AVX-512 optimizer loops where compiled in (bfloat16 state "
+            "rounded by VCVTNEPS2BF16, Adam's int8 state) or the portable loops (same bits); "
+            "returns the previous setting.",
             py::arg("enabled"));
 #ifdef FASTNN_WITH_CUDA
   cuda_m->def(

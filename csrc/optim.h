@@ -325,10 +325,10 @@ void quantize_state(bool is_signed, const float* x, uint8_t* codes, float* absma
 void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax, float* out,
                       int64_t n);
 
-// Whether the bfloat16 state is rounded with AVX512_BF16's VCVTNEPS2BF16 (compiled in, and not
-// switched off); `enabled` switches it (tests compare it with the portable loop). Returns the
-// previous setting.
-bool set_optim_bf16_instructions(bool enabled);
+// Whether the hand-written AVX-512 loops run where the build has them (bfloat16 state rounded by
+// AVX512_BF16's VCVTNEPS2BF16; Adam's int8 state with float32 parameters): `enabled` switches
+// them, so that tests can compare them with the portable loops. Returns the previous setting.
+bool set_optim_avx512_loops(bool enabled);
 }  // namespace cpu
 
 namespace cuda {

@@ -150,16 +150,16 @@ def bf16_cases(rng, n=4000):
 
 
 @native_cpu
-@pytest.mark.parametrize("instructions", [True, False], ids=["avx512-bf16", "portable"])
+@pytest.mark.parametrize("instructions", [True, False], ids=["avx512", "portable"])
 def test_bfloat16_state_rounds_to_nearest_even_as_torch(rng, instructions):
     # SGD's first momentum step stores the gradient itself: the state is round(g).
     g = bf16_cases(rng)
     p, buf = np.zeros_like(g), np.zeros(g.size, np.uint16)
-    before = _backend._C.cpu.set_optim_bf16_instructions(instructions)
+    before = _backend._C.cpu.set_optim_avx512_loops(instructions)
     try:
         F.sgd_([p], [g], [buf], lr=0.0, momentum=0.9, first_step=True, state_dtype="bfloat16")
     finally:
-        _backend._C.cpu.set_optim_bf16_instructions(before)
+        _backend._C.cpu.set_optim_avx512_loops(before)
     np.testing.assert_array_equal(buf, R.round_bfloat16(g))
     torch = pytest.importorskip("torch")
     want = torch.from_numpy(g).bfloat16().view(torch.int16).numpy().view(np.uint16)
@@ -289,24 +289,64 @@ def test_native_codes_are_the_reference_bit_for_bit(rng, cls, kwargs, state_dtyp
 @native_cpu
 @pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
 @pytest.mark.parametrize("cls,kwargs", LOW_BIT, ids=LOW_IDS)
-def test_avx512_bf16_and_portable_loops_agree(rng, cls, kwargs, state_dtype):
+def test_avx512_and_portable_loops_agree(rng, cls, kwargs, state_dtype):
     params, grads = params_and_grads(rng, 4)
     results = []
     for instructions in (True, False):
-        before = _backend._C.cpu.set_optim_bf16_instructions(instructions)
+        before = _backend._C.cpu.set_optim_avx512_loops(instructions)
         try:
             ps = [p.copy() for p in params]
             opt = cls(ps, **kwargs, state_dtype=state_dtype)
             for g in grads:
                 opt.step(g)
         finally:
-            _backend._C.cpu.set_optim_bf16_instructions(before)
+            _backend._C.cpu.set_optim_avx512_loops(before)
         results.append((ps, opt.state_dict()["state"]))
     for a, b in zip(results[0][0], results[1][0]):
         np.testing.assert_array_equal(a, b)
     for i, entry in results[0][1].items():
         for key, value in entry.items():
             np.testing.assert_array_equal(value, results[1][1][i][key])
+
+
+@native_cpu
+@pytest.mark.parametrize("kwargs", [dict(lr=0.01), dict(lr=0.01, betas=(0.3, 0.5)),
+                                    dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True),
+                                    dict(lr=0.01, weight_decay=0.3, decoupled_weight_decay=True)],
+                         ids=["plain", "beta1<0.5", "amsgrad-l2-maximize", "adamw"])
+def test_int8_adam_avx512_loop_on_extreme_blocks(rng, kwargs):
+    """The hand-written AVX-512 int8 Adam loop folds the code's power of two into the block's
+    scale where that product is a finite float32, and multiplies twice where it is not (states
+    above about 1.2e5, or 8e9 for second moments): blocks of gradients from 1e-30 (subnormal
+    codes, squares that vanish) to 1e7, one with inf and one with NaN, must give the portable
+    loop's bits, parameters and codes."""
+    n = 64 * 256 + 100  # whole blocks for the AVX-512 loop, and a short last one
+    scales = 10.0 ** rng.choice([-30, -3, 0, 5, 7], size=(n + 255) // 256)
+    grads = []
+    for _ in range(5):
+        g = (rng.standard_normal(n) * np.repeat(scales, 256)[:n]).astype(np.float32)
+        g[3 * 256 + 7], g[5 * 256 + 100] = np.inf, np.nan
+        grads.append(g)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    results = []
+    for loops in (True, False):
+        before = _backend._C.cpu.set_optim_avx512_loops(loops)
+        try:
+            p = p0.copy()
+            opt = optim.Adam([p], **kwargs, state_dtype="int8")
+            for g in grads:
+                opt.step([g])
+        finally:
+            _backend._C.cpu.set_optim_avx512_loops(before)
+        results.append((p, opt.state_dict()["state"][0]))
+    (p, a), (q, b) = results
+    np.testing.assert_array_equal(p, q)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # the test reaches both forms of decoding: unfolded (|m| above 1.2e5) and folded blocks
+    absmax = a["exp_avg_absmax"]
+    assert (absmax > 2e5).any() and ((absmax > 0) & (absmax < 1e3)).any()
 
 
 def decoded(opt, index, key, rule_states):

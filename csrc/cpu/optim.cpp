@@ -31,12 +31,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
-#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#define FASTNN_OPTIM_AVX512 1
+#else
+#define FASTNN_OPTIM_AVX512 0
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
 #define FASTNN_OPTIM_AVX512_BF16 1
 #else
 #define FASTNN_OPTIM_AVX512_BF16 0
@@ -54,7 +60,17 @@ namespace {
 #define FASTNN_INLINE_LAMBDA
 #endif
 
-std::atomic<bool> g_bf16_instructions{FASTNN_OPTIM_AVX512_BF16 != 0};
+// Whether the hand-written AVX-512 loops run (the bfloat16 rounding by VCVTNEPS2BF16, the int8
+// Adam loop) where they are compiled in; set_optim_avx512_loops switches them off for the tests,
+// which compare them with the portable loops bit for bit.
+std::atomic<bool> g_avx512_loops{true};
+
+bool avx512_loops() { return g_avx512_loops.load(std::memory_order_relaxed); }
+
+template <class Op>
+struct IsAdam : std::false_type {};
+template <bool kAmsgrad>
+struct IsAdam<AdamOp<float, kAmsgrad>> : std::true_type {};
 
 // IEEE subnormals (no flush-to-zero, no denormals-are-zero) on this thread while it lives: the
 // int8 codes pass through float32 subnormals (optim_math.h), whatever mode the caller set.
@@ -158,7 +174,7 @@ void update_all(const Op& op, const TensorPointers& tensors, const TensorSizes& 
 void round_bf16(const float* x, uint16_t* out, int n) {
   int i = 0;
 #if FASTNN_OPTIM_AVX512_BF16
-  if (g_bf16_instructions.load(std::memory_order_relaxed)) {
+  if (avx512_loops()) {
     for (; i + 16 <= n; i += 16) {
       const __m512 v = _mm512_loadu_ps(x + i);
       const __m256bh rounded = _mm512_cvtneps_pbh(v);
@@ -259,6 +275,120 @@ void update_block(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, 
   }
 }
 
+#if FASTNN_OPTIM_AVX512
+// Adam's int8 state on AVX-512, 16 elements per vector: the pipelined loop below written out
+// by hand, with the same operations in the same order (so the same bits: the tests compare the
+// two), for full blocks of float32 parameters. GCC's loop widens the byte codes 64 at a time and
+// spills; this one takes 16 codes at a time and spends fewer operations where the two formats
+// allow it:
+//  - decoding, the code's value times the block's scale is one multiplication by
+//    2^(127 - bias) scale instead of two (exact: the code's float32 times 2^(127 - bias) is
+//    exact, so both forms round the same product once), in the blocks where that factor is a
+//    finite float32 (absmax below about 1.2e5, or 8e9 for the unsigned code; others take two);
+//  - second moments are never negative (sums of squares and their maxima; the unsigned code
+//    decodes to >= +0), so their magnitude is their bits, without a mask.
+// Measured with the data in L2 on one Zen 4 core: 0.33 -> 0.23 ns per element.
+namespace int8_avx512 {
+
+constexpr uint32_t kAbs = 0x7fffffffu;
+
+// 16 codes from `codes`, decoded and scaled: value = code's float32 bits (StateCode::decode)
+// times `factor`, and times `second` unless kFolded (then factor holds both).
+template <bool kSigned, bool kFolded>
+FASTNN_INLINE __m512 decode(const uint8_t* codes, __m512 factor, __m512 second) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  __m512i bits;
+  if constexpr (kSigned)  // sign-extended: keep bit 31 and bits 26..20
+    bits = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(bytes), 20),
+                            _mm512_set1_epi32(int(0x87f00000u)));
+  else
+    bits = _mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 20);
+  const __m512 value = _mm512_mul_ps(_mm512_castsi512_ps(bits), factor);
+  return kFolded ? value : _mm512_mul_ps(value, second);
+}
+
+// StateCode<true>::encode(x * to_code) of 16 values, stored at `codes`: with the sign left in
+// the float32's bits t, (t + 2^19) >> 20 has the rounded magnitude in bits 6..0 (no carry
+// reaches bit 31) and t >> 24 the sign in bit 7; one bitwise select joins them.
+FASTNN_INLINE void encode_signed(const float* x, __m512 to_code, uint8_t* codes) {
+  const __m512 y = _mm512_mul_ps(_mm512_load_ps(x), to_code);
+  const __m512i t =
+      _mm512_castps_si512(_mm512_mul_ps(y, _mm512_set1_ps(StateCode<true>::kToCode)));
+  const __m512i magnitude = _mm512_srli_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x80000)), 20);
+  // 0xca: bits of the first operand (0x7f) choose the second (magnitude), else the third
+  const __m512i code = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0x7f), magnitude,
+                                                 _mm512_srli_epi32(t, 24), 0xca);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(code));
+}
+
+// StateCode<false>::encode(x * to_code) of 16 values x >= +0 (or in a block stored as zeros).
+FASTNN_INLINE void encode_unsigned(const float* x, __m512 to_code, uint8_t* codes) {
+  const __m512 y = _mm512_mul_ps(_mm512_load_ps(x), to_code);
+  const __m512i a =
+      _mm512_castps_si512(_mm512_mul_ps(y, _mm512_set1_ps(StateCode<false>::kToCode)));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0x80000)), 20);
+  const __m512i nonzero = _mm512_min_epu32(_mm512_castps_si512(y), _mm512_set1_epi32(1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
+                   _mm512_cvtepi32_epi8(_mm512_max_epu32(rounded, nonzero)));
+}
+
+// The decoding factors of one state's block: 2^(127 - bias) scale folded when finite.
+template <bool kSigned>
+struct DecodeFactors {
+  __m512 factor, second;
+  bool folded;
+  explicit DecodeFactors(float absmax) {
+    const float scale = block_from_code(absmax);
+    const float both = scale * StateCode<kSigned>::kFromCode;
+    folded = both <= std::numeric_limits<float>::max();
+    factor = _mm512_set1_ps(folded ? both : StateCode<kSigned>::kFromCode);
+    second = _mm512_set1_ps(scale);
+  }
+};
+
+// AdamOp<float, kAms>::operator() on 16 lanes, the same operations in the same order.
+template <bool kAms>
+struct AdamLanes {
+  __m512 beta2, beta2_c, eps, weight_decay, decay, neg_step_size, bias_correction2_sqrt, coef;
+  __mmask16 maximize, decays_p, decays_g, from_end;
+
+  explicit AdamLanes(const AdamOp<float, kAms>& op)
+      : beta2(_mm512_set1_ps(op.beta2)), beta2_c(_mm512_set1_ps(op.beta2_c)),
+        eps(_mm512_set1_ps(op.eps)), weight_decay(_mm512_set1_ps(op.weight_decay)),
+        decay(_mm512_set1_ps(op.decay)), neg_step_size(_mm512_set1_ps(op.neg_step_size)),
+        bias_correction2_sqrt(_mm512_set1_ps(op.bias_correction2_sqrt)),
+        coef(_mm512_set1_ps(op.toward_g.coef)), maximize(op.maximize ? 0xffff : 0),
+        decays_p(op.decays_p ? 0xffff : 0), decays_g(op.decays_g ? 0xffff : 0),
+        from_end(op.toward_g.from_end ? 0xffff : 0) {}
+
+  // p, g, m, v and (AMSGrad) vmax in, the new ones out.
+  template <bool kPlain>
+  FASTNN_INLINE void operator()(__m512& p, __m512 g, __m512& m, __m512& v, __m512& vmax) const {
+    const __m512 p0 = p;
+    if constexpr (!kPlain) {
+      g = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(g), maximize,
+                                                    _mm512_castps_si512(g),
+                                                    _mm512_set1_epi32(int(0x80000000u))));
+      p = _mm512_mask_mul_ps(p0, decays_p, p0, decay);
+      g = _mm512_mask3_fmadd_ps(weight_decay, p0, g, decays_g);
+    }
+    m = _mm512_fmadd_ps(coef, _mm512_sub_ps(g, m), kPlain ? m : _mm512_mask_blend_ps(from_end, m, g));
+    v = _mm512_fmadd_ps(_mm512_mul_ps(beta2_c, g), g, _mm512_mul_ps(v, beta2));
+    __m512 s = v;
+    if constexpr (kAms) {  // vmax = nan_max(vmax, v)
+      const __mmask16 keep = _mm512_cmp_ps_mask(vmax, vmax, _CMP_UNORD_Q) |
+                             _mm512_cmp_ps_mask(vmax, v, _CMP_GT_OQ);
+      s = vmax = _mm512_mask_blend_ps(keep, v, vmax);
+    }
+    const __m512 denom =
+        _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(s), bias_correction2_sqrt), eps);
+    p = _mm512_add_ps(p, _mm512_div_ps(_mm512_mul_ps(neg_step_size, m), denom));
+  }
+};
+
+}  // namespace int8_avx512
+#endif
+
 // int8 state, block by block, software-pipelined: the SIMD loop that updates a block (decoding
 // its state, keeping the new state in an L1 buffer and its largest magnitudes) also encodes the
 // previous block from its buffer, so the update's divisions and square roots and the encoding's
@@ -299,6 +429,14 @@ class Int8Pipeline {
 
   template <bool kUpdate, bool kEncode, bool kPlain>
   void run(const Lists<Types, L>& ptr, int64_t lo, int n, int cur, uint32_t (&largest)[3]) {
+#if FASTNN_OPTIM_AVX512
+    if constexpr (kAvx512Adam) {
+      if (n == kQuantBlock && avx512_loops()) {
+        run_avx512<kUpdate, kEncode, kPlain>(ptr, lo, cur, largest);
+        return;
+      }
+    }
+#endif
     float* out[LS];
     const float* in[LS];
     const Int8Blocks* state[LS] = {};
@@ -349,6 +487,79 @@ class Int8Pipeline {
     largest[1] = largest1;
     largest[2] = largest2;
   }
+
+#if FASTNN_OPTIM_AVX512
+  static constexpr bool kAvx512Adam = IsAdam<Op>::value && std::is_same_v<P, float> &&
+                                      std::is_same_v<typename Types::grad, float>;
+
+  // run() for a full block of Adam with float32 parameters: int8_avx512 above.
+  template <bool kUpdate, bool kEncode, bool kPlain>
+  void run_avx512(const Lists<Types, L>& ptr, int64_t lo, int cur, uint32_t (&largest)[3]) {
+    using namespace int8_avx512;
+    constexpr bool kAms = L == 5;
+    if constexpr (kUpdate) {
+      const int64_t b = lo / kQuantBlock;
+      const DecodeFactors<true> m(ptr.absmax[0][b]);
+      const DecodeFactors<false> v(ptr.absmax[1][b]);
+      const DecodeFactors<false> vmax(kAms ? ptr.absmax[LS - 1][b] : 0.0f);
+      if (m.folded && v.folded && vmax.folded)
+        run_avx512<kEncode, kPlain, true>(ptr, lo, cur, largest, m, v, vmax);
+      else
+        run_avx512<kEncode, kPlain, false>(ptr, lo, cur, largest, m, v, vmax);
+    } else {
+      const DecodeFactors<true> none(0.0f);
+      run_avx512<kEncode, kPlain, true, false>(ptr, lo, cur, largest, none, none, none);
+    }
+  }
+
+  template <bool kEncode, bool kPlain, bool kFolded, bool kUpdate = true, class M, class V>
+  void run_avx512(const Lists<Types, L>& ptr, int64_t lo, int cur, uint32_t (&largest)[3],
+                  const M& m_factors, const V& v_factors, const V& vmax_factors) {
+    using namespace int8_avx512;
+    constexpr bool kAms = L == 5;
+    const AdamLanes<kAms> adam(op_);
+    const Block pending = pending_;
+    const __m512 to_code[3] = {_mm512_set1_ps(pending.to_code[0]),
+                               _mm512_set1_ps(pending.to_code[1]),
+                               _mm512_set1_ps(pending.to_code[LS - 1])};
+    __m512i largest_m = _mm512_setzero_si512(), largest_v = largest_m, largest_vmax = largest_m;
+    float(*out)[kQuantBlock] = buffer_[cur];
+    const float(*in)[kQuantBlock] = buffer_[1 - cur];
+    for (int i = 0; i < kQuantBlock; i += 16) {
+      if constexpr (kUpdate) {
+        const uint8_t* const m_codes = reinterpret_cast<const uint8_t*>(ptr.state[0] + lo);
+        const uint8_t* const v_codes = reinterpret_cast<const uint8_t*>(ptr.state[1] + lo);
+        __m512 p = _mm512_loadu_ps(ptr.param + lo + i);
+        const __m512 g = _mm512_loadu_ps(ptr.grad + lo + i);
+        __m512 m = decode<true, kFolded>(m_codes + i, m_factors.factor, m_factors.second);
+        __m512 v = decode<false, kFolded>(v_codes + i, v_factors.factor, v_factors.second);
+        __m512 vmax = v;
+        if constexpr (kAms)
+          vmax = decode<false, kFolded>(reinterpret_cast<const uint8_t*>(ptr.state[2] + lo) + i,
+                                        vmax_factors.factor, vmax_factors.second);
+        adam.template operator()<kPlain>(p, g, m, v, vmax);
+        _mm512_storeu_ps(ptr.param + lo + i, p);
+        _mm512_store_ps(out[0] + i, m);
+        largest_m = _mm512_max_epu32(
+            largest_m, _mm512_and_si512(_mm512_castps_si512(m), _mm512_set1_epi32(int(kAbs))));
+        _mm512_store_ps(out[1] + i, v);
+        largest_v = _mm512_max_epu32(largest_v, _mm512_castps_si512(v));
+        if constexpr (kAms) {
+          _mm512_store_ps(out[2] + i, vmax);
+          largest_vmax = _mm512_max_epu32(largest_vmax, _mm512_castps_si512(vmax));
+        }
+      }
+      if constexpr (kEncode) {
+        encode_signed(in[0] + i, to_code[0], pending.codes[0] + i);
+        encode_unsigned(in[1] + i, to_code[1], pending.codes[1] + i);
+        if constexpr (kAms) encode_unsigned(in[2] + i, to_code[2], pending.codes[2] + i);
+      }
+    }
+    largest[0] = _mm512_reduce_max_epu32(largest_m);
+    largest[1] = _mm512_reduce_max_epu32(largest_v);
+    largest[2] = _mm512_reduce_max_epu32(largest_vmax);
+  }
+#endif
 
   // The pending block's codes are written; those of a block stored as zeros are zeros.
   void finish_pending() {
@@ -488,8 +699,6 @@ void dequantize_state(bool is_signed, const uint8_t* codes, const float* absmax,
   });
 }
 
-bool set_optim_bf16_instructions(bool enabled) {
-  return g_bf16_instructions.exchange(enabled && FASTNN_OPTIM_AVX512_BF16);
-}
+bool set_optim_avx512_loops(bool enabled) { return g_avx512_loops.exchange(enabled); }
 
 }  // namespace fastnn::cpu
