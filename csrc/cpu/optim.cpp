@@ -517,6 +517,7 @@ class Int8Pipeline {
                   const M& m_factors, const V& v_factors, const V& vmax_factors) {
     using namespace int8_avx512;
     constexpr bool kAms = L == 5;
+    constexpr int64_t kAhead = 4 * kQuantBlock;
     const AdamLanes<kAms> adam(op_);
     const Block pending = pending_;
     const __m512 to_code[3] = {_mm512_set1_ps(pending.to_code[0]),
@@ -527,6 +528,17 @@ class Int8Pipeline {
     const float(*in)[kQuantBlock] = buffer_[1 - cur];
     for (int i = 0; i < kQuantBlock; i += 16) {
       if constexpr (kUpdate) {
+        if (i % 64 == 0) {
+          // The lines kAhead elements on are asked for now: with the hardware's prefetchers
+          // alone the loop ran a quarter slower than the memory when the memory is fast.
+          const int64_t ahead = lo + i + kAhead;
+          for (int k = 0; k < 64; k += 16) {
+            _mm_prefetch(reinterpret_cast<const char*>(ptr.param + ahead + k), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(ptr.grad + ahead + k), _MM_HINT_T0);
+          }
+          for (int l = 0; l < LS; ++l)
+            _mm_prefetch(reinterpret_cast<const char*>(ptr.state[l] + ahead), _MM_HINT_T0);
+        }
         const uint8_t* const m_codes = reinterpret_cast<const uint8_t*>(ptr.state[0] + lo);
         const uint8_t* const v_codes = reinterpret_cast<const uint8_t*>(ptr.state[1] + lo);
         __m512 p = _mm512_loadu_ps(ptr.param + lo + i);
