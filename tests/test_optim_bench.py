@@ -2,7 +2,8 @@
 quick sizes with the timing replaced (tests never time anything): every competitor builds and
 steps, each row counts its own bytes, and the targets are read from the rows."""
 
-import numpy as np
+import dataclasses
+
 import pytest
 
 from fastnn.benchmarks import _harness as H
@@ -11,13 +12,13 @@ from fastnn.benchmarks import optim as bench
 
 @pytest.fixture
 def untimed(monkeypatch):
-    """measure_many calls each function once and reports 1 ms."""
+    """measure_rounds calls each function once and reports one round of 1 ms."""
     def once(fns, device="cpu", **kwargs):
         for fn in fns.values():
             fn()
-        return {name: 1.0 for name in fns}
+        return {name: [1.0] for name in fns}
 
-    monkeypatch.setattr(H, "measure_many", once)
+    monkeypatch.setattr(H, "measure_rounds", once)
 
 
 def test_extra_cases_run_and_count_their_bytes(untimed):
@@ -65,3 +66,36 @@ def test_state_quality_lines_stay_within_the_bounds():
     for line, bound in zip(lines, (0.39, 6.25)):
         error = float(line.split("state error <= ")[1].split("%")[0])
         assert 0 < error <= bound, line
+
+
+def test_ratios_pair_the_rounds_of_a_case():
+    """On a machine that speeds up and slows down between rounds (this VM's memory), a ratio of
+    two medians can compare a fast round with a slow one; the harness takes each round's ratio
+    and their median. Here the competitor is 1.6x slower in every round, but the machine turned
+    fast again before its batch of round 2: the medians say 0.8x, the pairs 1.6x."""
+    mine = H.Result("optim", "Adam, 1 x 32M", "fastnn", "cpu", ms=2.0, bytes=28, rounds=[1.0, 1.0, 2.0, 2.0, 2.0])
+    theirs = H.Result("optim", "Adam, 1 x 32M", "torch fused", "cpu", ms=1.6, bytes=28,
+                      rounds=[1.6, 1.6, 1.6, 3.2, 3.2])
+    probe = H.Result("optim", "Adam, 1 x 32M", H.BANDWIDTH_ROW, "cpu", ms=1.0, bytes=56,
+                     rounds=[0.5, 0.5, 1.0, 1.0, 1.0])
+    assert theirs.ms / mine.ms == pytest.approx(0.8)
+    assert H.speedup(mine, theirs) == pytest.approx(1.6)
+    lines = H.table([probe, mine, theirs]).splitlines()
+    # % of bandwidth, round by round: fastnn moves half the probe's bytes in twice its time
+    # (25%); the competitor the same bytes in 3.2 times the probe's time (16%)
+    assert lines[-2].endswith("| 25 | 1.00x |")
+    assert lines[-1].endswith("| 16 | 1.60x |")
+    # rows timed apart (no rounds, or different counts) fall back to the ratio of the medians
+    assert H.speedup(dataclasses.replace(mine, rounds=None), theirs) == pytest.approx(0.8)
+    assert H.speedup(mine, dataclasses.replace(theirs, rounds=[1.6])) == pytest.approx(0.8)
+    assert H.speedup(mine, dataclasses.replace(theirs, ms=None)) is None
+
+
+def test_low_bit_targets_read_the_paired_ratios():
+    case = "Adam low-bit state, 1 x 32M"
+    rows = [H.Result("optim", case, f"fastnn, {bench._state_label('int8')}", "cpu", ms=6.0,
+                     rounds=[5.0, 5.0, 9.0, 9.0, 9.0]),
+            H.Result("optim", case, f"torch fused, {bench._state_label('float32')}", "cpu", ms=8.5,
+                     rounds=[8.5, 8.5, 8.5, 15.0, 15.0])]
+    line = next(x for x in bench._low_bit_targets(rows) if "int8 state: fastnn vs torch fused" in x)
+    assert line.endswith("1.67x (met)")

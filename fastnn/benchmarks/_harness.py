@@ -8,6 +8,10 @@ machines and runs; ratios measured side by side are what the suites report.
 Timing: ``measure`` runs a warm-up, then repeats the call in batches until ``min_time`` has
 passed and reports the median time per call over the batches. On the GPU each batch is
 bracketed by a device synchronisation, so the time covers the kernels, not just the launches.
+A case's competitors are timed in rounds, one batch of each per round, and a ratio between two
+of them (:func:`speedup`) is the median of their per-round ratios: on a machine whose speed
+changes from second to second (a VM's memory), each pair of batches ran under the same
+conditions, where the ratio of two medians could compare a fast minute with a slow one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Result:
     bytes: int | None = None  # bytes read + written per call, for bandwidth-bound work
     flops: float | None = None  # floating-point operations per call, for compute-bound work
     note: str = ""  # why a row was skipped, or what a configuration means
+    rounds: list[float] | None = None  # milliseconds per call in each round of its case
 
     @property
     def gbs(self) -> float | None:
@@ -53,6 +58,17 @@ class Result:
         d = dataclasses.asdict(self)
         d["gbs"], d["tflops"] = self.gbs, self.tflops
         return d
+
+
+def speedup(mine: Result, theirs: Result) -> float | None:
+    """How many times faster ``mine`` ran than ``theirs`` (their ms / mine): the median of the
+    per-round ratios where both were timed in the same rounds, else the ratio of the medians;
+    None when either was not measured."""
+    if mine.ms is None or theirs.ms is None:
+        return None
+    if mine.rounds and theirs.rounds and len(mine.rounds) == len(theirs.rounds):
+        return statistics.median(t / m for t, m in zip(theirs.rounds, mine.rounds))
+    return theirs.ms / mine.ms
 
 
 def skipped(suite: str, case: str, impl: str, device: str, why: str) -> Result:
@@ -116,13 +132,20 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, m
 
 def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
                  min_time: float = 0.3, rounds: int = 7, settle: float = 0.0) -> dict[str, float]:
+    """The median milliseconds per call of each function over :func:`measure_rounds`."""
+    samples = measure_rounds(fns, device, warmup=warmup, min_time=min_time, rounds=rounds, settle=settle)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def measure_rounds(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
+                   min_time: float = 0.3, rounds: int = 7, settle: float = 0.0) -> dict[str, list[float]]:
     """Like :func:`measure` for several functions at once, timed in turns: each round times one
     batch of every function, so that a burst of load on a shared machine slows them all alike
     and the ratios between them hold. ``settle``: seconds to pause (untimed) before each batch,
     so that worker threads the previous function left spinning have gone idle (OpenBLAS keeps
     its threads on their cores for about 0.1 s after a GEMM, which slows a library with its own
-    thread pool, e.g. PyTorch, timed right after). Returns the median milliseconds per call of
-    each."""
+    thread pool, e.g. PyTorch, timed right after). Returns each function's milliseconds per call
+    in each round."""
     sync = gpu_sync() if device == "cuda" else (lambda: None)
     per_batch = {}
     for name, fn in fns.items():
@@ -144,7 +167,7 @@ def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, w
                 fn()
             sync()
             samples[name].append((time.perf_counter() - start) / per_batch[name])
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    return {name: [t * 1e3 for t in s] for name, s in samples.items()}
 
 
 def progress(cases: list, desc: str, enabled: bool = True):
@@ -160,8 +183,9 @@ BANDWIDTH_ROW = "memory bandwidth (in-place STREAM triad, the limit)"
 
 
 def run_case(suite: str, case: str, device: str, competitors, *, min_time: float, settle: float = 0.0,
-             probe: "BandwidthProbe | None" = None, **measures) -> list[Result]:
-    """One case of a suite, every competitor timed side by side (:func:`measure_many`).
+             probe: "BandwidthProbe | None" = None, rounds: int = 7, **measures) -> list[Result]:
+    """One case of a suite, every competitor timed side by side in ``rounds`` rounds
+    (:func:`measure_rounds`; each row keeps its per-round times for :func:`speedup`).
     ``competitors``: (implementation name, build) pairs, ``build`` a function returning the call
     to time, or a string saying why that competitor cannot run here. Each built call runs once
     first; one that raises is listed as skipped with the error. ``measures``: the
@@ -185,9 +209,11 @@ def run_case(suite: str, case: str, device: str, competitors, *, min_time: float
             rows.append(skipped(suite, case, impl, device, f"{type(exc).__name__}: {exc}"[:160]))
             continue
         rows.append(Result(suite, case, impl, device, **measures))
-    times = measure_many(steps, device, min_time=min_time, settle=settle)
+    times = measure_rounds(steps, device, min_time=min_time, rounds=rounds, settle=settle)
     for row in rows:
-        row.ms = times.get(row.impl)
+        if row.impl in times:
+            row.rounds = times[row.impl]
+            row.ms = statistics.median(row.rounds)
     return rows
 
 
@@ -294,29 +320,35 @@ def table(results: Iterable[Result], *, baseline: str = "fastnn", bandwidth_gbs:
     """The comparison table as Markdown: per case, each implementation's time, bandwidth or
     rate, its bandwidth as a % of the machine's (the case's own :data:`BANDWIDTH_ROW`, timed in
     the same rounds, where it has one; else ``bandwidth_gbs``), and ``baseline``'s speed-up
-    over it (other ms / baseline ms)."""
+    over it (:func:`speedup`: per round where both have rounds). Both are ratios of rows timed in
+    the same rounds, so they are medians of per-round ratios."""
     results = list(results)
     header = "| case | implementation | ms | GB/s | TFLOP/s | % of bandwidth | speed-up of fastnn |"
     lines = [header, "|" + "---|" * 7]
     cases = list(dict.fromkeys(r.case for r in results))
     for case in cases:
         rows = [r for r in results if r.case == case]
-        base = next((r.ms for r in rows if r.impl == baseline and r.ms is not None), None)
-        limit = next((r.gbs for r in rows if r.impl == BANDWIDTH_ROW and r.gbs), bandwidth_gbs)
+        base = next((r for r in rows if r.impl == baseline and r.ms is not None), None)
+        probe = next((r for r in rows if r.impl == BANDWIDTH_ROW and r.gbs), None)
         for r in rows:
-            pct = None if limit is None or r.gbs is None else 100 * r.gbs / limit
+            if r.gbs is None:
+                pct = None
+            elif probe is not None:  # bytes per second against the probe's, round by round
+                pct = 100 * speedup(r, probe) * r.bytes / probe.bytes
+            else:
+                pct = None if bandwidth_gbs is None else 100 * r.gbs / bandwidth_gbs
             if r.impl == BANDWIDTH_ROW:
                 lines.append(f"| {case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.gbs, '.1f')} | - | "
                              f"{_fmt(pct, '.0f')} | - |")
                 continue
             if r.ms is None:
-                speedup = r.note or "skipped"
+                ratio = r.note or "skipped"
             elif base is None or r.impl == baseline:
-                speedup = "1.00x" if r.impl == baseline else "-"
+                ratio = "1.00x" if r.impl == baseline else "-"
             else:
-                speedup = f"{r.ms / base:.2f}x"
+                ratio = f"{speedup(base, r):.2f}x"
             lines.append(f"| {case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.gbs, '.1f')} | "
-                         f"{_fmt(r.tflops, '.2f')} | {_fmt(pct, '.0f')} | {speedup} |")
+                         f"{_fmt(r.tflops, '.2f')} | {_fmt(pct, '.0f')} | {ratio} |")
     return "\n".join(lines)
 
 

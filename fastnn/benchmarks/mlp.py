@@ -489,16 +489,16 @@ def targets(results: list[H.Result], device: str, quick: bool = False) -> list[s
     (the fastest of fastnn's ways: eager, and captured on a GPU or fused on the CPU)."""
     lines = []
     for case in cases(device, quick):
-        rows = {r.impl: r.ms for r in results if r.case == case.name and r.ms is not None}
+        rows = {r.impl: r for r in results if r.case == case.name and r.ms is not None}
         mine = {impl: rows[impl] for impl in (FASTNN, FASTNN_GRAPH, FASTNN_FUSED) if impl in rows}
         for other, goal in case.targets:
             if other not in rows or not mine:
                 if any(r.case == case.name for r in results):
                     lines.append(f"{case.name}: fastnn vs {other}, target >= {goal}x: not measured")
                 continue
-            best = min(mine, key=mine.get)
-            value = rows[other] / mine[best]
-            each = ", ".join(f"{impl} {rows[other] / ms:.2f}x" for impl, ms in mine.items())
+            ratios = {impl: H.speedup(row, rows[other]) for impl, row in mine.items()}
+            value = max(ratios.values())
+            each = ", ".join(f"{impl} {ratio:.2f}x" for impl, ratio in ratios.items())
             lines.append(f"{case.name}: fastnn vs {other}, target >= {goal}x: {value:.2f}x "
                          f"({'met' if value >= goal else 'NOT met'}; {each})")
         for other, goal in case.medium_targets:
@@ -506,7 +506,7 @@ def targets(results: list[H.Result], device: str, quick: bool = False) -> list[s
                 if any(r.case == case.name for r in results):
                     lines.append(f"{case.name}: {FASTNN_MEDIUM} vs {other} fp32, target >= {goal}x: not measured")
                 continue
-            value = rows[other] / rows[FASTNN_MEDIUM]
+            value = H.speedup(rows[FASTNN_MEDIUM], rows[other])
             lines.append(f"{case.name}: {FASTNN_MEDIUM} vs {other} fp32, target >= {goal}x: {value:.2f}x "
                          f"({'met' if value >= goal else 'NOT met'})")
     return lines

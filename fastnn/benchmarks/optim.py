@@ -41,6 +41,9 @@ from .. import _backend, optim, use_backend
 from . import _harness as H
 
 SUITE = "optim"
+# Rounds per case (each a batch of every competitor): short batches, so that the two batches a
+# ratio pairs ran close together in time (_harness.speedup).
+ROUNDS = 11
 
 
 class Rule(NamedTuple):
@@ -251,7 +254,7 @@ def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True,
     grads = [xp.asarray(rng.standard_normal(n, dtype=np.float32) * 1e-2)]
     case = f"Adam low-bit state, 1 x {n // _M}M"
     rows = H.run_case(SUITE, case, device, _low_bit_competitors(device, params, grads), min_time=min_time,
-                      probe=probe)
+                      probe=probe, rounds=ROUNDS)
     for row in rows:
         if row.impl != H.BANDWIDTH_ROW:
             row.bytes = int(_step_bytes(next(s for s in _STATE_BYTES if f"{s} state" in row.impl)) * n)
@@ -264,7 +267,7 @@ def run_extra(device: str = "cpu", quick: bool = False, progress: bool = True,
                            for impl in ("fastnn", "torch fused", "torch foreach"))
             continue
         results.extend(H.run_case(SUITE, case, device, _torch_competitors(device, tensors_of), min_time=min_time,
-                                  bytes=nbytes, probe=probe))
+                                  bytes=nbytes, probe=probe, rounds=ROUNDS))
         gc.collect()
     return results
 
@@ -333,7 +336,7 @@ def run(device: str = "cpu", quick: bool = False, progress: bool = True, rules: 
         nbytes = rule.passes * 4 * sum(sizes)
         case = f"{rule.name}, {case_name}"
         results.extend(H.run_case(SUITE, case, device, _competitors(rule, device, params, grads), min_time=min_time,
-                                  bytes=nbytes, probe=probe))
+                                  bytes=nbytes, probe=probe, rounds=ROUNDS))
         del params, grads
         gc.collect()
     return results
@@ -393,18 +396,18 @@ def state_quality(device: str = "cpu", n: int = 1 << 20, steps: int = 20) -> lis
 def _low_bit_targets(results: list[H.Result]) -> list[str]:
     """The low-bit state targets (issue 14): bfloat16 >= 1.3x and int8 >= 1.6x torch's fused Adam
     with float32 state, int8 >= 1.0x bitsandbytes' Adam8bit; and the state bytes per parameter."""
-    rows = {r.impl: r.ms for r in results if r.case.startswith("Adam low-bit state") and r.ms is not None}
+    rows = {r.impl: r for r in results if r.case.startswith("Adam low-bit state") and r.ms is not None}
     case = next((r.case for r in results if r.case.startswith("Adam low-bit state")), None)
     if case is None:
         return []
-    torch_ms = rows.get(f"torch fused, {_state_label('float32')}")
-    bnb_ms = rows.get(f"bitsandbytes Adam8bit, {_state_label('int8')}")
+    torch_row = rows.get(f"torch fused, {_state_label('float32')}")
+    bnb_row = rows.get(f"bitsandbytes Adam8bit, {_state_label('int8')}")
     lines = ["state bytes per parameter: " + ", ".join(f"{s} {b:.3g}" for s, b in _STATE_BYTES.items())]
-    for state, other, other_ms, goal in [("bfloat16", "torch fused (float32 state)", torch_ms, 1.3),
-                                         ("int8", "torch fused (float32 state)", torch_ms, 1.6),
-                                         ("int8", "bitsandbytes Adam8bit", bnb_ms, 1.0)]:
+    for state, other, other_row, goal in [("bfloat16", "torch fused (float32 state)", torch_row, 1.3),
+                                          ("int8", "torch fused (float32 state)", torch_row, 1.6),
+                                          ("int8", "bitsandbytes Adam8bit", bnb_row, 1.0)]:
         mine = rows.get(f"fastnn, {_state_label(state)}")
-        value = None if mine is None or other_ms is None else other_ms / mine
+        value = None if mine is None or other_row is None else H.speedup(mine, other_row)
         verdict = "not measured" if value is None else f"{value:.2f}x ({'met' if value >= goal else 'NOT met'})"
         lines.append(f"{case}, {state} state: fastnn vs {other}, target >= {goal}x: {verdict}")
     return lines
@@ -414,9 +417,9 @@ def targets(results: list[H.Result], device: str) -> list[str]:
     """The issues' targets, as measured in this run (speed-ups of fastnn over a competitor)."""
     def ratio(case_prefix, other):
         rows = [r for r in results if r.case.startswith(case_prefix) and r.ms is not None]
-        mine = next((r.ms for r in rows if r.impl == "fastnn"), None)
-        theirs = next((r.ms for r in rows if r.impl.startswith(other)), None)
-        return None if mine is None or theirs is None else theirs / mine
+        mine = next((r for r in rows if r.impl == "fastnn"), None)
+        theirs = next((r for r in rows if r.impl.startswith(other)), None)
+        return None if mine is None or theirs is None else H.speedup(mine, theirs)
 
     wanted = ([("Adam,", "reference", 4.0), ("Adam,", "torch fused", 0.9), ("RMSprop,", "torch foreach", 4.0)]
               if device == "cpu" else
