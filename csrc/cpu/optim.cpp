@@ -62,9 +62,9 @@ namespace {
 #define FASTNN_INLINE_LAMBDA
 #endif
 
-// Whether the hand-written AVX-512 loops run (the bfloat16 rounding by VCVTNEPS2BF16, the int8
-// Adam loop) where they are compiled in; set_optim_avx512_loops switches them off for the tests,
-// which compare them with the portable loops bit for bit.
+// Whether the hand-written AVX-512 loops run (the bfloat16 rounding by VCVTNEPS2BF16, Adam's
+// low-bit state loops) where they are compiled in; set_optim_avx512_loops switches them off for
+// the tests, which compare them with the portable loops bit for bit.
 std::atomic<bool> g_avx512_loops{true};
 
 bool avx512_loops() { return g_avx512_loops.load(std::memory_order_relaxed); }
@@ -73,6 +73,12 @@ template <class Op>
 struct IsAdam : std::false_type {};
 template <bool kAmsgrad>
 struct IsAdam<AdamOp<float, kAmsgrad>> : std::true_type {};
+
+// Whether Op with Types' storage has the hand-written AVX-512 low-bit loops: Adam on float32
+// parameters and gradients.
+template <class Types, class Op>
+constexpr bool kAvx512Adam = IsAdam<Op>::value && std::is_same_v<typename Types::param, float> &&
+                             std::is_same_v<typename Types::grad, float>;
 
 // IEEE subnormals (no flush-to-zero, no denormals-are-zero) on this thread while it lives: the
 // int8 codes pass through float32 subnormals (optim_math.h), whatever mode the caller set.
@@ -242,41 +248,6 @@ void encode_block(const float* x, uint8_t* codes, float* absmax, int n) {
   encode_codes<kSigned>(x, codes, scale, n);
 }
 
-// bfloat16 state, the n (<= kQuantBlock) elements of tensor `tensor` from `lo` (a multiple of
-// kQuantBlock): one SIMD loop decodes each element's state, updates it and keeps the new state
-// in an L1 buffer, which is then rounded into the state.
-template <class Types, bool kPlain, class Op, class T = typename Op::value_type>
-void update_block(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, int n,
-                  uint64_t tensor, const StateRounding& rounding) {
-  constexpr int L = Op::kLists;
-  constexpr int LS = L > 2 ? L - 2 : 1;
-  using P = typename Types::param;
-  static_assert(std::is_same_v<T, float>, "low-bit state is computed in float32");
-  static_assert(std::is_same_v<typename Types::state, bfloat16>, "bfloat16 state");
-  alignas(64) float buffer[LS][kQuantBlock];
-  P* param = ptr.param + lo;
-  const typename Types::grad* grad = ptr.grad + lo;
-  const bfloat16* state[LS] = {};
-  for (int l = 2; l < L; ++l) state[l - 2] = ptr.state[l - 2] + lo;
-#pragma omp simd
-  for (int i = 0; i < n; ++i) {
-    T v[L];
-    v[0] = widen<T>(param[i]);
-    v[1] = widen<T>(grad[i]);
-    for (int l = 2; l < L; ++l) v[l] = widen<T>(state[l - 2][i]);
-    op.template operator()<kPlain>(v);
-    param[i] = narrow<P>(v[0]);
-    for (int l = 2; l < L; ++l) buffer[l - 2][i] = v[l];
-  }
-  for (int l = 2; l < L; ++l) {
-    uint16_t* out = &ptr.state[l - 2][lo].bits;
-    if (rounding.stochastic)
-      round_bf16_stochastic(buffer[l - 2], out, n, rounding, tensor * 4 + uint64_t(l - 2), lo);
-    else
-      round_bf16(buffer[l - 2], out, n);
-  }
-}
-
 #if FASTNN_OPTIM_AVX512
 // Adam's low-bit state on AVX-512, for full blocks of float32 parameters (the usual case):
 // Int8Pipeline::run_avx512 and adam_bf16_block below are the portable loops written out by
@@ -438,7 +409,7 @@ FASTNN_INLINE void store_bf16(__m512 x, bfloat16* out) {
 }
 
 template <bool kPlain, bool kAms>
-void adam_bf16_block(const AdamLanes<kAms>& adam, float* param, const float* grad,
+FASTNN_INLINE void adam_bf16_block(const AdamLanes<kAms>& adam, float* param, const float* grad,
                      bfloat16* const (&state)[kAms ? 3 : 2]) {
   for (int i = 0; i < kQuantBlock; i += 16) {
     if (i % 64 == 0) prefetch_ahead(param + i, grad + i, state, i);
@@ -457,6 +428,42 @@ void adam_bf16_block(const AdamLanes<kAms>& adam, float* param, const float* gra
 
 }  // namespace avx512
 #endif
+
+// bfloat16 state, the n (<= kQuantBlock) elements of tensor `tensor` from `lo` (a multiple of
+// kQuantBlock): one SIMD loop decodes each element's state, updates it and keeps the new state
+// in an L1 buffer, which is then rounded into the state.
+template <class Types, bool kPlain, class Op, class T = typename Op::value_type>
+void update_block(const Op op, const Lists<Types, Op::kLists>& ptr, int64_t lo, int n,
+                  uint64_t tensor, const StateRounding& rounding) {
+  constexpr int L = Op::kLists;
+  constexpr int LS = L > 2 ? L - 2 : 1;
+  using P = typename Types::param;
+  static_assert(std::is_same_v<T, float>, "low-bit state is computed in float32");
+  static_assert(std::is_same_v<typename Types::state, bfloat16>, "bfloat16 state");
+  alignas(64) float buffer[LS][kQuantBlock];
+  P* param = ptr.param + lo;
+  const typename Types::grad* grad = ptr.grad + lo;
+  const bfloat16* state[LS] = {};
+  for (int l = 2; l < L; ++l) state[l - 2] = ptr.state[l - 2] + lo;
+#pragma omp simd
+  for (int i = 0; i < n; ++i) {
+    T v[L];
+    v[0] = widen<T>(param[i]);
+    v[1] = widen<T>(grad[i]);
+    for (int l = 2; l < L; ++l) v[l] = widen<T>(state[l - 2][i]);
+    op.template operator()<kPlain>(v);
+    param[i] = narrow<P>(v[0]);
+    for (int l = 2; l < L; ++l) buffer[l - 2][i] = v[l];
+  }
+  for (int l = 2; l < L; ++l) {
+    uint16_t* out = &ptr.state[l - 2][lo].bits;
+    if (rounding.stochastic)
+      round_bf16_stochastic(buffer[l - 2], out, n, rounding, tensor * 4 + uint64_t(l - 2), lo);
+    else
+      round_bf16(buffer[l - 2], out, n);
+  }
+}
+
 
 // int8 state, block by block, software-pipelined: the SIMD loop that updates a block (decoding
 // its state, keeping the new state in an L1 buffer and its largest magnitudes) also encodes the
@@ -499,7 +506,7 @@ class Int8Pipeline {
   template <bool kUpdate, bool kEncode, bool kPlain>
   void run(const Lists<Types, L>& ptr, int64_t lo, int n, int cur, uint32_t (&largest)[3]) {
 #if FASTNN_OPTIM_AVX512
-    if constexpr (kAvx512Adam) {
+    if constexpr (kAvx512Adam<Types, Op>) {
       if (n == kQuantBlock && avx512_loops()) {
         run_avx512<kUpdate, kEncode, kPlain>(ptr, lo, cur, largest);
         return;
@@ -558,9 +565,6 @@ class Int8Pipeline {
   }
 
 #if FASTNN_OPTIM_AVX512
-  static constexpr bool kAvx512Adam = IsAdam<Op>::value && std::is_same_v<P, float> &&
-                                      std::is_same_v<typename Types::grad, float>;
-
   // run() for a full block of Adam with float32 parameters: avx512 above.
   template <bool kUpdate, bool kEncode, bool kPlain>
   void run_avx512(const Lists<Types, L>& ptr, int64_t lo, int cur, uint32_t (&largest)[3]) {
@@ -699,20 +703,19 @@ void update_all_blocks(const Op& op, const TensorPointers& tensors, const Tensor
       pipeline.flush();
     } else {
       const bool plain = op.plain();
+      auto portable = [&](const auto& ptr, int64_t lo, int n) {
+        if (plain) update_block<Types, true>(op, ptr, lo, n, uint64_t(t), rounding);
+        else update_block<Types, false>(op, ptr, lo, n, uint64_t(t), rounding);
+      };
 #if FASTNN_OPTIM_AVX512 && FASTNN_OPTIM_AVX512_BF16
-      if constexpr (IsAdam<Op>::value && std::is_same_v<typename Types::param, float> &&
-                    std::is_same_v<typename Types::grad, float>) {
+      if constexpr (kAvx512Adam<Types, Op>) {
         if (!rounding.stochastic && avx512_loops()) {
-          constexpr bool kAms = Op::kLists == 5;
-          const avx512::AdamLanes<kAms> lanes(op);
+          constexpr int LS = Op::kLists - 2;
+          const avx512::AdamLanes<LS == 3> lanes(op);  // broadcast once per thread
           each_block([&](const auto& ptr, int64_t lo, int n) {
-            if (n < kQuantBlock) {  // the tensor's short last block
-              if (plain) update_block<Types, true>(op, ptr, lo, n, uint64_t(t), rounding);
-              else update_block<Types, false>(op, ptr, lo, n, uint64_t(t), rounding);
-              return;
-            }
-            bfloat16* state[kAms ? 3 : 2];
-            for (int l = 0; l < (kAms ? 3 : 2); ++l) state[l] = ptr.state[l] + lo;
+            if (n < kQuantBlock) return portable(ptr, lo, n);  // a tensor's short last block
+            bfloat16* state[LS];
+            for (int l = 0; l < LS; ++l) state[l] = ptr.state[l] + lo;
             if (plain) avx512::adam_bf16_block<true>(lanes, ptr.param + lo, ptr.grad + lo, state);
             else avx512::adam_bf16_block<false>(lanes, ptr.param + lo, ptr.grad + lo, state);
           });
@@ -720,10 +723,7 @@ void update_all_blocks(const Op& op, const TensorPointers& tensors, const Tensor
         }
       }
 #endif
-      each_block([&](const auto& ptr, int64_t lo, int n) {
-        if (plain) update_block<Types, true>(op, ptr, lo, n, uint64_t(t), rounding);
-        else update_block<Types, false>(op, ptr, lo, n, uint64_t(t), rounding);
-      });
+      each_block(portable);
     }
   });
 }
