@@ -127,14 +127,8 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, m
             batches: int = 5) -> float:
     """Median milliseconds per call of ``fn`` over ``batches`` timed batches (after ``warmup``
     calls). Each batch repeats ``fn`` enough times to last about ``min_time / batches``."""
-    return measure_many({"fn": fn}, device, warmup=warmup, min_time=min_time, rounds=batches)["fn"]
-
-
-def measure_many(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
-                 min_time: float = 0.3, rounds: int = 7, settle: float = 0.0) -> dict[str, float]:
-    """The median milliseconds per call of each function over :func:`measure_rounds`."""
-    samples = measure_rounds(fns, device, warmup=warmup, min_time=min_time, rounds=rounds, settle=settle)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return statistics.median(measure_rounds({"fn": fn}, device, warmup=warmup, min_time=min_time,
+                                            rounds=batches)["fn"])
 
 
 def measure_rounds(fns: dict[str, Callable[[], object]], device: str = "cpu", *, warmup: int = 3,
