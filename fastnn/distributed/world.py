@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import sys
+import time
 import traceback
 
 from .backends import (BACKENDS, Backend, LocalBackend, MPIBackend, NCCLBackend, TorchBackend, launch_size,
@@ -17,6 +18,10 @@ __all__ = ["init", "is_initialized", "current", "rank", "world_size", "local_ran
            "abort_on_error", "shutdown"]
 
 _current: Backend | None = None
+# How long a failing rank waits, its output flushed, before it ends the job: the launcher's
+# proxies forward each rank's stderr through a pipe, and MPI_Abort kills them with whatever they
+# have not forwarded yet (a loaded machine lost the traceback's end and the failure line).
+_OUTPUT_GRACE_S = 1.0
 _previous_excepthook = None
 _exit_registered = False
 
@@ -139,11 +144,14 @@ def device() -> str:
 def abort(code: int = 1) -> None:
     """End every process of the job now (MPI_Abort under MPI), with exit status ``code``: what
     a rank that cannot go on must do, since the others would wait for it in their next
-    collective forever. A single process just exits."""
+    collective forever. A single process just exits; several wait a second first, so that the
+    launcher forwards what this one printed before the job ends."""
     sys.stdout.flush()
     sys.stderr.flush()
     if _current is None:
         sys.exit(code)
+    if _current.world_size > 1:
+        time.sleep(_OUTPUT_GRACE_S)
     _current.abort(code)
 
 
